@@ -1,0 +1,72 @@
+//! The records kiln keeps and returns over the API.
+
+use crate::{AppId, BuildId, BuildState, Language, OwnerId, Phases};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A customer's edge plugin; versions are built under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Application {
+    pub id: AppId,
+    pub owner_id: OwnerId,
+    pub name: String,
+    pub notes: String,
+    pub created: DateTime<Utc>,
+}
+
+/// One attempt at turning an uploaded source archive into a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionBuild {
+    pub id: BuildId,
+    pub application_id: AppId,
+    pub owner_id: OwnerId,
+    /// The semantic version the build will publish.
+    #[schema(value_type = String, example = "1.0.0")]
+    pub version: semver::Version,
+    pub language: Language,
+    pub phases: Phases,
+    /// The plugin configuration passed to `proxy_on_configure`.
+    pub conf: String,
+    pub notes: String,
+    pub created: DateTime<Utc>,
+    pub state: BuildState,
+    /// How many times a worker has started this build (1 for the first run).
+    pub attempt: i32,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    /// Why the build failed, crashed or was cancelled, in one sentence.
+    pub error: Option<String>,
+    /// Where the build's logs are in the blob store, once it has finished.
+    pub logs_location: Option<String>,
+    /// The time each stage of the build took and the startup profile.
+    #[schema(value_type = Object)]
+    pub profile: Option<serde_json::Value>,
+}
+
+/// A successfully built plugin. Its id is the id of the build that made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Version {
+    pub id: BuildId,
+    pub application_id: AppId,
+    pub owner_id: OwnerId,
+    #[schema(value_type = String, example = "1.0.0")]
+    pub version: semver::Version,
+    pub language: Language,
+    pub phases: Phases,
+    pub conf: String,
+    pub notes: String,
+    pub created: DateTime<Utc>,
+    pub source_location: String,
+    pub binary_location: String,
+    pub logs_location: String,
+    /// Hex sha256 of the `.wasm` binary; also its `ETag`.
+    pub binary_sha256: String,
+    pub binary_size: i64,
+    #[schema(value_type = Object)]
+    pub profile: Option<serde_json::Value>,
+}
+
+/// Timings a worker reports with a successful build, in milliseconds per
+/// stage, plus any startup measurements. Kept as JSON so new stages need no
+/// migration.
+pub type BuildProfile = serde_json::Value;
