@@ -1,1 +1,85 @@
-//! kiln-sandbox
+//! kiln-sandbox runs one command of untrusted code: no network, the host's
+//! files invisible except what is mounted, hard limits on memory, processes,
+//! CPU, wall time, disk and log size, and nothing left behind afterwards.
+//!
+//! It knows nothing about Rust or builds: a toolchain describes a
+//! [`SandboxCommand`], a [`Sandbox`] runs it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default memory limit of one build: 2 GiB.
+pub const DEFAULT_MEMORY_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Default number of processes (and threads) one build may have alive.
+pub const DEFAULT_MAX_PROCESSES: u32 = 512;
+/// Default CPU share of one build, in cores.
+pub const DEFAULT_CPU_CORES: f64 = 2.0;
+/// Default wall-clock limit of one build.
+pub const DEFAULT_WALL_TIME: Duration = Duration::from_secs(300);
+/// Default size of the build's private tmpfs: 2 GiB.
+pub const DEFAULT_DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// Default cap on the captured log (stdout and stderr together): 1 MiB.
+pub const DEFAULT_MAX_LOG_BYTES: usize = 1024 * 1024;
+
+/// Hard limits of one sandboxed run. Networking is not a limit: it is never
+/// available.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Memory of the whole process tree, in bytes (cgroup).
+    pub memory_bytes: u64,
+    /// Live processes and threads of the whole tree (cgroup pids).
+    pub max_processes: u32,
+    /// CPU bandwidth, in cores (cgroup cpu quota).
+    pub cpu_cores: f64,
+    /// Wall-clock time after which the whole tree is killed.
+    pub wall_time: Duration,
+    /// Size of the writable tmpfs the build works in, in bytes.
+    pub disk_bytes: u64,
+    /// Bytes of combined stdout/stderr kept; the rest is dropped and a
+    /// truncation marker is appended.
+    pub max_log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: DEFAULT_MEMORY_BYTES,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            cpu_cores: DEFAULT_CPU_CORES,
+            wall_time: DEFAULT_WALL_TIME,
+            disk_bytes: DEFAULT_DISK_BYTES,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    ReadOnly,
+    /// ## Security
+    /// Code in the sandbox can change anything under a writable mount.
+    /// Only the build's own scratch directory is ever mounted this way.
+    ReadWrite,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub host: PathBuf,
+    pub guest: PathBuf,
+    pub kind: MountKind,
+}
+
+/// What to run. The environment is exactly `env`: nothing of the host's
+/// environment leaks in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxCommand {
+    /// Program path as seen inside the sandbox.
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// Read-only mounts (toolchain, dependency cache) besides the scratch dir.
+    pub mounts: Vec<Mount>,
+}
