@@ -1,1 +1,45 @@
-//! kiln-store
+//! kiln-store keeps kiln's state: metadata in SQL (SQLite embedded,
+//! PostgreSQL at scale, picked by URL) and blobs in an object store (a local
+//! directory embedded, S3-compatible at scale). Callers see [`MetaStore`] and
+//! [`BlobStore`]; no SQL or S3 detail leaks out.
+//!
+//! Layout:
+//! - [`meta`]: applications, builds (which are also the queue), versions,
+//!   owners and tokens.
+//! - [`blob`]: sources, binaries and logs, written atomically.
+//! - [`keys`]: where each blob of a build lives.
+
+pub mod blob;
+pub mod keys;
+pub mod meta;
+
+pub use blob::{BlobStore, S3Config};
+pub use meta::{
+    BuildFilter, ClaimedBuild, MetaStore, NewBuild, NewVersion, Page, QueueCounts, VersionPatch,
+};
+
+/// A failure of a store operation. `NotFound`, `Conflict` and `LeaseLost`
+/// are answers callers act on; the rest are internal errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    /// The build is not running under this lease: it was re-queued,
+    /// cancelled, finished, or the lease id is unknown.
+    #[error("build {0} is not running under this lease")]
+    LeaseLost(kiln_domain::BuildId),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("blob store error: {0}")]
+    Blob(#[from] object_store::Error),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,725 @@
+//! The metadata store. One set of SQL serves both backends (`$n`
+//! placeholders, times as integer microseconds); the few statements that
+//! differ say why. The builds table is also the build queue: a claim is an
+//! atomic `queued -> running` with a lease, and every report checks that lease.
+
+mod rows;
+
+use crate::{Result, StoreError};
+use chrono::{DateTime, Utc};
+use kiln_domain::{
+    AppId, Application, BuildId, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
+};
+use rows::{to_us, AppRow, BuildRow, VersionRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Runs `$body` with `$pool` bound to whichever pool backs the store; the
+/// body is compiled once per backend.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The metadata store, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    backend: Backend,
+}
+
+const BUILD_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
+     created_us, state, attempt, started_us, finished_us, error, source_location, logs_location, \
+     profile, lease_id";
+
+const VERSION_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
+     created_us, source_location, binary_location, logs_location, binary_sha256, binary_size, profile";
+
+/// What the API knows of a build when it is queued.
+#[derive(Debug, Clone)]
+pub struct NewBuild {
+    pub id: BuildId,
+    pub application_id: AppId,
+    pub owner_id: OwnerId,
+    pub version: semver::Version,
+    pub language: Language,
+    pub phases: Phases,
+    pub conf: String,
+    pub notes: String,
+    pub source_location: String,
+}
+
+/// A build handed to a worker, with the lease its reports must carry.
+#[derive(Debug, Clone)]
+pub struct ClaimedBuild {
+    pub build: VersionBuild,
+    pub lease_id: Uuid,
+    pub lease_expires: DateTime<Utc>,
+    pub source_location: String,
+}
+
+/// What a successful build adds to make a version.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub binary_location: String,
+    pub binary_sha256: String,
+    pub binary_size: i64,
+    pub logs_location: String,
+    pub profile: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VersionPatch {
+    pub version: Option<semver::Version>,
+    pub phases: Option<Phases>,
+    pub conf: Option<String>,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub application_id: Option<AppId>,
+    pub state: Option<BuildState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self { limit: 50, offset: 0 }
+    }
+}
+
+/// Builds per state, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct QueueCounts {
+    pub by_state: Vec<(BuildState, i64)>,
+}
+
+fn conflict_on_unique(e: sqlx::Error, message: impl Into<String>) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message.into()),
+        _ => StoreError::Database(e),
+    }
+}
+
+fn now_us() -> i64 {
+    to_us(Utc::now())
+}
+
+fn duplicate_version(version: &semver::Version) -> String {
+    format!("version {version} already exists for this application")
+}
+
+impl MetaStore {
+    /// Connects by URL: `sqlite://PATH` (created if missing) or
+    /// `postgres://…`, and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Ok(Self { backend: Backend::Sqlite(pool) })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::connect_postgres(PgConnectOptions::from_str(url)?).await
+        } else {
+            Err(StoreError::Config(format!(
+                "database URL must start with sqlite:// or postgres:// (got {:?})",
+                url.split(':').next().unwrap_or_default()
+            )))
+        }
+    }
+
+    /// Connects to PostgreSQL with every table in `schema`, which is created
+    /// if missing. Tests use one schema each.
+    pub async fn connect_postgres_schema(url: &str, schema: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Self::connect_postgres(options.options([("search_path", schema)])).await
+    }
+
+    async fn connect_postgres(options: PgConnectOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { backend: Backend::Postgres(pool) })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    // ---- owners and tokens -------------------------------------------------
+
+    pub async fn create_owner(&self, name: &str) -> Result<OwnerId> {
+        let id: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar("INSERT INTO owners (name, created_us) VALUES ($1, $2) RETURNING id")
+                .bind(name)
+                .bind(now_us())
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(OwnerId(id))
+    }
+
+    pub async fn owner_count(&self) -> Result<i64> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM owners").fetch_one(pool).await
+        })?)
+    }
+
+    pub async fn owner_exists(&self, owner: OwnerId) -> Result<bool> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM owners WHERE id = $1")
+                .bind(owner.0)
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Records a token by its hash (see `kiln_server::auth`).
+    pub async fn add_token(&self, owner: OwnerId, token_hash: &str) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("INSERT INTO tokens (hash, owner_id, created_us) VALUES ($1, $2, $3)")
+                .bind(token_hash)
+                .bind(owner.0)
+                .bind(now_us())
+                .execute(pool)
+                .await.map(|r| r.rows_affected())
+        })?;
+        Ok(())
+    }
+
+    pub async fn owner_by_token(&self, token_hash: &str) -> Result<Option<OwnerId>> {
+        let id: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT owner_id FROM tokens WHERE hash = $1")
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(id.map(OwnerId))
+    }
+
+    // ---- applications ------------------------------------------------------
+
+    pub async fn create_application(&self, owner: OwnerId, name: &str, notes: &str) -> Result<Application> {
+        let app = Application {
+            id: AppId::new(),
+            owner_id: owner,
+            name: name.to_owned(),
+            notes: notes.to_owned(),
+            created: rows::from_us(now_us()),
+        };
+        with_pool!(self, pool => {
+            sqlx::query("INSERT INTO applications (id, owner_id, name, notes, created_us) VALUES ($1, $2, $3, $4, $5)")
+                .bind(app.id.0)
+                .bind(owner.0)
+                .bind(&app.name)
+                .bind(&app.notes)
+                .bind(to_us(app.created))
+                .execute(pool)
+                .await.map(|r| r.rows_affected())
+        })?;
+        Ok(app)
+    }
+
+    pub async fn list_applications(&self, owner: OwnerId) -> Result<Vec<Application>> {
+        let rows: Vec<AppRow> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT id, owner_id, name, notes, created_us FROM applications WHERE owner_id = $1 ORDER BY created_us DESC, id")
+                .bind(owner.0)
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// An application of `owner`; another owner's answers `NotFound`.
+    pub async fn get_application(&self, owner: OwnerId, id: AppId) -> Result<Application> {
+        let row: Option<AppRow> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT id, owner_id, name, notes, created_us FROM applications WHERE id = $1 AND owner_id = $2")
+                .bind(id.0)
+                .bind(owner.0)
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(Into::into).ok_or(StoreError::NotFound)
+    }
+
+    pub async fn update_application(
+        &self,
+        owner: OwnerId,
+        id: AppId,
+        name: Option<&str>,
+        notes: Option<&str>,
+    ) -> Result<Application> {
+        let changed = with_pool!(self, pool => {
+            sqlx::query("UPDATE applications SET name = COALESCE($1, name), notes = COALESCE($2, notes) WHERE id = $3 AND owner_id = $4")
+                .bind(name)
+                .bind(notes)
+                .bind(id.0)
+                .bind(owner.0)
+                .execute(pool)
+                .await.map(|r| r.rows_affected())
+        })?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.get_application(owner, id).await
+    }
+
+    /// Deletes an application with its builds and versions (the blobs are
+    /// the caller's to delete, under `keys::app_prefix`).
+    pub async fn delete_application(&self, owner: OwnerId, id: AppId) -> Result<()> {
+        let deleted = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM versions WHERE application_id = $1 AND owner_id = $2")
+                .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM builds WHERE application_id = $1 AND owner_id = $2")
+                .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
+            let n = sqlx::query("DELETE FROM applications WHERE id = $1 AND owner_id = $2")
+                .bind(id.0).bind(owner.0).execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(n)
+        })?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    // ---- builds --------------------------------------------------------------
+
+    /// Queues a build. `Conflict` when the application already has this
+    /// version queued, running or built.
+    pub async fn create_build(&self, new: &NewBuild) -> Result<VersionBuild> {
+        let existing_version = self
+            .find_version_id(new.application_id, &new.version.to_string())
+            .await?;
+        if existing_version.is_some() {
+            return Err(StoreError::Conflict(duplicate_version(&new.version)));
+        }
+        let sql = format!(
+            "INSERT INTO builds (id, application_id, owner_id, version, language, phases, conf, notes, created_us, state, attempt, source_location) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10) RETURNING {BUILD_COLS}"
+        );
+        let row: BuildRow = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(new.id.0)
+                .bind(new.application_id.0)
+                .bind(new.owner_id.0)
+                .bind(new.version.to_string())
+                .bind(new.language.as_str())
+                .bind(new.phases.to_json())
+                .bind(&new.conf)
+                .bind(&new.notes)
+                .bind(now_us())
+                .bind(&new.source_location)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(|e| conflict_on_unique(e, duplicate_version(&new.version)))?;
+        row.try_into()
+    }
+
+    async fn find_version_id(&self, app: AppId, version: &str) -> Result<Option<Uuid>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT id FROM versions WHERE application_id = $1 AND version = $2")
+                .bind(app.0)
+                .bind(version)
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+
+    pub async fn get_build(&self, owner: OwnerId, id: BuildId) -> Result<VersionBuild> {
+        self.build_row(Some(owner), id).await?.try_into()
+    }
+
+    /// The source blob of a build, for the owner's download.
+    pub async fn build_source_location(&self, owner: OwnerId, id: BuildId) -> Result<String> {
+        Ok(self.build_row(Some(owner), id).await?.source_location)
+    }
+
+    async fn build_row(&self, owner: Option<OwnerId>, id: BuildId) -> Result<BuildRow> {
+        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)");
+        let row: Option<BuildRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(id.0)
+                .bind(owner.map(|o| o.0))
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.ok_or(StoreError::NotFound)
+    }
+
+    /// The owner's builds, newest first.
+    pub async fn list_builds(&self, owner: OwnerId, filter: &BuildFilter, page: Page) -> Result<Vec<VersionBuild>> {
+        let sql = format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE owner_id = $1 \
+             AND ($2 IS NULL OR application_id = $2) AND ($3 IS NULL OR state = $3) \
+             ORDER BY created_us DESC, id DESC LIMIT $4 OFFSET $5"
+        );
+        let rows: Vec<BuildRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(owner.0)
+                .bind(filter.application_id.map(|a| a.0))
+                .bind(filter.state.map(|s| s.as_str()))
+                .bind(page.limit)
+                .bind(page.offset)
+                .fetch_all(pool)
+                .await
+        })?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Cancels a queued or running build. `Conflict` when it has finished.
+    pub async fn cancel_build(&self, owner: OwnerId, id: BuildId) -> Result<VersionBuild> {
+        let changed = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE builds SET state = 'cancelled', finished_us = $1, error = 'cancelled by its owner', \
+                 lease_id = NULL, lease_expires_us = NULL \
+                 WHERE id = $2 AND owner_id = $3 AND state IN ('queued', 'running')",
+            )
+            .bind(now_us())
+            .bind(id.0)
+            .bind(owner.0)
+            .execute(pool)
+            .await.map(|r| r.rows_affected())
+        })?;
+        let build = self.get_build(owner, id).await?;
+        if changed == 0 {
+            return Err(StoreError::Conflict(format!(
+                "build {id} is {} and can no longer be cancelled",
+                build.state
+            )));
+        }
+        Ok(build)
+    }
+
+    /// Number of builds in each state.
+    pub async fn queue_counts(&self) -> Result<QueueCounts> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT state, COUNT(*) FROM builds GROUP BY state").fetch_all(pool).await
+        })?;
+        let by_state = rows
+            .into_iter()
+            .filter_map(|(s, n)| BuildState::parse(&s).ok().map(|s| (s, n)))
+            .collect();
+        Ok(QueueCounts { by_state })
+    }
+
+    // ---- the queue -----------------------------------------------------------
+
+    /// Claims the oldest queued build: `queued -> running` with a fresh lease,
+    /// atomically. `None` when the queue is empty.
+    pub async fn claim_next(&self, lease: Duration) -> Result<Option<ClaimedBuild>> {
+        let lease_id = Uuid::new_v4();
+        let now = now_us();
+        let expires = now + lease.as_micros() as i64;
+        // PostgreSQL: concurrent claimers skip each other's locked rows.
+        // SQLite: the statement runs under the single writer lock.
+        let lock = match self.backend {
+            Backend::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite(_) => "",
+        };
+        let sql = format!(
+            "UPDATE builds SET state = 'running', attempt = attempt + 1, lease_id = $1, lease_expires_us = $2, \
+             started_us = $3, error = NULL \
+             WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY created_us, id LIMIT 1 {lock}) \
+             AND state = 'queued' RETURNING {BUILD_COLS}"
+        );
+        let row: Option<BuildRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(lease_id).bind(expires).bind(now).fetch_optional(pool).await
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let source_location = row.source_location.clone();
+        Ok(Some(ClaimedBuild {
+            build: row.try_into()?,
+            lease_id,
+            lease_expires: rows::from_us(expires),
+            source_location,
+        }))
+    }
+
+    /// Extends a lease. `LeaseLost` when the build is no longer running
+    /// under it (cancelled, re-queued, finished).
+    pub async fn heartbeat(&self, id: BuildId, lease_id: Uuid, lease: Duration) -> Result<DateTime<Utc>> {
+        let expires = now_us() + lease.as_micros() as i64;
+        let changed = with_pool!(self, pool => {
+            sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND state = 'running'")
+                .bind(expires)
+                .bind(id.0)
+                .bind(lease_id)
+                .execute(pool)
+                .await.map(|r| r.rows_affected())
+        })?;
+        if changed == 0 {
+            return Err(StoreError::LeaseLost(id));
+        }
+        Ok(rows::from_us(expires))
+    }
+
+    /// The build a worker holds under `lease_id`, with its source location.
+    pub async fn leased_build(&self, id: BuildId, lease_id: Uuid) -> Result<ClaimedBuild> {
+        let row = self.build_row(None, id).await.map_err(|e| match e {
+            StoreError::NotFound => StoreError::LeaseLost(id),
+            e => e,
+        })?;
+        if row.lease_id != Some(lease_id) || row.state != "running" {
+            return Err(StoreError::LeaseLost(id));
+        }
+        let source_location = row.source_location.clone();
+        let build: VersionBuild = row.try_into()?;
+        Ok(ClaimedBuild {
+            lease_expires: Utc::now(),
+            build,
+            lease_id,
+            source_location,
+        })
+    }
+
+    /// Marks a build succeeded and creates its version, in one transaction.
+    pub async fn complete_success(&self, id: BuildId, lease_id: Uuid, new: &NewVersion) -> Result<Version> {
+        let now = now_us();
+        let profile = new.profile.as_ref().map(|p| p.to_string());
+        let result: std::result::Result<Option<BuildRow>, sqlx::Error> = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE builds SET state = 'succeeded', finished_us = $1, logs_location = $2, profile = $3, \
+                     lease_id = NULL, lease_expires_us = NULL WHERE id = $4 AND lease_id = $5 AND state = 'running'",
+                )
+                .bind(now).bind(&new.logs_location).bind(&profile).bind(id.0).bind(lease_id)
+                .execute(&mut *tx).await?.rows_affected();
+                if updated == 0 {
+                    return Ok(None);
+                }
+                let row: BuildRow = sqlx::query_as(&format!("SELECT {BUILD_COLS} FROM builds WHERE id = $1"))
+                    .bind(id.0).fetch_one(&mut *tx).await?;
+                sqlx::query(
+                    "INSERT INTO versions (id, application_id, owner_id, version, language, phases, conf, notes, created_us, \
+                     source_location, binary_location, logs_location, binary_sha256, binary_size, profile) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(row.id).bind(row.application_id).bind(row.owner_id).bind(&row.version).bind(&row.language)
+                .bind(&row.phases).bind(&row.conf).bind(&row.notes).bind(now).bind(&row.source_location)
+                .bind(&new.binary_location).bind(&new.logs_location).bind(&new.binary_sha256).bind(new.binary_size)
+                .bind(&profile)
+                .execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(Some(row))
+            }.await
+        });
+        match result.map_err(|e| conflict_on_unique(e, "this version already exists for the application"))? {
+            None => Err(StoreError::LeaseLost(id)),
+            Some(row) => self.get_version(OwnerId(row.owner_id), id).await,
+        }
+    }
+
+    /// Marks a build failed: the customer's code did not build.
+    pub async fn complete_failure(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        logs_location: &str,
+        error: &str,
+        profile: Option<&serde_json::Value>,
+    ) -> Result<VersionBuild> {
+        self.finish(id, lease_id, BuildState::Failed, Some(logs_location), error, profile).await
+    }
+
+    /// Reports a crash (kiln's own fault). The build is queued again unless
+    /// it has used `max_attempts`, then it ends `crashed`.
+    pub async fn report_crash(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        logs_location: Option<&str>,
+        error: &str,
+        max_attempts: i32,
+    ) -> Result<VersionBuild> {
+        let row = self.build_row(None, id).await.map_err(|_| StoreError::LeaseLost(id))?;
+        if row.attempt < max_attempts {
+            let changed = with_pool!(self, pool => {
+                sqlx::query(
+                    "UPDATE builds SET state = 'queued', error = $1, logs_location = COALESCE($2, logs_location), \
+                     lease_id = NULL, lease_expires_us = NULL WHERE id = $3 AND lease_id = $4 AND state = 'running'",
+                )
+                .bind(error).bind(logs_location).bind(id.0).bind(lease_id)
+                .execute(pool).await.map(|r| r.rows_affected())
+            })?;
+            if changed == 0 {
+                return Err(StoreError::LeaseLost(id));
+            }
+            return self.build_row(None, id).await?.try_into();
+        }
+        self.finish(id, lease_id, BuildState::Crashed, logs_location, error, None).await
+    }
+
+    async fn finish(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        state: BuildState,
+        logs_location: Option<&str>,
+        error: &str,
+        profile: Option<&serde_json::Value>,
+    ) -> Result<VersionBuild> {
+        let profile = profile.map(|p| p.to_string());
+        let changed = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE builds SET state = $1, finished_us = $2, logs_location = COALESCE($3, logs_location), error = $4, \
+                 profile = COALESCE($5, profile), lease_id = NULL, lease_expires_us = NULL \
+                 WHERE id = $6 AND lease_id = $7 AND state = 'running'",
+            )
+            .bind(state.as_str()).bind(now_us()).bind(logs_location).bind(error).bind(&profile)
+            .bind(id.0).bind(lease_id)
+            .execute(pool).await.map(|r| r.rows_affected())
+        })?;
+        if changed == 0 {
+            return Err(StoreError::LeaseLost(id));
+        }
+        self.build_row(None, id).await?.try_into()
+    }
+
+    /// Puts running builds whose lease expired back in the queue, or ends
+    /// them `crashed` once they have used `max_attempts`. Returns how many
+    /// builds it touched.
+    pub async fn reap_expired(&self, max_attempts: i32) -> Result<u64> {
+        let now = now_us();
+        let (crashed, requeued) = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let crashed = sqlx::query(
+                    "UPDATE builds SET state = 'crashed', finished_us = $1, \
+                     error = 'the worker stopped reporting and the build used all its attempts', \
+                     lease_id = NULL, lease_expires_us = NULL \
+                     WHERE state = 'running' AND lease_expires_us < $1 AND attempt >= $2",
+                )
+                .bind(now).bind(max_attempts).execute(&mut *tx).await?.rows_affected();
+                let requeued = sqlx::query(
+                    "UPDATE builds SET state = 'queued', error = 'the worker stopped reporting; queued again', \
+                     lease_id = NULL, lease_expires_us = NULL \
+                     WHERE state = 'running' AND lease_expires_us < $1",
+                )
+                .bind(now).execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>((crashed, requeued))
+            }.await
+        })?;
+        if crashed + requeued > 0 {
+            tracing::warn!(crashed, requeued, "reaped builds with expired leases");
+        }
+        Ok(crashed + requeued)
+    }
+
+    // ---- versions --------------------------------------------------------------
+
+    pub async fn get_version(&self, owner: OwnerId, id: BuildId) -> Result<Version> {
+        let sql = format!("SELECT {VERSION_COLS} FROM versions WHERE id = $1 AND owner_id = $2");
+        let row: Option<VersionRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(id.0).bind(owner.0).fetch_optional(pool).await
+        })?;
+        row.ok_or(StoreError::NotFound)?.try_into()
+    }
+
+    /// The owner's versions, newest first, optionally of one application.
+    pub async fn list_versions(&self, owner: OwnerId, app: Option<AppId>) -> Result<Vec<Version>> {
+        let sql = format!(
+            "SELECT {VERSION_COLS} FROM versions WHERE owner_id = $1 AND ($2 IS NULL OR application_id = $2) \
+             ORDER BY created_us DESC, id DESC"
+        );
+        let rows: Vec<VersionRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(owner.0).bind(app.map(|a| a.0)).fetch_all(pool).await
+        })?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Changes a version's metadata; its build row follows, so the version
+    /// number stays unique across both.
+    pub async fn update_version(&self, owner: OwnerId, id: BuildId, patch: &VersionPatch) -> Result<Version> {
+        let current = self.get_version(owner, id).await?;
+        let version = patch.version.clone().unwrap_or(current.version.clone());
+        let phases = patch.phases.clone().unwrap_or(current.phases.clone()).to_json();
+        let conf = patch.conf.clone().unwrap_or(current.conf.clone());
+        let notes = patch.notes.clone().unwrap_or(current.notes.clone());
+        let version_text = version.to_string();
+        with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                for table in ["versions", "builds"] {
+                    sqlx::query(&format!(
+                        "UPDATE {table} SET version = $1, phases = $2, conf = $3, notes = $4 WHERE id = $5 AND owner_id = $6"
+                    ))
+                    .bind(&version_text).bind(&phases).bind(&conf).bind(&notes).bind(id.0).bind(owner.0)
+                    .execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }.await
+        })
+        .map_err(|e| conflict_on_unique(e, duplicate_version(&version)))?;
+        self.get_version(owner, id).await
+    }
+
+    /// Deletes a version and its build (the blobs are the caller's, under
+    /// `keys::build_prefix`).
+    pub async fn delete_version(&self, owner: OwnerId, id: BuildId) -> Result<Version> {
+        let version = self.get_version(owner, id).await?;
+        with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                sqlx::query("DELETE FROM versions WHERE id = $1 AND owner_id = $2")
+                    .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM builds WHERE id = $1 AND owner_id = $2")
+                    .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
+                tx.commit().await
+            }.await
+        })?;
+        Ok(version)
+    }
+}

@@ -1,0 +1,137 @@
+//! Rows as the databases hold them, and their conversion to domain types.
+//! Times are stored as microseconds since the epoch.
+
+use crate::{Result, StoreError};
+use chrono::{DateTime, Utc};
+use kiln_domain::{
+    AppId, Application, BuildId, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
+};
+use uuid::Uuid;
+
+pub fn to_us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_us(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_profile(raw: Option<String>) -> Result<Option<serde_json::Value>> {
+    raw.map(|p| serde_json::from_str(&p).map_err(|e| corrupt("profile", e)))
+        .transpose()
+}
+
+#[derive(sqlx::FromRow)]
+pub struct AppRow {
+    pub id: Uuid,
+    pub owner_id: i64,
+    pub name: String,
+    pub notes: String,
+    pub created_us: i64,
+}
+
+impl From<AppRow> for Application {
+    fn from(r: AppRow) -> Self {
+        Application {
+            id: AppId(r.id),
+            owner_id: OwnerId(r.owner_id),
+            name: r.name,
+            notes: r.notes,
+            created: from_us(r.created_us),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct BuildRow {
+    pub id: Uuid,
+    pub application_id: Uuid,
+    pub owner_id: i64,
+    pub version: String,
+    pub language: String,
+    pub phases: String,
+    pub conf: String,
+    pub notes: String,
+    pub created_us: i64,
+    pub state: String,
+    pub attempt: i32,
+    pub started_us: Option<i64>,
+    pub finished_us: Option<i64>,
+    pub error: Option<String>,
+    pub source_location: String,
+    pub logs_location: Option<String>,
+    pub profile: Option<String>,
+    pub lease_id: Option<Uuid>,
+}
+
+impl TryFrom<BuildRow> for VersionBuild {
+    type Error = StoreError;
+
+    fn try_from(r: BuildRow) -> Result<Self> {
+        Ok(VersionBuild {
+            id: BuildId(r.id),
+            application_id: AppId(r.application_id),
+            owner_id: OwnerId(r.owner_id),
+            version: semver::Version::parse(&r.version).map_err(|e| corrupt("version", e))?,
+            language: Language::parse(&r.language).map_err(|e| corrupt("language", e))?,
+            phases: Phases::parse_json(&r.phases).map_err(|e| corrupt("phases", e))?,
+            conf: r.conf,
+            notes: r.notes,
+            created: from_us(r.created_us),
+            state: BuildState::parse(&r.state).map_err(|e| corrupt("state", e))?,
+            attempt: r.attempt,
+            started: r.started_us.map(from_us),
+            finished: r.finished_us.map(from_us),
+            error: r.error,
+            logs_location: r.logs_location,
+            profile: parse_profile(r.profile)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct VersionRow {
+    pub id: Uuid,
+    pub application_id: Uuid,
+    pub owner_id: i64,
+    pub version: String,
+    pub language: String,
+    pub phases: String,
+    pub conf: String,
+    pub notes: String,
+    pub created_us: i64,
+    pub source_location: String,
+    pub binary_location: String,
+    pub logs_location: String,
+    pub binary_sha256: String,
+    pub binary_size: i64,
+    pub profile: Option<String>,
+}
+
+impl TryFrom<VersionRow> for Version {
+    type Error = StoreError;
+
+    fn try_from(r: VersionRow) -> Result<Self> {
+        Ok(Version {
+            id: BuildId(r.id),
+            application_id: AppId(r.application_id),
+            owner_id: OwnerId(r.owner_id),
+            version: semver::Version::parse(&r.version).map_err(|e| corrupt("version", e))?,
+            language: Language::parse(&r.language).map_err(|e| corrupt("language", e))?,
+            phases: Phases::parse_json(&r.phases).map_err(|e| corrupt("phases", e))?,
+            conf: r.conf,
+            notes: r.notes,
+            created: from_us(r.created_us),
+            source_location: r.source_location,
+            binary_location: r.binary_location,
+            logs_location: r.logs_location,
+            binary_sha256: r.binary_sha256,
+            binary_size: r.binary_size,
+            profile: parse_profile(r.profile)?,
+        })
+    }
+}

@@ -1,0 +1,380 @@
+//! The metadata store's behaviour, run against SQLite and a real PostgreSQL
+//! (`KILN_TEST_DATABASE_URL`, started by `scripts/test`).
+
+use kiln_domain::{AppId, BuildId, BuildState, Language, OwnerId, Phases};
+use kiln_store::{BuildFilter, MetaStore, NewBuild, NewVersion, Page, StoreError, VersionPatch};
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+struct TestDb {
+    store: MetaStore,
+    /// How to open the same database again, to test restarts.
+    reopen: Reopen,
+    _dir: Option<tempfile::TempDir>,
+}
+
+enum Reopen {
+    Sqlite(String),
+    Postgres { url: String, schema: String },
+}
+
+impl TestDb {
+    async fn reopen(&self) -> MetaStore {
+        self.store.close().await;
+        match &self.reopen {
+            Reopen::Sqlite(url) => MetaStore::connect(url).await.unwrap(),
+            Reopen::Postgres { url, schema } => {
+                MetaStore::connect_postgres_schema(url, schema).await.unwrap()
+            }
+        }
+    }
+}
+
+async fn sqlite_db() -> Option<TestDb> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+    Some(TestDb {
+        store: MetaStore::connect(&url).await.unwrap(),
+        reopen: Reopen::Sqlite(url),
+        _dir: Some(dir),
+    })
+}
+
+async fn postgres_db() -> Option<TestDb> {
+    let Ok(url) = std::env::var("KILN_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("KILN_TEST_REQUIRE_SERVICES").is_err(),
+            "KILN_TEST_DATABASE_URL is not set but KILN_TEST_REQUIRE_SERVICES is"
+        );
+        eprintln!("skipped: KILN_TEST_DATABASE_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
+    Some(TestDb {
+        store: MetaStore::connect_postgres_schema(&url, &schema).await.unwrap(),
+        reopen: Reopen::Postgres { url, schema },
+        _dir: None,
+    })
+}
+
+fn new_build(owner: OwnerId, app: AppId, version: &str) -> NewBuild {
+    let id = BuildId::new();
+    NewBuild {
+        id,
+        application_id: app,
+        owner_id: owner,
+        version: version.parse().unwrap(),
+        language: Language::Rust,
+        phases: Phases::parse_json(r#"["request_headers"]"#).unwrap(),
+        conf: "{}".into(),
+        notes: String::new(),
+        source_location: format!("apps/{app}/builds/{id}/source.tar.gz"),
+    }
+}
+
+fn new_version(build: BuildId) -> NewVersion {
+    NewVersion {
+        binary_location: format!("b/{build}/plugin.wasm"),
+        binary_sha256: "ab".repeat(32),
+        binary_size: 1234,
+        logs_location: format!("b/{build}/build.log"),
+        profile: Some(serde_json::json!({"compile_ms": 10})),
+    }
+}
+
+async fn owner_with_app(store: &MetaStore) -> (OwnerId, AppId) {
+    let owner = store.create_owner("test").await.unwrap();
+    let app = store.create_application(owner, "edge-auth", "").await.unwrap();
+    (owner, app.id)
+}
+
+async fn applications_are_private_to_their_owner(db: TestDb) {
+    let store = &db.store;
+    let alice = store.create_owner("alice").await.unwrap();
+    let bob = store.create_owner("bob").await.unwrap();
+    let app = store.create_application(alice, "a", "notes").await.unwrap();
+    assert_eq!(store.get_application(alice, app.id).await.unwrap(), app);
+    assert!(matches!(store.get_application(bob, app.id).await, Err(StoreError::NotFound)));
+    assert!(store.list_applications(bob).await.unwrap().is_empty());
+    assert!(matches!(
+        store.update_application(bob, app.id, Some("x"), None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(store.delete_application(bob, app.id).await, Err(StoreError::NotFound)));
+    let renamed = store.update_application(alice, app.id, Some("b"), None).await.unwrap();
+    assert_eq!((renamed.name.as_str(), renamed.notes.as_str()), ("b", "notes"));
+    assert_eq!(store.list_applications(alice).await.unwrap(), vec![renamed]);
+}
+
+async fn tokens_resolve_to_owners(db: TestDb) {
+    let store = &db.store;
+    let owner = store.create_owner("o").await.unwrap();
+    store.add_token(owner, "hash-1").await.unwrap();
+    assert_eq!(store.owner_by_token("hash-1").await.unwrap(), Some(owner));
+    assert_eq!(store.owner_by_token("hash-2").await.unwrap(), None);
+}
+
+async fn duplicate_live_versions_conflict(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let first = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    assert_eq!(first.state, BuildState::Queued);
+    assert!(matches!(
+        store.create_build(&new_build(owner, app, "1.0.0")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A cancelled version number may be uploaded again.
+    store.cancel_build(owner, first.id).await.unwrap();
+    store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+}
+
+async fn builds_list_newest_first_with_filters(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let other_app = store.create_application(owner, "other", "").await.unwrap().id;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(store.create_build(&new_build(owner, app, &format!("1.0.{i}"))).await.unwrap().id);
+    }
+    store.create_build(&new_build(owner, other_app, "9.0.0")).await.unwrap();
+    store.cancel_build(owner, ids[1]).await.unwrap();
+
+    let only_app = BuildFilter { application_id: Some(app), state: None };
+    let all = store.list_builds(owner, &only_app, Page { limit: 100, offset: 0 }).await.unwrap();
+    let listed: Vec<_> = all.iter().map(|b| b.id).collect();
+    assert_eq!(listed, ids.iter().rev().copied().collect::<Vec<_>>());
+
+    let page2 = store.list_builds(owner, &only_app, Page { limit: 2, offset: 2 }).await.unwrap();
+    assert_eq!(page2.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+
+    let cancelled = BuildFilter { application_id: None, state: Some(BuildState::Cancelled) };
+    let got = store.list_builds(owner, &cancelled, Page::default()).await.unwrap();
+    assert_eq!(got.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[1]]);
+
+    let stranger = store.create_owner("s").await.unwrap();
+    assert!(store.list_builds(stranger, &BuildFilter::default(), Page::default()).await.unwrap().is_empty());
+}
+
+async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store.create_build(&new_build(owner, app, "1.2.3")).await.unwrap();
+    let claimed = store.claim_next(LEASE).await.unwrap().expect("a queued build");
+    assert_eq!(claimed.build.id, build.id);
+    assert_eq!(claimed.build.state, BuildState::Running);
+    assert_eq!(claimed.build.attempt, 1);
+    assert!(store.claim_next(LEASE).await.unwrap().is_none(), "queue should be empty");
+
+    store.heartbeat(build.id, claimed.lease_id, LEASE).await.unwrap();
+    let stale = uuid::Uuid::new_v4();
+    assert!(matches!(store.heartbeat(build.id, stale, LEASE).await, Err(StoreError::LeaseLost(_))));
+    assert!(matches!(
+        store.complete_success(build.id, stale, &new_version(build.id)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(store.get_version(owner, build.id).await, Err(StoreError::NotFound)));
+
+    let version = store.complete_success(build.id, claimed.lease_id, &new_version(build.id)).await.unwrap();
+    assert_eq!(version.id, build.id);
+    assert_eq!(version.version.to_string(), "1.2.3");
+    assert_eq!(version.binary_size, 1234);
+    let done = store.get_build(owner, build.id).await.unwrap();
+    assert_eq!(done.state, BuildState::Succeeded);
+    assert!(done.finished.is_some());
+    assert_eq!(done.profile, Some(serde_json::json!({"compile_ms": 10})));
+    // A second report with the same lease changes nothing.
+    assert!(matches!(
+        store.complete_failure(build.id, claimed.lease_id, "l", "late", None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(store.get_build(owner, build.id).await.unwrap().state, BuildState::Succeeded);
+    // The version number is now taken.
+    assert!(matches!(
+        store.create_build(&new_build(owner, app, "1.2.3")).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn a_failed_build_keeps_its_logs(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let failed = store
+        .complete_failure(build.id, claimed.lease_id, "logs/here", "rustc failed", None)
+        .await
+        .unwrap();
+    assert_eq!(failed.state, BuildState::Failed);
+    assert_eq!(failed.logs_location.as_deref(), Some("logs/here"));
+    assert_eq!(failed.error.as_deref(), Some("rustc failed"));
+    assert!(matches!(store.get_version(owner, build.id).await, Err(StoreError::NotFound)));
+}
+
+async fn crashes_are_retried_then_final(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    for attempt in 1..=3 {
+        let claimed = store.claim_next(LEASE).await.unwrap().expect("build is queued again");
+        assert_eq!(claimed.build.attempt, attempt);
+        let after = store.report_crash(build.id, claimed.lease_id, None, "disk full", 3).await.unwrap();
+        let expected = if attempt < 3 { BuildState::Queued } else { BuildState::Crashed };
+        assert_eq!(after.state, expected);
+    }
+    assert!(store.claim_next(LEASE).await.unwrap().is_none());
+}
+
+async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let live = store.create_build(&new_build(owner, app, "2.0.0")).await.unwrap();
+    for attempt in 1..=3 {
+        let claimed = store.claim_next(Duration::ZERO).await.unwrap().unwrap();
+        assert_eq!((claimed.build.id, claimed.build.attempt), (build.id, attempt));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(store.reap_expired(3).await.unwrap(), 1);
+        // The expired lease can no longer report.
+        assert!(matches!(
+            store.complete_success(build.id, claimed.lease_id, &new_version(build.id)).await,
+            Err(StoreError::LeaseLost(_))
+        ));
+        let expected = if attempt < 3 { BuildState::Queued } else { BuildState::Crashed };
+        assert_eq!(store.get_build(owner, build.id).await.unwrap().state, expected);
+    }
+    // A build whose worker heartbeats is left alone.
+    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.build.id, live.id);
+    assert_eq!(store.reap_expired(3).await.unwrap(), 0);
+    assert_eq!(store.get_build(owner, live.id).await.unwrap().state, BuildState::Running);
+}
+
+async fn cancelling_stops_the_lease(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let stranger = store.create_owner("s").await.unwrap();
+    assert!(matches!(store.cancel_build(stranger, build.id).await, Err(StoreError::NotFound)));
+    let cancelled = store.cancel_build(owner, build.id).await.unwrap();
+    assert_eq!(cancelled.state, BuildState::Cancelled);
+    assert!(matches!(
+        store.heartbeat(build.id, claimed.lease_id, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(store.cancel_build(owner, build.id).await, Err(StoreError::Conflict(_))));
+}
+
+async fn concurrent_claims_take_each_build_once(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    for i in 0..12 {
+        store.create_build(&new_build(owner, app, &format!("1.0.{i}"))).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(c) = store.claim_next(LEASE).await.unwrap() {
+                got.push(c.build.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((n, all.len()), (12, 12));
+}
+
+async fn versions_update_and_delete(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let mut ids = Vec::new();
+    for v in ["1.0.0", "1.1.0"] {
+        let b = store.create_build(&new_build(owner, app, v)).await.unwrap();
+        let c = store.claim_next(LEASE).await.unwrap().unwrap();
+        store.complete_success(b.id, c.lease_id, &new_version(b.id)).await.unwrap();
+        ids.push(b.id);
+    }
+    let listed = store.list_versions(owner, Some(app)).await.unwrap();
+    assert_eq!(listed.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[1], ids[0]]);
+
+    let clash = VersionPatch { version: Some("1.1.0".parse().unwrap()), ..Default::default() };
+    assert!(matches!(store.update_version(owner, ids[0], &clash).await, Err(StoreError::Conflict(_))));
+    let patch = VersionPatch {
+        version: Some("1.0.1".parse().unwrap()),
+        notes: Some("hotfix".into()),
+        ..Default::default()
+    };
+    let updated = store.update_version(owner, ids[0], &patch).await.unwrap();
+    assert_eq!((updated.version.to_string().as_str(), updated.notes.as_str()), ("1.0.1", "hotfix"));
+    assert_eq!(store.get_build(owner, ids[0]).await.unwrap().version.to_string(), "1.0.1");
+
+    let stranger = store.create_owner("s").await.unwrap();
+    assert!(matches!(store.delete_version(stranger, ids[0]).await, Err(StoreError::NotFound)));
+    store.delete_version(owner, ids[0]).await.unwrap();
+    assert!(matches!(store.get_version(owner, ids[0]).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.get_build(owner, ids[0]).await, Err(StoreError::NotFound)));
+}
+
+async fn deleting_an_application_removes_builds_and_versions(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let b = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let c = store.claim_next(LEASE).await.unwrap().unwrap();
+    store.complete_success(b.id, c.lease_id, &new_version(b.id)).await.unwrap();
+    let queued = store.create_build(&new_build(owner, app, "2.0.0")).await.unwrap();
+    store.delete_application(owner, app).await.unwrap();
+    assert!(matches!(store.get_version(owner, b.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.get_build(owner, queued.id).await, Err(StoreError::NotFound)));
+    assert!(store.claim_next(LEASE).await.unwrap().is_none());
+}
+
+async fn queued_builds_survive_a_restart(db: TestDb) {
+    let (owner, app) = owner_with_app(&db.store).await;
+    let queued = db.store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let store = db.reopen().await;
+    assert_eq!(store.get_build(owner, queued.id).await.unwrap().state, BuildState::Queued);
+    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.build.id, queued.id);
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() {
+                if let Some(db) = super::sqlite_db().await { super::$case(db).await }
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() {
+                if let Some(db) = super::postgres_db().await { super::$case(db).await }
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    applications_are_private_to_their_owner,
+    tokens_resolve_to_owners,
+    duplicate_live_versions_conflict,
+    builds_list_newest_first_with_filters,
+    a_claimed_build_succeeds_into_a_version,
+    a_failed_build_keeps_its_logs,
+    crashes_are_retried_then_final,
+    expired_leases_are_requeued_then_crashed,
+    cancelling_stops_the_lease,
+    concurrent_claims_take_each_build_once,
+    versions_update_and_delete,
+    deleting_an_application_removes_builds_and_versions,
+    queued_builds_survive_a_restart,
+);
