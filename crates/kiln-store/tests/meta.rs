@@ -115,6 +115,16 @@ async fn tokens_resolve_to_owners(db: TestDb) {
     assert_eq!(store.owner_by_token("hash-2").await.unwrap(), None);
 }
 
+async fn owners_can_be_created_by_id(db: TestDb) {
+    let store = &db.store;
+    store.ensure_owner(OwnerId(5), "five").await.unwrap();
+    store.ensure_owner(OwnerId(5), "again").await.unwrap();
+    assert!(store.owner_exists(OwnerId(5)).await.unwrap());
+    assert_eq!(store.owner_count().await.unwrap(), 1);
+    // The next generated id does not collide with the chosen one.
+    assert_eq!(store.create_owner("next").await.unwrap(), OwnerId(6));
+}
+
 async fn duplicate_live_versions_conflict(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
@@ -366,6 +376,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     applications_are_private_to_their_owner,
     tokens_resolve_to_owners,
+    owners_can_be_created_by_id,
     duplicate_live_versions_conflict,
     builds_list_newest_first_with_filters,
     a_claimed_build_succeeds_into_a_version,

@@ -206,6 +206,25 @@ impl MetaStore {
         Ok(OwnerId(id))
     }
 
+    /// Creates owner `id` if it does not exist yet (for `kiln token create
+    /// --owner N`), keeping PostgreSQL's id sequence ahead of it.
+    pub async fn ensure_owner(&self, id: OwnerId, name: &str) -> Result<()> {
+        if self.owner_exists(id).await? {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            sqlx::query("INSERT INTO owners (id, name, created_us) VALUES ($1, $2, $3)")
+                .bind(id.0).bind(name).bind(now_us())
+                .execute(pool).await.map(|r| r.rows_affected())
+        })?;
+        if let Backend::Postgres(pool) = &self.backend {
+            sqlx::query("SELECT setval(pg_get_serial_sequence('owners', 'id'), (SELECT MAX(id) FROM owners))")
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn owner_count(&self) -> Result<i64> {
         Ok(with_pool!(self, pool => {
             sqlx::query_scalar("SELECT COUNT(*) FROM owners").fetch_one(pool).await
