@@ -13,6 +13,7 @@ pub mod ids;
 pub mod language;
 pub mod phase;
 pub mod state;
+pub mod worker_api;
 
 pub use entities::{Application, BuildProfile, Version, VersionBuild};
 pub use ids::{AppId, BuildId, OwnerId};

@@ -1,1 +1,90 @@
-//! kiln-server
+//! kiln-server is the HTTP face of kiln: the public REST API (applications,
+//! versions, builds), the private API workers use to claim builds and report
+//! results, health and metrics, and the housekeeping of the build queue
+//! (re-queuing builds whose worker went silent). It stores through
+//! kiln-store and never runs a build itself.
+//!
+//! Layout:
+//! - [`config`]: what an operator can set.
+//! - [`auth`]: owner and worker tokens.
+//! - [`error`]: the one error type and its JSON body.
+//! - [`routes`]: one module per resource; handlers stay thin.
+//! - [`upload`]: bounded multipart reading.
+//! - [`metrics`]: Prometheus counters.
+//! - [`openapi`]: the generated API description.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod upload;
+
+pub use config::ServerConfig;
+
+use kiln_store::{BlobStore, MetaStore};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub meta: MetaStore,
+    pub blobs: BlobStore,
+    pub config: Arc<ServerConfig>,
+    /// Woken whenever a build is queued, so long-polling claims answer at once.
+    pub queue_signal: Arc<Notify>,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    pub fn new(meta: MetaStore, blobs: BlobStore, config: ServerConfig) -> Self {
+        Self {
+            meta,
+            blobs,
+            config: Arc::new(config),
+            queue_signal: Arc::new(Notify::new()),
+            metrics: Arc::new(metrics::Metrics::new()),
+        }
+    }
+}
+
+/// The whole HTTP API, for `Server` and for `oneshot` tests.
+pub fn router(state: AppState) -> axum::Router {
+    routes::router(state)
+}
+
+/// A bound server: the address is known before it runs, so callers (and
+/// tests binding port 0) can print or use it.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    pub async fn bind(addr: SocketAddr, state: AppState) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests in flight.
+    /// Runs the lease reaper alongside.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let reaper = tokio::spawn(routes::internal::reap_forever(self.state.clone()));
+        let app = router(self.state);
+        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        reaper.abort();
+        served
+    }
+}

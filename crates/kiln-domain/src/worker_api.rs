@@ -1,0 +1,46 @@
+//! The messages of the private worker API, shared by the server that
+//! answers them and the worker that sends them.
+
+use crate::{BuildId, VersionBuild};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The header every worker report carries: the lease id of its claim.
+pub const LEASE_HEADER: &str = "x-kiln-lease";
+
+/// A build handed to a worker by `POST /internal/builds/claim`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Claim {
+    pub build: VersionBuild,
+    /// Sent back in [`LEASE_HEADER`] with every heartbeat and report.
+    #[schema(value_type = String, format = Uuid)]
+    pub lease_id: Uuid,
+    /// The lease ends then unless a heartbeat extends it.
+    pub lease_expires: DateTime<Utc>,
+    /// Where to download the source archive (a path on the server).
+    pub source_path: String,
+    /// `tar.gz` or `zip`.
+    pub source_kind: String,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Heartbeat {
+    pub build_id: BuildId,
+    pub lease_expires: DateTime<Utc>,
+}
+
+/// Form fields of the reports (`/build_success`, `/build_fail`, `/build_crash`).
+pub mod fields {
+    /// The `.wasm` binary (success).
+    pub const BINARY: &str = "binary";
+    /// The build log, plain text.
+    pub const LOGS: &str = "logs";
+    /// A one-sentence reason (fail, crash).
+    pub const ERROR: &str = "error";
+    /// JSON: the time each stage took, the startup profile.
+    pub const PROFILE: &str = "profile";
+    /// Prefix of precompiled artifacts: `cwasm.<target triple>`.
+    pub const CWASM_PREFIX: &str = "cwasm.";
+}

@@ -1,0 +1,45 @@
+//! Server settings. Units are in the names; defaults are named constants.
+
+use kiln_build::archive::ArchiveLimits;
+use std::time::Duration;
+
+/// How long a claim is valid without a heartbeat.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How many times a build is started before a crash is final.
+pub const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+/// How often expired leases are looked for.
+pub const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest binary a worker may report (the build output cap).
+pub const DEFAULT_MAX_BINARY_BYTES: u64 = 50 * 1024 * 1024;
+/// Largest build log a worker may report.
+pub const DEFAULT_MAX_REPORT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+/// Longest a claim request waits for a build to be queued.
+pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// sha256 of the token workers present (see `auth::hash_token`).
+    pub worker_token_hash: String,
+    /// Limits on uploaded archives; `max_upload_bytes` is also the cap on
+    /// the `source_code` field of `POST /version`.
+    pub archive_limits: ArchiveLimits,
+    pub lease: Duration,
+    pub max_attempts: i32,
+    pub reap_interval: Duration,
+    pub max_binary_bytes: u64,
+    pub max_report_log_bytes: u64,
+}
+
+impl ServerConfig {
+    pub fn new(worker_token_hash: String) -> Self {
+        Self {
+            worker_token_hash,
+            archive_limits: ArchiveLimits::default(),
+            lease: DEFAULT_LEASE,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            reap_interval: DEFAULT_REAP_INTERVAL,
+            max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
+            max_report_log_bytes: DEFAULT_MAX_REPORT_LOG_BYTES,
+        }
+    }
+}

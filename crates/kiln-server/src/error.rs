@@ -1,0 +1,95 @@
+//! The one error type of the HTTP layer. Every error answers
+//! `{"error": "<code>", "message": "<sentence>"}`; internal errors say only
+//! "internal error" and a request id, and are logged with their cause.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_store::StoreError;
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, such as `not_found`.
+    #[schema(example = "not_found")]
+    pub error: String,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}"))
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// An internal failure: logged in full, shown to the client as a
+    /// sentence without details.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; the server log has the details",
+        )
+    }
+
+    /// Maps a store error for a resource the caller named by id.
+    pub fn from_store(error: StoreError, what: &str, id: impl std::fmt::Display) -> Self {
+        match error {
+            StoreError::NotFound => Self::not_found(what, id),
+            StoreError::Conflict(message) => Self::conflict("conflict", message),
+            StoreError::LeaseLost(build) => Self::conflict(
+                "lease_lost",
+                format!("build {build} is not running under this lease"),
+            ),
+            other => Self::internal("store operation failed", other),
+        }
+    }
+}
+
+impl From<kiln_domain::ValidationError> for ApiError {
+    fn from(e: kiln_domain::ValidationError) -> Self {
+        Self::invalid(e.0)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code.to_owned(), message: self.message };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,44 @@
+//! The OpenAPI description, generated from the handlers' annotations.
+
+use crate::error::ErrorBody;
+use crate::routes::{applications, builds, internal, ops, versions};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kiln", description = "kiln builds untrusted source into proxy-wasm plugins in a sandbox and keeps every version."),
+    paths(
+        applications::create, applications::list, applications::get, applications::update, applications::delete,
+        versions::upload, versions::list, versions::get, versions::update, versions::delete,
+        versions::binary, versions::source, versions::logs,
+        builds::list, builds::get, builds::logs, builds::cancel,
+        internal::claim, internal::heartbeat, internal::source,
+        internal::build_success, internal::build_fail, internal::build_crash,
+        ops::healthz, ops::metrics, ops::openapi_json,
+    ),
+    components(schemas(ErrorBody, kiln_domain::BuildState, kiln_domain::Phase, kiln_domain::Language)),
+    modifiers(&Security),
+    tags(
+        (name = "applications", description = "A customer's plugins"),
+        (name = "versions", description = "Uploads and built versions"),
+        (name = "builds", description = "Builds and their logs"),
+        (name = "worker", description = "Private: workers and the evaluator (worker token)"),
+        (name = "ops", description = "Health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["bearer", "worker"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `/version_build`: builds, their state and their logs.
+
+use super::applications::parse_app_id;
+use super::versions::{blob_response, fetch_blob, parse_build_id};
+use crate::auth::Owner;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use kiln_domain::{BuildState, VersionBuild};
+use kiln_store::{BuildFilter, Page};
+use serde::Deserialize;
+
+/// Most builds one page returns.
+pub const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BuildQuery {
+    /// Only this application's builds.
+    pub application_id: Option<String>,
+    /// Only builds in this state: queued, running, succeeded, failed, crashed or cancelled.
+    pub state: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// Builds to skip (default 0).
+    pub offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/version_build", tag = "builds",
+    description = "The caller's builds, newest first. When more remain, a `Link: <…>; rel=\"next\"` header points to the next page.",
+    params(BuildQuery),
+    responses((status = 200, body = [VersionBuild]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    ApiQuery(query): ApiQuery<BuildQuery>,
+) -> ApiResult<Response> {
+    let limit = query.limit.unwrap_or(50);
+    let offset = query.offset.unwrap_or(0);
+    if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
+        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE} and offset at least 0")));
+    }
+    let filter = BuildFilter {
+        application_id: query.application_id.as_deref().map(parse_app_id).transpose()?,
+        state: query.state.as_deref().map(BuildState::parse).transpose()?,
+    };
+    // One extra row tells whether a next page exists.
+    let mut builds = state
+        .meta
+        .list_builds(owner, &filter, Page { limit: limit + 1, offset })
+        .await
+        .map_err(|e| ApiError::internal("listing builds failed", e))?;
+    let more = builds.len() as i64 > limit;
+    builds.truncate(limit as usize);
+    let mut response = Json(builds).into_response();
+    if more {
+        let next = next_link(&query, limit, offset + limit);
+        if let Ok(value) = HeaderValue::from_str(&next) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+fn next_link(query: &BuildQuery, limit: i64, offset: i64) -> String {
+    let mut params = vec![format!("limit={limit}"), format!("offset={offset}")];
+    if let Some(app) = &query.application_id {
+        params.push(format!("application_id={app}"));
+    }
+    if let Some(s) = &query.state {
+        params.push(format!("state={s}"));
+    }
+    format!("</version_build?{}>; rel=\"next\"", params.join("&"))
+}
+
+#[utoipa::path(get, path = "/version_build/{id}", tag = "builds",
+    params(("id" = String, Path, description = "build id")),
+    responses((status = 200, body = VersionBuild), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Json<VersionBuild>> {
+    let build_id = parse_build_id(&id, "build")?;
+    let build = state.meta.get_build(owner, build_id).await.map_err(|e| ApiError::from_store(e, "build", &id))?;
+    Ok(Json(build))
+}
+
+#[utoipa::path(get, path = "/version_build/{id}/logs", tag = "builds",
+    description = "The build's log as plain text, once a worker has reported it (404 before).",
+    params(("id" = String, Path, description = "build id")),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logs(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Response> {
+    let build_id = parse_build_id(&id, "build")?;
+    let build = state.meta.get_build(owner, build_id).await.map_err(|e| ApiError::from_store(e, "build", &id))?;
+    let Some(location) = build.logs_location else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "logs_not_ready",
+            format!("build {id} is {} and has no logs yet", build.state),
+        ));
+    };
+    let bytes = fetch_blob(&state, &location).await?;
+    Ok(blob_response(bytes, "text/plain; charset=utf-8", None))
+}
+
+#[utoipa::path(post, path = "/version_build/{id}/cancel", tag = "builds",
+    description = "Cancels a queued or running build; a running build's worker stops at its next heartbeat.",
+    params(("id" = String, Path, description = "build id")),
+    responses((status = 200, body = VersionBuild), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Json<VersionBuild>> {
+    let build_id = parse_build_id(&id, "build")?;
+    let build = state.meta.cancel_build(owner, build_id).await.map_err(|e| match e {
+        kiln_store::StoreError::Conflict(message) => ApiError::conflict("not_cancellable", message),
+        e => ApiError::from_store(e, "build", &id),
+    })?;
+    tracing::info!(build = %build.id, "build cancelled");
+    Ok(Json(build))
+}

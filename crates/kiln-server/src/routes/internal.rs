@@ -1,0 +1,297 @@
+//! The private API of workers and the evaluator. Every call takes the
+//! worker token; every call about a build also takes the lease id of its
+//! claim, so a stale or forged report changes nothing (409).
+
+use super::versions::{cwasm_name, parse_build_id, source_response};
+use crate::auth::Worker;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::ApiQuery;
+use crate::upload::{read_form, Form, FormSpec};
+use crate::AppState;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use kiln_domain::worker_api::{fields, Claim, Heartbeat, LEASE_HEADER};
+use kiln_domain::{BuildId, Version, VersionBuild};
+use kiln_store::{keys, ClaimedBuild, NewVersion, StoreError};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Most precompiled artifacts one success report may carry.
+const MAX_ARTIFACTS: usize = 8;
+
+fn lease_from(headers: &HeaderMap, form: Option<&Form>) -> ApiResult<Uuid> {
+    let raw = headers
+        .get(LEASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| form.and_then(|f| f.text("lease_id")))
+        .ok_or_else(|| ApiError::bad_request("missing_lease", format!("the {LEASE_HEADER} header is required")))?;
+    Uuid::parse_str(raw.trim()).map_err(|_| ApiError::conflict("lease_lost", "the lease id is not valid"))
+}
+
+fn lease_error(e: StoreError, id: BuildId) -> ApiError {
+    ApiError::from_store(e, "build", id)
+}
+
+fn claim_answer(claimed: ClaimedBuild) -> Claim {
+    let id = claimed.build.id;
+    let kind = if claimed.source_location.ends_with(".zip") { "zip" } else { "tar.gz" };
+    Claim {
+        build: claimed.build,
+        lease_id: claimed.lease_id,
+        lease_expires: claimed.lease_expires,
+        source_path: format!("/internal/builds/{id}/source"),
+        source_kind: kind.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ClaimQuery {
+    /// Seconds to wait for a build when the queue is empty (0 to 30).
+    pub wait_seconds: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/internal/builds/claim", tag = "worker",
+    description = "Claims the oldest queued build with a fresh lease; 204 when none is queued within `wait_seconds`.",
+    params(ClaimQuery),
+    responses((status = 200, body = Claim), (status = 204), (status = 401, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn claim(State(state): State<AppState>, _: Worker, ApiQuery(query): ApiQuery<ClaimQuery>) -> ApiResult<Response> {
+    let wait = Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(crate::config::MAX_CLAIM_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the claim, so a build queued in between still wakes us.
+        let notified = state.queue_signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let claimed = state
+            .meta
+            .claim_next(state.config.lease)
+            .await
+            .map_err(|e| ApiError::internal("claiming a build failed", e))?;
+        if let Some(claimed) = claimed {
+            tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, "build claimed");
+            return Ok(Json(claim_answer(claimed)).into_response());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Other servers sharing the database cannot wake us: look again each second.
+        let pause = (deadline - now).min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(pause, notified).await;
+    }
+}
+
+#[utoipa::path(post, path = "/internal/builds/{id}/heartbeat", tag = "worker",
+    description = "Extends the lease. 409 when the build is no longer running under it (cancelled, re-queued, finished): the worker must stop.",
+    params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    responses((status = 200, body = Heartbeat), (status = 409, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn heartbeat(State(state): State<AppState>, _: Worker, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Heartbeat>> {
+    let build_id = parse_build_id(&id, "build")?;
+    let lease = lease_from(&headers, None)?;
+    let expires = state.meta.heartbeat(build_id, lease, state.config.lease).await.map_err(|e| lease_error(e, build_id))?;
+    Ok(Json(Heartbeat { build_id, lease_expires: expires }))
+}
+
+#[utoipa::path(get, path = "/internal/builds/{id}/source", tag = "worker",
+    params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    responses((status = 200, body = Vec<u8>), (status = 409, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn source(State(state): State<AppState>, _: Worker, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    let build_id = parse_build_id(&id, "build")?;
+    let lease = lease_from(&headers, None)?;
+    let claimed = state.meta.leased_build(build_id, lease).await.map_err(|e| lease_error(e, build_id))?;
+    source_response(&state, &claimed.source_location).await
+}
+
+/// Reads a report form and checks its lease before anything is stored.
+async fn report_form(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+    spec: &FormSpec<'_>,
+) -> ApiResult<(ClaimedBuild, Uuid, Form)> {
+    let build_id = parse_build_id(id, "build")?;
+    let form = read_form(multipart, spec).await?;
+    let lease = lease_from(headers, Some(&form))?;
+    let claimed = state.meta.leased_build(build_id, lease).await.map_err(|e| lease_error(e, build_id))?;
+    Ok((claimed, lease, form))
+}
+
+fn profile_field(form: &Form) -> ApiResult<Option<serde_json::Value>> {
+    form.text(fields::PROFILE)
+        .map(|raw| serde_json::from_str(raw).map_err(|_| ApiError::invalid("profile must be JSON")))
+        .transpose()
+}
+
+fn error_field(form: &Form, default: &str) -> String {
+    let text = form.text(fields::ERROR).unwrap_or(default).trim();
+    let text = if text.is_empty() { default } else { text };
+    text.chars().take(2000).collect()
+}
+
+#[utoipa::path(post, path = "/build_success/{id}", tag = "worker",
+    description = "Reports a successful build (multipart: `binary`, `logs`, optional `profile` JSON and `cwasm.<target>` artifacts). Stores the blobs and creates the version in one step.",
+    params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    responses((status = 201, body = Version), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn build_success(
+    State(state): State<AppState>,
+    _: Worker,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<Version>)> {
+    let config = &state.config;
+    let spec = FormSpec {
+        files: &[(fields::BINARY, config.max_binary_bytes), (fields::LOGS, config.max_report_log_bytes)],
+        file_prefixes: &[(fields::CWASM_PREFIX, config.max_binary_bytes * 4)],
+        max_prefixed: MAX_ARTIFACTS,
+    };
+    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let binary = form.required_file(fields::BINARY)?;
+    if !binary.starts_with(b"\0asm") {
+        return Err(ApiError::invalid("binary is not a WebAssembly module"));
+    }
+    let logs = form.take_file(fields::LOGS).unwrap_or_default();
+    let profile = profile_field(&form)?;
+    let artifacts = form
+        .take_prefixed(fields::CWASM_PREFIX)
+        .into_iter()
+        .map(|(target, bytes)| Ok((cwasm_name(&target)?, bytes)))
+        .collect::<ApiResult<Vec<_>>>()?;
+
+    let build = &claimed.build;
+    let binary_sha256 = hex::encode(Sha256::digest(&binary));
+    let new = NewVersion {
+        binary_location: keys::binary(build.application_id, build.id),
+        binary_sha256,
+        binary_size: binary.len() as i64,
+        logs_location: keys::logs(build.application_id, build.id),
+        profile,
+    };
+    let mut written = vec![(new.binary_location.clone(), binary), (new.logs_location.clone(), logs)];
+    for (name, bytes) in artifacts {
+        written.push((keys::artifact(build.application_id, build.id, &name), bytes));
+    }
+    store_blobs(&state, &written).await?;
+    match state.meta.complete_success(build.id, lease, &new).await {
+        Ok(version) => {
+            tracing::info!(build = %build.id, size = version.binary_size, "build succeeded");
+            Ok((StatusCode::CREATED, Json(version)))
+        }
+        Err(e) => {
+            // The lease was lost while the blobs were written: undo them.
+            remove_blobs(&state, &written).await;
+            Err(lease_error(e, build.id))
+        }
+    }
+}
+
+async fn store_blobs(state: &AppState, blobs: &[(String, Bytes)]) -> ApiResult<()> {
+    for (i, (key, bytes)) in blobs.iter().enumerate() {
+        if let Err(e) = state.blobs.put(key, bytes.clone()).await {
+            remove_blobs(state, &blobs[..i]).await;
+            return Err(ApiError::internal("storing a build result failed", e));
+        }
+    }
+    Ok(())
+}
+
+async fn remove_blobs(state: &AppState, blobs: &[(String, Bytes)]) {
+    for (key, _) in blobs {
+        if let Err(e) = state.blobs.delete(key).await {
+            tracing::error!(%e, key, "could not remove a blob of a refused report");
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/build_fail/{id}", tag = "worker",
+    description = "Reports that the customer's code did not build (multipart: `logs`, optional `error`, `profile`).",
+    params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    responses((status = 200, body = VersionBuild), (status = 409, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn build_fail(
+    State(state): State<AppState>,
+    _: Worker,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<VersionBuild>> {
+    let files = [(fields::LOGS, state.config.max_report_log_bytes)];
+    let spec = FormSpec::files(&files);
+    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let logs = form.required_file(fields::LOGS)?;
+    let error = error_field(&form, "the build failed; see its logs");
+    let profile = profile_field(&form)?;
+    let build = &claimed.build;
+    let key = keys::logs(build.application_id, build.id);
+    store_blobs(&state, &[(key.clone(), logs)]).await?;
+    let updated = state
+        .meta
+        .complete_failure(build.id, lease, &key, &error, profile.as_ref())
+        .await
+        .map_err(|e| lease_error(e, build.id))?;
+    tracing::info!(build = %build.id, %error, "build failed");
+    Ok(Json(updated))
+}
+
+#[utoipa::path(post, path = "/build_crash/{id}", tag = "worker",
+    description = "Reports kiln's own failure (multipart: optional `logs`, `error`). The build is queued again until it has used its attempts.",
+    params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    responses((status = 200, body = VersionBuild), (status = 409, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn build_crash(
+    State(state): State<AppState>,
+    _: Worker,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Json<VersionBuild>> {
+    let files = [(fields::LOGS, state.config.max_report_log_bytes)];
+    let spec = FormSpec::files(&files);
+    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let error = error_field(&form, "the worker crashed");
+    let build = &claimed.build;
+    let logs_key = match form.take_file(fields::LOGS) {
+        Some(logs) => {
+            let key = keys::logs(build.application_id, build.id);
+            store_blobs(&state, &[(key.clone(), logs)]).await?;
+            Some(key)
+        }
+        None => None,
+    };
+    let updated = state
+        .meta
+        .report_crash(build.id, lease, logs_key.as_deref(), &error, state.config.max_attempts)
+        .await
+        .map_err(|e| lease_error(e, build.id))?;
+    tracing::warn!(build = %build.id, %error, state = %updated.state, "build crashed");
+    if updated.state == kiln_domain::BuildState::Queued {
+        state.queue_signal.notify_waiters();
+    }
+    Ok(Json(updated))
+}
+
+/// Re-queues builds whose worker stopped heartbeating, forever.
+pub async fn reap_forever(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.reap_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.meta.reap_expired(state.config.max_attempts).await {
+            Ok(0) => {}
+            Ok(_) => state.queue_signal.notify_waiters(),
+            Err(e) => tracing::error!(%e, "reaping expired leases failed"),
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! `/version`: uploading source (which queues a build) and the versions
+//! successful builds produced.
+
+use super::applications::parse_app_id;
+use crate::auth::Owner;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::upload::{read_form, FormSpec};
+use crate::AppState;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use kiln_build::archive::{self, ArchiveKind};
+use kiln_domain::{
+    parse_version, validate_conf, validate_notes, BuildId, Language, Phases, Version, VersionBuild,
+};
+use kiln_store::{keys, NewBuild, StoreError, VersionPatch};
+use serde::Deserialize;
+
+/// The `multipart/form-data` body of `POST /version`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The application id.
+    plugin_id: String,
+    /// A semantic version, unique within the application.
+    version: String,
+    /// `rust`.
+    plugin_language: String,
+    /// A JSON array of phases, e.g. `["request_headers","response_headers"]`.
+    phases: String,
+    /// The plugin configuration, passed to the plugin at start.
+    conf: Option<String>,
+    notes: Option<String>,
+    /// The source as `.tar.gz` or `.zip`, Cargo.toml at the root or in one top-level folder.
+    #[schema(value_type = String, format = Binary)]
+    source_code: Vec<u8>,
+}
+
+pub(crate) fn parse_build_id(raw: &str, what: &str) -> ApiResult<BuildId> {
+    BuildId::parse(raw).map_err(|_| ApiError::not_found(what, raw))
+}
+
+fn unsupported_archive(message: String) -> ApiError {
+    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive", message)
+}
+
+/// Refuses an archive that is not a `.tar.gz` or `.zip`, or that breaks the
+/// archive limits, before anything is stored.
+fn check_archive(state: &AppState, bytes: &[u8]) -> ApiResult<ArchiveKind> {
+    let kind = archive::detect(bytes).ok_or_else(|| {
+        unsupported_archive("source_code must be a .tar.gz or .zip archive".into())
+    })?;
+    archive::inspect(bytes, &state.config.archive_limits).map_err(|e| match e {
+        archive::ArchiveError::NotAnArchive | archive::ArchiveError::Corrupt(_) => {
+            unsupported_archive(format!("source_code is not a readable .tar.gz or .zip archive: {e}"))
+        }
+        e => ApiError::invalid(format!("source_code was refused: {e}")),
+    })?;
+    Ok(kind)
+}
+
+fn extension(kind: ArchiveKind) -> &'static str {
+    match kind {
+        ArchiveKind::TarGz => "tar.gz",
+        ArchiveKind::Zip => "zip",
+    }
+}
+
+#[utoipa::path(post, path = "/version", tag = "versions",
+    description = "Uploads a plugin's source and queues its build. The source is stored before the answer.",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = VersionBuild, description = "the queued build"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<(StatusCode, Json<VersionBuild>)> {
+    let limit = state.config.archive_limits.max_upload_bytes;
+    let mut form = read_form(multipart, &FormSpec::files(&[("source_code", limit)])).await?;
+    let plugin_id = form.required_text("plugin_id")?.to_owned();
+    let version = parse_version(form.required_text("version")?)?;
+    let language = Language::parse(form.required_text("plugin_language")?)?;
+    let phases = Phases::parse_json(form.required_text("phases")?)?;
+    let conf = validate_conf(form.text("conf").unwrap_or_default())?;
+    let notes = validate_notes(form.text("notes").unwrap_or_default())?;
+    let source = form.required_file("source_code")?;
+
+    let app_id = parse_app_id(&plugin_id)?;
+    state
+        .meta
+        .get_application(owner, app_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "application", &plugin_id))?;
+    let kind = check_archive(&state, &source)?;
+
+    let id = BuildId::new();
+    let source_location = keys::source(app_id, id, extension(kind));
+    let new = NewBuild {
+        id,
+        application_id: app_id,
+        owner_id: owner,
+        version,
+        language,
+        phases,
+        conf,
+        notes,
+        source_location: source_location.clone(),
+    };
+    state
+        .blobs
+        .put(&source_location, source)
+        .await
+        .map_err(|e| ApiError::internal("storing an uploaded source failed", e))?;
+    let build = match state.meta.create_build(&new).await {
+        Ok(build) => build,
+        Err(e) => {
+            // No row, so no blob either.
+            if let Err(cleanup) = state.blobs.delete(&source_location).await {
+                tracing::error!(%cleanup, key = source_location, "could not remove an orphaned source");
+            }
+            return Err(match e {
+                StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
+                e => ApiError::from_store(e, "application", &plugin_id),
+            });
+        }
+    };
+    state.queue_signal.notify_waiters();
+    tracing::info!(build = %build.id, application = %app_id, version = %build.version, "build queued");
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct VersionQuery {
+    /// Only this application's versions.
+    pub application_id: Option<String>,
+}
+
+#[utoipa::path(get, path = "/version", tag = "versions", params(VersionQuery),
+    responses((status = 200, body = [Version]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    ApiQuery(query): ApiQuery<VersionQuery>,
+) -> ApiResult<Json<Vec<Version>>> {
+    let app = match query.application_id.as_deref() {
+        Some(raw) => {
+            let id = parse_app_id(raw)?;
+            state.meta.get_application(owner, id).await.map_err(|e| ApiError::from_store(e, "application", raw))?;
+            Some(id)
+        }
+        None => None,
+    };
+    let versions = state
+        .meta
+        .list_versions(owner, app)
+        .await
+        .map_err(|e| ApiError::internal("listing versions failed", e))?;
+    Ok(Json(versions))
+}
+
+async fn load(state: &AppState, owner: Owner, raw: &str) -> ApiResult<Version> {
+    let id = parse_build_id(raw, "version")?;
+    state.meta.get_version(owner.0, id).await.map_err(|e| ApiError::from_store(e, "version", raw))
+}
+
+#[utoipa::path(get, path = "/version/{id}", tag = "versions",
+    params(("id" = String, Path, description = "version id (the id of the build that made it)")),
+    responses((status = 200, body = Version), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Json<Version>> {
+    Ok(Json(load(&state, owner, &id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVersion {
+    pub version: Option<String>,
+    pub phases: Option<Vec<String>>,
+    pub conf: Option<String>,
+    pub notes: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/version/{id}", tag = "versions",
+    params(("id" = String, Path, description = "version id")),
+    request_body = UpdateVersion,
+    responses((status = 200, body = Version), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateVersion>,
+) -> ApiResult<Json<Version>> {
+    let build_id = parse_build_id(&id, "version")?;
+    let patch = VersionPatch {
+        version: body.version.as_deref().map(parse_version).transpose()?,
+        phases: body.phases.as_deref().map(Phases::from_names).transpose()?,
+        conf: body.conf.as_deref().map(validate_conf).transpose()?,
+        notes: body.notes.as_deref().map(validate_notes).transpose()?,
+    };
+    let version = state.meta.update_version(owner, build_id, &patch).await.map_err(|e| match e {
+        StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
+        e => ApiError::from_store(e, "version", &id),
+    })?;
+    Ok(Json(version))
+}
+
+#[utoipa::path(delete, path = "/version/{id}", tag = "versions",
+    description = "Deletes the version, its build and its source, binary and logs.",
+    params(("id" = String, Path, description = "version id")),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let build_id = parse_build_id(&id, "version")?;
+    let version = state
+        .meta
+        .delete_version(owner, build_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "version", &id))?;
+    state
+        .blobs
+        .delete_prefix(&keys::build_prefix(version.application_id, version.id))
+        .await
+        .map_err(|e| ApiError::internal("deleting a version's blobs failed", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct BinaryQuery {
+    /// `wasm` (default) or `cwasm` (precompiled for one target).
+    pub format: Option<String>,
+    /// The target triple of a `cwasm`, e.g. `x86_64-unknown-linux-gnu`.
+    pub target: Option<String>,
+}
+
+#[utoipa::path(get, path = "/version/{id}/binary", tag = "versions",
+    description = "The plugin binary. `ETag` is the sha256 of the `.wasm`; `If-None-Match` answers 304.",
+    params(("id" = String, Path, description = "version id"), BinaryQuery),
+    responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 304),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn binary(
+    State(state): State<AppState>,
+    owner: Owner,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<BinaryQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let version = load(&state, owner, &id).await?;
+    match query.format.as_deref().unwrap_or("wasm") {
+        "wasm" => {
+            let etag = format!("\"{}\"", version.binary_sha256);
+            if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+                return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+            }
+            let bytes = fetch_blob(&state, &version.binary_location).await?;
+            Ok(blob_response(bytes, "application/wasm", Some(etag)))
+        }
+        "cwasm" => {
+            let target = query.target.as_deref().ok_or_else(|| {
+                ApiError::bad_request("missing_target", "format=cwasm needs target=<triple>")
+            })?;
+            let key = keys::artifact(version.application_id, version.id, &cwasm_name(target)?);
+            let bytes = state.blobs.get(&key).await.map_err(|e| match e {
+                StoreError::NotFound => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("version {id} has no precompiled artifact for target {target}"),
+                ),
+                e => ApiError::internal("reading an artifact failed", e),
+            })?;
+            Ok(blob_response(bytes, "application/octet-stream", None))
+        }
+        other => Err(ApiError::bad_request("invalid_format", format!("unknown format {other:?}; use wasm or cwasm"))),
+    }
+}
+
+/// The blob name of a precompiled artifact. Target triples are plain
+/// identifiers; anything else is refused before it reaches a key.
+pub fn cwasm_name(target: &str) -> ApiResult<String> {
+    let valid = !target.is_empty()
+        && target.len() <= 100
+        && target.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !valid {
+        return Err(ApiError::bad_request("invalid_target", format!("{target:?} is not a target triple")));
+    }
+    Ok(format!("{target}.cwasm"))
+}
+
+#[utoipa::path(get, path = "/version/{id}/source", tag = "versions",
+    params(("id" = String, Path, description = "version id")),
+    responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn source(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Response> {
+    let version = load(&state, owner, &id).await?;
+    source_response(&state, &version.source_location).await
+}
+
+pub(crate) async fn source_response(state: &AppState, location: &str) -> ApiResult<Response> {
+    let content_type = if location.ends_with(".zip") { "application/zip" } else { "application/gzip" };
+    let bytes = fetch_blob(state, location).await?;
+    Ok(blob_response(bytes, content_type, None))
+}
+
+#[utoipa::path(get, path = "/version/{id}/logs", tag = "versions",
+    params(("id" = String, Path, description = "version id")),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn logs(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Response> {
+    let version = load(&state, owner, &id).await?;
+    let bytes = fetch_blob(&state, &version.logs_location).await?;
+    Ok(blob_response(bytes, "text/plain; charset=utf-8", None))
+}
+
+pub(crate) async fn fetch_blob(state: &AppState, key: &str) -> ApiResult<Bytes> {
+    state.blobs.get(key).await.map_err(|e| ApiError::internal("reading a blob failed", format!("{key}: {e}")))
+}
+
+pub(crate) fn blob_response(bytes: Bytes, content_type: &'static str, etag: Option<String>) -> Response {
+    let mut response = (StatusCode::OK, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
+    response
+}

@@ -1,0 +1,158 @@
+//! Bounded reading of `multipart/form-data`. Each file field has its own
+//! byte cap, checked while streaming, so an oversize upload is refused
+//! without being read whole; text fields are small.
+
+use crate::error::ApiError;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+
+/// Largest text field (such as `conf`), in bytes.
+pub const MAX_TEXT_FIELD_BYTES: u64 = 1024 * 1024 + 1024;
+/// Room for multipart boundaries and text fields on top of the files.
+pub const FORM_OVERHEAD_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The fields of a form, read completely.
+#[derive(Debug, Default)]
+pub struct Form {
+    texts: HashMap<String, String>,
+    files: HashMap<String, Bytes>,
+}
+
+impl Form {
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.texts.get(name).map(String::as_str)
+    }
+
+    pub fn required_text(&self, name: &str) -> Result<&str, ApiError> {
+        self.text(name)
+            .ok_or_else(|| ApiError::bad_request("missing_field", format!("the form field {name:?} is required")))
+    }
+
+    /// Removes and returns the file fields whose name starts with `prefix`,
+    /// with the rest of the name.
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, Bytes)> {
+        let names: Vec<String> = self.files.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.files.remove(&n).map(|b| (n[prefix.len()..].to_owned(), b)))
+            .collect()
+    }
+
+    pub fn take_file(&mut self, name: &str) -> Option<Bytes> {
+        self.files.remove(name)
+    }
+
+    pub fn required_file(&mut self, name: &str) -> Result<Bytes, ApiError> {
+        self.take_file(name)
+            .ok_or_else(|| ApiError::bad_request("missing_field", format!("the file field {name:?} is required")))
+    }
+}
+
+/// Which fields are files, and the most bytes each may hold.
+pub struct FormSpec<'a> {
+    pub files: &'a [(&'a str, u64)],
+    /// File fields named by a prefix (such as `cwasm.<target>`), with a cap
+    /// per field and at most `max_prefixed` of them.
+    pub file_prefixes: &'a [(&'a str, u64)],
+    pub max_prefixed: usize,
+}
+
+impl<'a> FormSpec<'a> {
+    pub const fn files(files: &'a [(&'a str, u64)]) -> Self {
+        Self { files, file_prefixes: &[], max_prefixed: 0 }
+    }
+
+    fn file_limit(&self, name: &str) -> Option<u64> {
+        self.files
+            .iter()
+            .find(|(file, _)| *file == name)
+            .or_else(|| self.file_prefixes.iter().find(|(prefix, _)| name.starts_with(prefix)))
+            .map(|(_, limit)| *limit)
+    }
+}
+
+/// Reads a multipart body into a [`Form`]; unknown fields are drained and
+/// ignored, a repeated field is an error.
+pub async fn read_form(
+    multipart: Result<Multipart, MultipartRejection>,
+    spec: &FormSpec<'_>,
+) -> Result<Form, ApiError> {
+    let mut multipart = multipart.map_err(|_| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be multipart/form-data",
+        )
+    })?;
+    let mut form = Form::default();
+    let mut prefixed = 0;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let Some(name) = field.name().map(str::to_owned) else { continue };
+        if form.texts.contains_key(&name) || form.files.contains_key(&name) {
+            return Err(ApiError::bad_request("duplicate_field", format!("the form field {name:?} appears twice")));
+        }
+        match spec.file_limit(&name) {
+            Some(limit) => {
+                if !spec.files.iter().any(|(f, _)| *f == name) {
+                    prefixed += 1;
+                    if prefixed > spec.max_prefixed {
+                        return Err(ApiError::bad_request("too_many_fields", "the form has too many artifact fields"));
+                    }
+                }
+                let bytes = read_field(field, &name, limit).await?;
+                form.files.insert(name, bytes);
+            }
+            None => {
+                let bytes = read_field(field, &name, MAX_TEXT_FIELD_BYTES).await?;
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::bad_request("invalid_field", format!("the form field {name:?} must be UTF-8 text"))
+                })?;
+                form.texts.insert(name, text);
+            }
+        }
+    }
+    Ok(form)
+}
+
+async fn read_field(mut field: Field<'_>, name: &str, limit: u64) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if (buf.len() + chunk.len()) as u64 > limit {
+            return Err(ApiError::too_large(format!(
+                "the field {name:?} is larger than the limit of {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("the request body is larger than the upload limit")
+    } else {
+        ApiError::bad_request("malformed_multipart", format!("the multipart body is malformed: {}", e.body_text()))
+    }
+}
+
+/// Refuses a request whose declared `Content-Length` is over `limit` before
+/// a byte of it is read.
+pub async fn refuse_declared_oversize(limit: u64, request: Request, next: Next) -> Result<Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|&n| n > limit) {
+        return Err(ApiError::too_large(format!(
+            "the request body ({length} bytes) is larger than the limit of {limit} bytes"
+        )));
+    }
+    Ok(next.run(request).await)
+}
+

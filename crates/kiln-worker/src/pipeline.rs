@@ -1,0 +1,224 @@
+//! One build, stage by stage: download, unpack, dependencies, compile (in
+//! the sandbox), check, report. A stage fails in one of two ways: the
+//! customer's input is at fault (the build is `failed`, the log says why)
+//! or kiln is (the build is reported crashed and retried).
+
+use crate::client::{Client, ClientError, SuccessReport};
+use crate::log::{millis, BuildLog};
+use kiln_build::archive::{self, ArchiveLimits};
+use kiln_build::Toolchain;
+use kiln_domain::worker_api::Claim;
+use kiln_domain::Language;
+use kiln_sandbox::{RunOutcome, Sandbox, Scratch, Limits};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Default cap on the compiled module: 50 MiB.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 50 * 1024 * 1024;
+/// Default heartbeat period; the server's lease is several times longer.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub limits: Limits,
+    pub archive_limits: ArchiveLimits,
+    /// Largest `.wasm` a build may produce, in bytes.
+    pub max_output_bytes: u64,
+    pub heartbeat: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            archive_limits: ArchiveLimits::default(),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            heartbeat: DEFAULT_HEARTBEAT,
+        }
+    }
+}
+
+/// Why a build did not succeed.
+#[derive(Debug)]
+enum Failure {
+    /// The customer's source did not build; the sentence is shown to them.
+    Customer(String),
+    /// kiln's own failure; retried.
+    Ours(String),
+    /// The server no longer leases the build to us; nothing to report.
+    LeaseLost,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::LeaseLost(_) => Failure::LeaseLost,
+            e => Failure::Ours(e.to_string()),
+        }
+    }
+}
+
+/// The result of the build stages.
+struct Built {
+    binary: Vec<u8>,
+}
+
+pub struct Pipeline {
+    pub config: PipelineConfig,
+    sandbox: Arc<dyn Sandbox>,
+    toolchains: Vec<Arc<dyn Toolchain>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("sandbox", &self.sandbox.name()).finish_non_exhaustive()
+    }
+}
+
+/// Records how long each stage took.
+#[derive(Default)]
+struct Stages(Map<String, Value>);
+
+impl Stages {
+    fn record(&mut self, name: &str, started: Instant) {
+        self.0.insert(name.to_owned(), json!(millis(started.elapsed())));
+    }
+}
+
+impl Pipeline {
+    pub fn new(config: PipelineConfig, sandbox: Arc<dyn Sandbox>, toolchains: Vec<Arc<dyn Toolchain>>) -> Self {
+        Self { config, sandbox, toolchains }
+    }
+
+    fn toolchain(&self, language: Language) -> Option<&Arc<dyn Toolchain>> {
+        self.toolchains.iter().find(|t| t.language() == language)
+    }
+
+    /// Runs one claimed build to its report. Stops early, without reporting,
+    /// when `lost` fires; reports a crash when `abort` fires (shutdown).
+    pub async fn run(&self, client: &Client, claim: &Claim, lost: &CancellationToken, abort: &CancellationToken) {
+        let mut log = BuildLog::default();
+        let mut stages = Stages::default();
+        log.kiln(format!(
+            "build {} of version {} (attempt {}), sandbox: {}",
+            claim.build.id, claim.build.version, claim.build.attempt, self.sandbox.name()
+        ));
+        let result = tokio::select! {
+            result = self.build(client, claim, &mut log, &mut stages) => result,
+            _ = lost.cancelled() => Err(Failure::LeaseLost),
+            _ = abort.cancelled() => Err(Failure::Ours("the worker shut down during the build".into())),
+        };
+        let profile = json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
+        let build = claim.build.id;
+        let reported = match result {
+            Ok(built) => {
+                log.kiln(format!("succeeded: {} bytes", built.binary.len()));
+                let report = SuccessReport { binary: built.binary.into(), logs: log.into_text(), profile, cwasm: Vec::new() };
+                client.success(claim, report).await
+            }
+            Err(Failure::Customer(reason)) => {
+                log.kiln(format!("failed: {reason}"));
+                client.fail(claim, log.into_text(), &reason, profile).await
+            }
+            Err(Failure::Ours(reason)) => {
+                tracing::error!(%build, %reason, "build crashed");
+                log.kiln(format!("crashed (kiln's fault; the build is retried): {reason}"));
+                client.crash(claim, log.into_text(), &reason).await
+            }
+            Err(Failure::LeaseLost) => Ok(()),
+        };
+        match reported {
+            Ok(()) => tracing::info!(%build, "build reported"),
+            Err(ClientError::LeaseLost(_)) => tracing::warn!(%build, "report refused: the lease was lost"),
+            Err(e) => tracing::error!(%build, error = %e, "could not report the build; its lease will expire and it is retried"),
+        }
+    }
+
+    async fn build(&self, client: &Client, claim: &Claim, log: &mut BuildLog, stages: &mut Stages) -> Result<Built, Failure> {
+        let started = Instant::now();
+        let source = client.source(claim, self.config.archive_limits.max_upload_bytes).await?;
+        stages.record("download", started);
+        log.kiln(format!("downloaded the source: {} bytes ({})", source.len(), claim.source_kind));
+
+        let scratch = self
+            .sandbox
+            .create_scratch(&self.config.limits)
+            .await
+            .map_err(|e| Failure::Ours(format!("creating the build directory: {e}")))?;
+        let result = self.build_in(claim, &source, &scratch, log, stages).await;
+        if let Err(e) = self.sandbox.remove_scratch(scratch).await {
+            tracing::error!(build = %claim.build.id, error = %e, "could not remove a build directory");
+        }
+        result
+    }
+
+    async fn build_in(&self, claim: &Claim, source: &[u8], scratch: &Scratch, log: &mut BuildLog, stages: &mut Stages) -> Result<Built, Failure> {
+        let toolchain = self
+            .toolchain(claim.build.language)
+            .ok_or_else(|| Failure::Ours(format!("this worker has no {} toolchain", claim.build.language)))?;
+
+        let started = Instant::now();
+        let src = scratch.path().join("src");
+        let limits = self.config.archive_limits.clone();
+        let (bytes, dest) = (source.to_vec(), src.clone());
+        let summary = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir(&dest)?;
+            Ok::<_, std::io::Error>(archive::unpack(&bytes, &dest, &limits))
+        })
+        .await
+        .map_err(|e| Failure::Ours(format!("unpacking: {e}")))?
+        .map_err(|e| Failure::Ours(format!("creating the source directory: {e}")))?
+        .map_err(|e| Failure::Customer(format!("the source archive was refused: {e}")))?;
+        stages.record("unpack", started);
+        log.kiln(format!("unpacked {} entries, {} bytes", summary.entries, summary.unpacked_bytes));
+
+        let started = Instant::now();
+        let prepared = toolchain
+            .prepare(scratch.path(), &src)
+            .await
+            .map_err(|e| Failure::Customer(format!("dependencies: {e}")))?;
+        log.output(&prepared.log);
+        stages.record("dependencies", started);
+        log.kiln("dependencies resolved outside the sandbox; compiling inside it");
+
+        let started = Instant::now();
+        let command = toolchain.build_command(&prepared);
+        let report = self
+            .sandbox
+            .run(&command, scratch, &self.config.limits)
+            .await
+            .map_err(|e| Failure::Ours(format!("running the sandbox: {e}")))?;
+        stages.record("compile", started);
+        log.output(&report.log);
+        self.check_outcome(&report.outcome)?;
+
+        let started = Instant::now();
+        let output = toolchain.find_output(scratch.path(), &prepared).map_err(|e| Failure::Customer(e.to_string()))?;
+        let binary = kiln_sandbox::read_output_file(scratch, &output, self.config.max_output_bytes)
+            .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
+        let module = kiln_wasm::check::check_module(&binary, claim.build.phases.as_slice())
+            .map_err(|e| Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}")))?;
+        stages.record("check", started);
+        log.kiln(format!("checked: proxy-wasm ABI {}, sha256 {}", module.abi_version, module.sha256_hex));
+        Ok(Built { binary })
+    }
+
+    fn check_outcome(&self, outcome: &RunOutcome) -> Result<(), Failure> {
+        let limits = &self.config.limits;
+        match outcome {
+            RunOutcome::Exited(0) => Ok(()),
+            RunOutcome::Exited(code) => Err(Failure::Customer(format!("the compiler exited with status {code}"))),
+            RunOutcome::Signaled(signal) => Err(Failure::Customer(format!("the build was killed by signal {signal}"))),
+            RunOutcome::TimedOut => Err(Failure::Customer(format!(
+                "the build exceeded its time limit of {} s",
+                limits.wall_time.as_secs()
+            ))),
+            RunOutcome::OutOfMemory => Err(Failure::Customer(format!(
+                "the build ran out of memory (limit {} MiB)",
+                limits.memory_bytes / (1024 * 1024)
+            ))),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Command-line flags. Every flag also reads a `KILN_*` variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "Builds untrusted source into proxy-wasm plugins, in a sandbox.")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the API server (and builders, unless --workers 0).
+    Serve(ServeArgs),
+    /// Manages owner tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Creates a token for an owner (created if missing) and prints it on the last line.
+    Create(TokenArgs),
+}
+
+/// Where metadata lives.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Directory for the embedded database, blobs and the generated tokens.
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "./.kiln")]
+    pub data_dir: PathBuf,
+    /// `postgres://…` to keep metadata in PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The owner (tenant) id the token acts for.
+    #[arg(long, env = "KILN_OWNER")]
+    pub owner: i64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// `file://DIR` (default: the data dir's `blobs/`) or `s3://BUCKET`.
+    #[arg(long, env = "KILN_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// S3 endpoint for an S3-compatible server, e.g. http://127.0.0.1:8333 (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "KILN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Largest accepted source upload, in MiB.
+    #[arg(long, env = "KILN_MAX_UPLOAD_MIB", default_value_t = 20)]
+    pub max_upload_mib: u64,
+    /// The token workers authenticate with; default: generated into DATA_DIR/worker.token.
+    #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Seconds a claimed build stays leased without a heartbeat.
+    #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60)]
+    pub lease_seconds: u64,
+    /// Times a build is started before a crash is final.
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Seconds between looks for builds whose lease expired.
+    #[arg(long, env = "KILN_REAP_INTERVAL_SECONDS", default_value_t = 5)]
+    pub reap_interval_seconds: u64,
+    /// Builders run in this process; 0 makes an API-only node. Default: one per two cores.
+    #[arg(long, env = "KILN_WORKERS")]
+    pub workers: Option<usize>,
+}

@@ -1,0 +1,539 @@
+//! The public and worker APIs end to end, against the real binary, on
+//! SQLite and PostgreSQL. The tests play the worker over the internal API.
+
+mod common;
+
+use common::{small_crate, zip, Db, Kiln};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const PHASES: &str = r#"["request_headers","response_headers"]"#;
+
+async fn error_of(r: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    let body: Value = r.json().await.expect("error bodies are JSON");
+    assert!(body["error"].is_string() && body["message"].is_string(), "{body}");
+    body
+}
+
+async fn claim(kiln: &Kiln) -> Option<Value> {
+    let r = kiln.worker(Method::POST, "/internal/builds/claim").send().await.unwrap();
+    match r.status() {
+        StatusCode::NO_CONTENT => None,
+        StatusCode::OK => Some(r.json().await.unwrap()),
+        s => panic!("claim answered {s}"),
+    }
+}
+
+fn lease(claim: &Value) -> String {
+    claim["lease_id"].as_str().unwrap().to_owned()
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn report(kiln: &Kiln, kind: &str, build: &str, lease: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+    kiln.worker(Method::POST, &format!("/{kind}/{build}"))
+        .header("x-kiln-lease", lease)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn success_form(binary: &[u8]) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new()
+        .part("binary", reqwest::multipart::Part::bytes(binary.to_vec()).file_name("plugin.wasm"))
+        .part("logs", reqwest::multipart::Part::text("compiled fine\n").file_name("build.log"))
+        .text("profile", r#"{"stages_ms":{"compile":5}}"#)
+}
+
+const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+async fn auth_is_required(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let r = kiln.http.get(kiln.url("/application")).send().await.unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+    let r = kiln.http.get(kiln.url("/application")).bearer_auth("kiln_nope").send().await.unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+    // The worker token is not an owner token, and the other way round.
+    let r = kiln.http.get(kiln.url("/application")).bearer_auth(&kiln.worker_token).send().await.unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+    let r = kiln.post("/internal/builds/claim").send().await.unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+    let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+async fn applications_crud_and_tenancy(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = kiln.create_app("edge-auth").await;
+    assert_eq!(app["name"], "edge-auth");
+    assert_eq!(app["owner_id"], 1);
+    let app_id = id(&app);
+
+    let listed: Value = kiln.get("/application").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed, json!([app.clone()]));
+    let got: Value = kiln.get(&format!("/application/{app_id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got, app);
+
+    let r = kiln.patch(&format!("/application/{app_id}")).json(&json!({"notes": "v2"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!((patched["name"].as_str(), patched["notes"].as_str()), (Some("edge-auth"), Some("v2")));
+
+    // Another owner sees none of it: 404, exactly like a missing id.
+    let other = kiln.token_for_owner(2);
+    let as_other = |m: Method, p: &str| kiln.http.request(m, kiln.url(p)).bearer_auth(&other);
+    let listed: Value = as_other(Method::GET, "/application").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed, json!([]));
+    for method in [Method::GET, Method::DELETE] {
+        let r = as_other(method, &format!("/application/{app_id}")).send().await.unwrap();
+        let foreign = error_of(r, StatusCode::NOT_FOUND).await;
+        let missing_id = uuid::Uuid::new_v4();
+        let r = kiln.get(&format!("/application/{missing_id}")).send().await.unwrap();
+        let missing = error_of(r, StatusCode::NOT_FOUND).await;
+        assert_eq!(foreign["error"], missing["error"]);
+    }
+    let r = as_other(Method::PATCH, &format!("/application/{app_id}")).json(&json!({"name": "x"})).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+
+    let r = kiln.delete(&format!("/application/{app_id}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = kiln.get(&format!("/application/{app_id}")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+}
+
+async fn bad_application_input(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let r = kiln.post("/application").json(&json!({"name": "  "})).send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.post("/application").json(&json!({"notes": "no name"})).send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.post("/application").json(&json!({"name": "a", "colour": "red"})).send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.post("/application").header("content-type", "application/json").body("{nope").send().await.unwrap();
+    error_of(r, StatusCode::BAD_REQUEST).await;
+    let r = kiln.post("/application").body(r#"{"name":"a"}"#).send().await.unwrap();
+    error_of(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let r = kiln.get("/application/not-a-uuid").send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let r = kiln.get("/no/such/endpoint").send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let listed: Value = kiln.get("/application").send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed, json!([]), "a refused request created nothing");
+}
+
+async fn upload_queues_a_build_with_its_source_stored(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let build = kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
+    assert_eq!(build["state"], "queued");
+    assert_eq!(build["version"], "1.0.0");
+    assert_eq!(build["language"], "rust");
+    assert_eq!(build["phases"], json!(["request_headers", "response_headers"]));
+    assert_eq!(build["conf"], "hello");
+    assert_eq!(kiln.blob_files().len(), 1, "the source is stored before the 201");
+    assert_eq!(kiln.build(&id(&build)).await["state"], "queued");
+
+    // A zip is as good as a tar.gz.
+    let zipped = zip(&[("Cargo.toml", b"[package]\nname=\"z\"\nversion=\"0.1.0\"\n"), ("src/lib.rs", b"")]);
+    let fields = [("plugin_id", app.as_str()), ("version", "1.1.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.zip", zipped))).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+async fn bad_uploads_are_refused_and_store_nothing(db: Db) {
+    let Some(kiln) = Kiln::start(db, &["--max-upload-mib", "1"]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
+    let blobs_before = kiln.blob_files();
+    let other = kiln.token_for_owner(2);
+    let missing_app = uuid::Uuid::new_v4().to_string();
+
+    let good: Vec<(&str, &str)> = vec![("plugin_id", &app), ("version", "2.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let with = |key: &str, value: &'static str| -> Vec<(String, String)> {
+        good.iter().map(|(k, v)| (k.to_string(), if *k == key { value.to_string() } else { v.to_string() })).collect()
+    };
+    let without = |key: &str| -> Vec<(String, String)> {
+        good.iter().filter(|(k, _)| *k != key).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    let cases: Vec<(&str, Vec<(String, String)>, Option<(&str, Vec<u8>)>, StatusCode, &str)> = vec![
+        ("bad semver", with("version", "1.0"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        ("unknown language", with("plugin_language", "cobol"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        ("unknown phase", with("phases", r#"["request_trailers"]"#), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        ("phases not JSON", with("phases", "request_headers"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
+        ("missing version", without("version"), Some(("s.tar.gz", small_crate())), StatusCode::BAD_REQUEST, "missing_field"),
+        ("missing source", good.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), None, StatusCode::BAD_REQUEST, "missing_field"),
+        ("not an archive", with("version", "2.0.0"), Some(("s.tar.gz", b"#!/bin/sh\necho hi\n".to_vec())), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive"),
+        ("truncated gzip", with("version", "2.0.0"), Some(("s.tar.gz", small_crate()[..20].to_vec())), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive"),
+        ("unknown application", with("plugin_id", "00000000-0000-4000-8000-000000000000"), Some(("s.tar.gz", small_crate())), StatusCode::NOT_FOUND, "not_found"),
+        ("duplicate version", with("version", "1.0.0"), Some(("s.tar.gz", small_crate())), StatusCode::CONFLICT, "duplicate_version"),
+        ("over the upload limit", with("version", "2.0.0"), Some(("s.tar.gz", vec![0x1f; 2 * 1024 * 1024])), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+    ];
+    for (name, fields, file, status, code) in cases {
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let r = kiln.upload(&kiln.admin_token, &fields, file).await;
+        assert_eq!(r.status(), status, "{name}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], code, "{name}: {body}");
+    }
+    // A foreign application is as unknown as a missing one.
+    let fields = [("plugin_id", app.as_str()), ("version", "3.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let r = kiln.upload(&other, &fields, Some(("s.tar.gz", small_crate()))).await;
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let fields = [("plugin_id", missing_app.as_str()), ("version", "3.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let r = kiln.upload(&kiln.admin_token, &fields, Some(("s.tar.gz", small_crate()))).await;
+    error_of(r, StatusCode::NOT_FOUND).await;
+    // Not multipart at all.
+    let r = kiln.post("/version").json(&json!({"plugin_id": app})).send().await.unwrap();
+    error_of(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+
+    assert_eq!(kiln.blob_files(), blobs_before, "a refused upload left a blob");
+    let builds: Value = kiln.get("/version_build").send().await.unwrap().json().await.unwrap();
+    assert_eq!(builds.as_array().unwrap().len(), 1, "a refused upload left a build");
+}
+
+async fn a_worker_builds_and_the_version_is_served(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    assert!(claim(&kiln).await.is_none(), "an empty queue answers 204");
+    let build = kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
+    let build_id = id(&build);
+
+    let claimed = claim(&kiln).await.expect("the queued build");
+    assert_eq!(claimed["build"]["id"], build_id.as_str());
+    assert_eq!(claimed["build"]["state"], "running");
+    assert_eq!(claimed["build"]["attempt"], 1);
+    let lease = lease(&claimed);
+    assert!(claim(&kiln).await.is_none(), "a running build is not claimed twice");
+    assert_eq!(kiln.build(&build_id).await["state"], "running");
+
+    // Source download and heartbeat need the lease.
+    let source_path = claimed["source_path"].as_str().unwrap();
+    let r = kiln.worker(Method::GET, source_path).header("x-kiln-lease", &lease).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate_bytes_of(&kiln, &build_id).await);
+    let stale = uuid::Uuid::new_v4().to_string();
+    let r = kiln.worker(Method::GET, source_path).header("x-kiln-lease", &stale).send().await.unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+    let hb = format!("/internal/builds/{build_id}/heartbeat");
+    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", &lease).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", &stale).send().await.unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+
+    // A report under a stale lease changes nothing and stores nothing.
+    let blobs_before = kiln.blob_files();
+    let r = report(&kiln, "build_success", &build_id, &stale, success_form(WASM)).await;
+    error_of(r, StatusCode::CONFLICT).await;
+    assert_eq!(kiln.blob_files(), blobs_before);
+    assert_eq!(kiln.build(&build_id).await["state"], "running");
+    let r = report(&kiln, "build_success", &build_id, &lease, success_form(b"not wasm")).await;
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+
+    let r = report(&kiln, "build_success", &build_id, &lease, success_form(WASM)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let version: Value = r.json().await.unwrap();
+    let sha = hex::encode(Sha256::digest(WASM));
+    assert_eq!(version["id"], build_id.as_str());
+    assert_eq!(version["binary_sha256"], sha.as_str());
+    assert_eq!(version["binary_size"], WASM.len());
+
+    let done = kiln.build(&build_id).await;
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["profile"]["stages_ms"]["compile"], 5);
+    // The same report again: the lease is spent.
+    let r = report(&kiln, "build_success", &build_id, &lease, success_form(WASM)).await;
+    error_of(r, StatusCode::CONFLICT).await;
+
+    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/wasm");
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{sha}\""));
+    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
+    let r = kiln.get(&format!("/version/{build_id}/binary")).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = kiln.get(&format!("/version/{build_id}/logs")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "compiled fine\n");
+    let r = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "compiled fine\n");
+    let r = kiln.get(&format!("/version/{build_id}/source")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/gzip");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate_bytes_of(&kiln, &build_id).await);
+    let listed: Value = kiln.get(&format!("/version?application_id={app}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let r = kiln.get(&format!("/version/{build_id}/binary?format=cwasm&target=x86_64-unknown-linux-gnu")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+
+    // Another owner cannot read any of it.
+    let other = kiln.token_for_owner(2);
+    for path in ["", "/binary", "/source", "/logs"] {
+        let r = kiln.http.get(kiln.url(&format!("/version/{build_id}{path}"))).bearer_auth(&other).send().await.unwrap();
+        error_of(r, StatusCode::NOT_FOUND).await;
+    }
+    let r = kiln.http.get(kiln.url(&format!("/version_build/{build_id}"))).bearer_auth(&other).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+}
+
+/// The stored source of a build, read through the API once it has a version.
+async fn small_crate_bytes_of(_kiln: &Kiln, _build: &str) -> Vec<u8> {
+    // Archives are stored byte for byte; the test uploads exactly this.
+    small_crate()
+}
+
+async fn a_failed_build_keeps_logs_and_makes_no_version(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let r = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let claimed = claim(&kiln).await.unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("logs", reqwest::multipart::Part::text("error[E0308]: mismatched types\n").file_name("build.log"))
+        .text("error", "the compiler exited with status 101");
+    let r = report(&kiln, "build_fail", &build_id, &lease(&claimed), form).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let build = kiln.build(&build_id).await;
+    assert_eq!(build["state"], "failed");
+    assert_eq!(build["error"], "the compiler exited with status 101");
+    let logs = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("E0308"));
+    let r = kiln.get(&format!("/version/{build_id}")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    // A failed version number can be uploaded again.
+    kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
+}
+
+async fn crashes_are_retried_then_final(db: Db) {
+    let Some(kiln) = Kiln::start(db, &["--max-attempts", "2"]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    for (attempt, expected) in [(1, "queued"), (2, "crashed")] {
+        let claimed = claim(&kiln).await.expect("queued again");
+        assert_eq!(claimed["build"]["attempt"], attempt);
+        let form = reqwest::multipart::Form::new().text("error", "disk full");
+        let r = report(&kiln, "build_crash", &build_id, &lease(&claimed), form).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(kiln.build(&build_id).await["state"], expected);
+    }
+    assert!(claim(&kiln).await.is_none());
+}
+
+async fn an_expired_lease_is_requeued(db: Db) {
+    let Some(kiln) = Kiln::start(db, &["--lease-seconds", "1", "--reap-interval-seconds", "1"]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let first = claim(&kiln).await.unwrap();
+    // The worker goes silent; the reaper puts the build back.
+    let build = kiln.wait_for_state(&build_id, &["queued"], Duration::from_secs(20)).await;
+    assert_eq!(build["attempt"], 1);
+    let second = claim(&kiln).await.expect("the build is claimable again");
+    assert_eq!(second["build"]["attempt"], 2);
+    let r = report(&kiln, "build_success", &build_id, &lease(&first), success_form(WASM)).await;
+    error_of(r, StatusCode::CONFLICT).await;
+}
+
+async fn cancel_stops_queued_and_running_builds(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let queued = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let r = kiln.post(&format!("/version_build/{queued}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
+    let r = kiln.post(&format!("/version_build/{queued}/cancel")).send().await.unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+
+    let running = id(&kiln.upload_ok(&app, "1.1.0", PHASES, small_crate()).await);
+    let claimed = claim(&kiln).await.unwrap();
+    let r = kiln.post(&format!("/version_build/{running}/cancel")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let hb = format!("/internal/builds/{running}/heartbeat");
+    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", lease(&claimed)).send().await.unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+    let other = kiln.token_for_owner(2);
+    let r = kiln.http.post(kiln.url(&format!("/version_build/{running}/cancel"))).bearer_auth(&other).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+}
+
+async fn build_listing_filters_and_pages(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let other_app = id(&kiln.create_app("b").await);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(id(&kiln.upload_ok(&app, &format!("1.0.{i}"), PHASES, small_crate()).await));
+    }
+    kiln.upload_ok(&other_app, "1.0.0", PHASES, small_crate()).await;
+    kiln.post(&format!("/version_build/{}/cancel", ids[0])).send().await.unwrap();
+
+    let r = kiln.get(&format!("/version_build?application_id={app}&limit=2")).send().await.unwrap();
+    let next = r.headers()["link"].to_str().unwrap().to_owned();
+    let page: Value = r.json().await.unwrap();
+    let got: Vec<_> = page.as_array().unwrap().iter().map(id).collect();
+    assert_eq!(got, vec![ids[2].clone(), ids[1].clone()], "newest first");
+    assert!(next.contains("offset=2"), "{next}");
+    let r = kiln.get(&format!("/version_build?application_id={app}&limit=2&offset=2")).send().await.unwrap();
+    assert!(r.headers().get("link").is_none());
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page.as_array().unwrap().iter().map(id).collect::<Vec<_>>(), vec![ids[0].clone()]);
+
+    let cancelled: Value = kiln.get("/version_build?state=cancelled").send().await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled.as_array().unwrap().iter().map(id).collect::<Vec<_>>(), vec![ids[0].clone()]);
+    let r = kiln.get("/version_build?state=done").send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.get("/version_build?limit=0").send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.get("/version_build?limit=ten").send().await.unwrap();
+    error_of(r, StatusCode::BAD_REQUEST).await;
+}
+
+async fn succeed(kiln: &Kiln, app: &str, version: &str) -> String {
+    let build_id = id(&kiln.upload_ok(app, version, PHASES, small_crate()).await);
+    let claimed = claim(kiln).await.unwrap();
+    let r = report(kiln, "build_success", &build_id, &lease(&claimed), success_form(WASM)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    build_id
+}
+
+async fn versions_patch_and_delete_with_their_blobs(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let v1 = succeed(&kiln, &app, "1.0.0").await;
+    let v2 = succeed(&kiln, &app, "1.1.0").await;
+
+    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"version": "1.1.0"})).send().await.unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"version": "one"})).send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"phases": ["body"]})).send().await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"version": "1.0.1", "phases": ["log"], "conf": "c2", "notes": "hotfix"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(patched["version"], "1.0.1");
+    assert_eq!(patched["phases"], json!(["log"]));
+    assert_eq!(patched["conf"], "c2");
+
+    let blobs_before = kiln.blob_files().len();
+    let r = kiln.delete(&format!("/version/{v1}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(kiln.blob_files().len(), blobs_before - 3, "source, binary and logs are deleted");
+    let r = kiln.get(&format!("/version/{v1}")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let r = kiln.get(&format!("/version_build/{v1}")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+
+    // Deleting the application takes everything else with it.
+    kiln.upload_ok(&app, "2.0.0", PHASES, small_crate()).await;
+    let r = kiln.delete(&format!("/application/{app}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(kiln.blob_files().is_empty(), "blobs left: {:?}", kiln.blob_files());
+    let r = kiln.get(&format!("/version/{v2}")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let builds: Value = kiln.get("/version_build").send().await.unwrap().json().await.unwrap();
+    assert_eq!(builds, json!([]));
+}
+
+async fn queued_builds_survive_a_restart(db: Db) {
+    let Some(mut kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let admin = kiln.admin_token.clone();
+    kiln.restart().await;
+    assert_eq!(kiln.admin_token, admin);
+    assert_eq!(kiln.build(&build_id).await["state"], "queued");
+    let claimed = claim(&kiln).await.expect("still queued after the restart");
+    assert_eq!(claimed["build"]["id"], build_id.as_str());
+}
+
+async fn health_metrics_and_openapi(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let app = id(&kiln.create_app("a").await);
+    kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
+    let health: Value = kiln.http.get(kiln.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = kiln.http.get(kiln.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("kiln_builds{state=\"queued\"} 1"), "{metrics}");
+    assert!(metrics.contains("kiln_queue_depth 1"), "{metrics}");
+    assert!(metrics.contains("kiln_http_requests_total{method=\"POST\",route=\"/application\",status=\"201\"} 1"), "{metrics}");
+    assert!(metrics.contains("kiln_http_request_duration_seconds_bucket"), "{metrics}");
+
+    let doc: Value = kiln.http.get(kiln.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/application", "/application/{id}", "/version", "/version/{id}", "/version/{id}/binary",
+        "/version/{id}/source", "/version/{id}/logs", "/version_build", "/version_build/{id}",
+        "/version_build/{id}/logs", "/version_build/{id}/cancel", "/internal/builds/claim",
+        "/internal/builds/{id}/heartbeat", "/internal/builds/{id}/source", "/build_success/{id}",
+        "/build_fail/{id}", "/build_crash/{id}", "/healthz", "/metrics", "/openapi.json",
+    ] {
+        assert!(paths.contains_key(path), "openapi.json lacks {path}");
+    }
+}
+
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $case() { super::$case(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $case() { super::$case(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_databases!(
+    auth_is_required,
+    applications_crud_and_tenancy,
+    bad_application_input,
+    upload_queues_a_build_with_its_source_stored,
+    bad_uploads_are_refused_and_store_nothing,
+    a_worker_builds_and_the_version_is_served,
+    a_failed_build_keeps_logs_and_makes_no_version,
+    crashes_are_retried_then_final,
+    an_expired_lease_is_requeued,
+    cancel_stops_queued_and_running_builds,
+    build_listing_filters_and_pages,
+    versions_patch_and_delete_with_their_blobs,
+    queued_builds_survive_a_restart,
+    health_metrics_and_openapi,
+);
+
+/// The blob store on a real S3-compatible server.
+#[tokio::test]
+async fn s3_blob_store_end_to_end() {
+    let Ok(endpoint) = std::env::var("KILN_TEST_S3_ENDPOINT") else {
+        assert!(!common::services_required(), "KILN_TEST_S3_ENDPOINT is required");
+        eprintln!("skipped: KILN_TEST_S3_ENDPOINT is not set (scripts/test sets it)");
+        return;
+    };
+    let bucket = std::env::var("KILN_TEST_S3_BUCKET").unwrap();
+    let kiln = Kiln::start_with(vec![
+        "--workers".into(), "0".into(),
+        "--blob-store".into(), format!("s3://{bucket}"),
+        "--s3-endpoint".into(), endpoint,
+    ]);
+    let app = id(&kiln.create_app("a").await);
+    let build_id = succeed(&kiln, &app, "1.0.0").await;
+    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
+    let r = kiln.get(&format!("/version/{build_id}/source")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate());
+    assert!(kiln.blob_files().is_empty(), "nothing goes to the local directory");
+    let r = kiln.delete(&format!("/application/{app}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+}

@@ -1,0 +1,330 @@
+//! The end-to-end harness: starts the real `kiln` binary on a temporary
+//! data dir and a free port, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use reqwest::multipart::{Form, Part};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Which metadata backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Kiln {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub admin_token: String,
+    pub worker_token: String,
+    pub http: reqwest::Client,
+    args: Vec<String>,
+}
+
+/// Whether services started by `scripts/test` are required.
+pub fn services_required() -> bool {
+    std::env::var("KILN_TEST_REQUIRE_SERVICES").is_ok()
+}
+
+/// A PostgreSQL URL whose tables live in a fresh schema, or `None` (the
+/// test is skipped) when no server is configured.
+pub async fn postgres_url() -> Option<String> {
+    let Ok(url) = std::env::var("KILN_TEST_DATABASE_URL") else {
+        assert!(!services_required(), "KILN_TEST_DATABASE_URL is required");
+        eprintln!("skipped: KILN_TEST_DATABASE_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+    // Creates and migrates the schema; kiln then connects into it.
+    let store = kiln_store::MetaStore::connect_postgres_schema(&url, &schema).await.unwrap();
+    store.close().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+}
+
+impl Kiln {
+    /// Starts `kiln serve --workers 0` (tests play the worker) on `db`.
+    pub async fn start(db: Db, extra: &[&str]) -> Option<Kiln> {
+        let mut args: Vec<String> = vec!["--workers".into(), "0".into()];
+        if db == Db::Postgres {
+            args.push("--database-url".into());
+            args.push(postgres_url().await?);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Some(Self::start_with(args))
+    }
+
+    pub fn start_with(args: Vec<String>) -> Kiln {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kiln = Kiln {
+            child: None,
+            base: String::new(),
+            dir,
+            admin_token: String::new(),
+            worker_token: String::new(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+            args,
+        };
+        kiln.spawn();
+        kiln.admin_token = read_token(&kiln.dir.path().join("admin.token"));
+        kiln.worker_token = read_token(&kiln.dir.path().join("worker.token"));
+        kiln
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .env("KILN_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("kiln starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("kiln prints its address").unwrap();
+        let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        self.base = format!("http://{addr}");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// Stops kiln with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc_kill(child.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "kiln exited with {status} on SIGTERM");
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("kiln did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Stops and starts kiln again on the same data dir and database.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.wait_healthy().await;
+    }
+
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("kiln did not become healthy");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.admin_token)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(&self.admin_token)
+    }
+
+    pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.patch(self.url(path)).bearer_auth(&self.admin_token)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.delete(self.url(path)).bearer_auth(&self.admin_token)
+    }
+
+    /// A request as a worker.
+    pub fn worker(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.worker_token)
+    }
+
+    /// Creates another owner with `kiln token create` and returns its token.
+    pub fn token_for_owner(&self, owner: i64) -> String {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command.args(["token", "create", "--owner", &owner.to_string(), "--data-dir"]).arg(self.dir.path());
+        if let Some(i) = self.args.iter().position(|a| a == "--database-url") {
+            command.args(["--database-url", &self.args[i + 1]]);
+        }
+        let out = command.env("KILN_LOG", "warn").output().unwrap();
+        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned()
+    }
+
+    pub async fn create_app(&self, name: &str) -> Value {
+        let r = self.post("/application").json(&serde_json::json!({"name": name, "notes": "n"})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json().await.unwrap()
+    }
+
+    /// Uploads a version; returns the raw response.
+    pub async fn upload(&self, token: &str, fields: &[(&str, &str)], archive: Option<(&str, Vec<u8>)>) -> Response {
+        let mut form = Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        if let Some((name, bytes)) = archive {
+            form = form.part("source_code", Part::bytes(bytes).file_name(name.to_owned()));
+        }
+        self.http.post(self.url("/version")).bearer_auth(token).multipart(form).send().await.unwrap()
+    }
+
+    /// Uploads `archive` as `version` of `app` and expects 201.
+    pub async fn upload_ok(&self, app: &str, version: &str, phases: &str, archive: Vec<u8>) -> Value {
+        let fields = [("plugin_id", app), ("version", version), ("plugin_language", "rust"), ("phases", phases), ("conf", "hello")];
+        let r = self.upload(&self.admin_token, &fields, Some(("src.tar.gz", archive))).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn build(&self, id: &str) -> Value {
+        let r = self.get(&format!("/version_build/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    /// Polls a build until it reaches a terminal state.
+    pub async fn wait_for_build(&self, id: &str, deadline: Duration) -> Value {
+        self.wait_for_state(id, &["succeeded", "failed", "crashed", "cancelled"], deadline).await
+    }
+
+    pub async fn wait_for_state(&self, id: &str, states: &[&str], deadline: Duration) -> Value {
+        let end = Instant::now() + deadline;
+        loop {
+            let build = self.build(id).await;
+            if states.contains(&build["state"].as_str().unwrap()) {
+                return build;
+            }
+            assert!(Instant::now() < end, "build {id} still {} after {deadline:?}", build["state"]);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every file under the blob directory, for "nothing was written" checks.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("blobs"), &mut out);
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() { walk(&path, out) } else { out.push(path) }
+    }
+}
+
+fn read_token(path: &Path) -> String {
+    let token = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{} must be private", path.display());
+    token.trim().to_owned()
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A `.tar.gz` of the files given as (path, contents).
+pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(encoder);
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, *contents).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A `.zip` of the files given as (path, contents).
+pub fn zip(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, contents) in files {
+        writer.start_file(*path, zip::write::SimpleFileOptions::default()).unwrap();
+        writer.write_all(contents).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+/// A tar.gz of a directory on disk (an example filter), skipping `target/`.
+pub fn tar_gz_dir(dir: &Path) -> Vec<u8> {
+    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(encoder);
+    add_dir(&mut builder, dir, Path::new(""));
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+fn add_dir<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, prefix: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let path = entry.path();
+        let rel = prefix.join(&name);
+        if path.is_dir() {
+            add_dir(builder, &path, &rel);
+        } else {
+            builder.append_path_with_name(&path, &rel).unwrap();
+        }
+    }
+}
+
+/// A minimal crate, enough for the server's archive checks.
+pub fn small_crate() -> Vec<u8> {
+    tar_gz(&[
+        ("Cargo.toml", b"[package]\nname = \"f\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[lib]\ncrate-type = [\"cdylib\"]\n"),
+        ("src/lib.rs", b"// a filter\n"),
+    ])
+}
+
+/// The path of the repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
