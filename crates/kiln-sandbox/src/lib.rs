@@ -83,3 +83,83 @@ pub struct SandboxCommand {
     /// Read-only mounts (toolchain, dependency cache) besides the scratch dir.
     pub mounts: Vec<Mount>,
 }
+
+mod bubblewrap;
+mod cgroup;
+mod log;
+mod output;
+mod scratch;
+mod seccomp;
+mod unsandboxed;
+
+pub use bubblewrap::{Bubblewrap, BubblewrapConfig};
+pub use output::read_output_file;
+pub use scratch::Scratch;
+pub use unsandboxed::Unsandboxed;
+
+/// Where the build's scratch directory appears inside the sandbox.
+pub const GUEST_SCRATCH: &str = "/build";
+
+/// What the sandboxed command did. None of these is an error of kiln's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Exited(i32),
+    Signaled(i32),
+    /// Killed at the wall-clock limit.
+    TimedOut,
+    /// Killed by the out-of-memory killer at the memory limit.
+    OutOfMemory,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub outcome: RunOutcome,
+    /// stdout and stderr together, capped at `Limits::max_log_bytes`.
+    pub log: String,
+    pub log_truncated: bool,
+    pub duration: Duration,
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// kiln's own failures to run a sandbox (never the customer's code).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("seccomp filter: {0}")]
+    Seccomp(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("the output {path} is larger than {limit} bytes")]
+    OutputTooLarge { path: PathBuf, limit: u64 },
+    #[error("the output {path} is not a regular file inside the build directory")]
+    OutputNotAFile { path: PathBuf },
+}
+
+impl SandboxError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+/// Runs commands of untrusted code. Implementations: [`Bubblewrap`] (the
+/// default) and [`Unsandboxed`] (trusted local use only).
+#[async_trait::async_trait]
+pub trait Sandbox: Send + Sync + std::fmt::Debug {
+    /// Creates the private, size-capped scratch directory of one build. The
+    /// caller (outside the sandbox) then writes the source into it.
+    async fn create_scratch(&self, limits: &Limits) -> Result<Scratch, SandboxError>;
+
+    /// Runs `cmd` with `scratch` at [`GUEST_SCRATCH`]. Returns once every
+    /// process of the run is gone. Dropping the future kills the run.
+    async fn run(&self, cmd: &SandboxCommand, scratch: &Scratch, limits: &Limits) -> Result<RunReport, SandboxError>;
+
+    /// Removes the scratch directory and everything in it.
+    async fn remove_scratch(&self, scratch: Scratch) -> Result<(), SandboxError>;
+
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+}
