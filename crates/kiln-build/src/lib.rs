@@ -6,3 +6,8 @@
 //! itself and holds no credentials.
 
 pub mod archive;
+pub mod rust;
+pub mod toolchain;
+
+pub use rust::{RustConfig, RustToolchain};
+pub use toolchain::{Prepared, Toolchain, ToolchainError};
