@@ -81,8 +81,7 @@ impl Client {
     pub async fn claim(&self, wait: Duration) -> Result<Option<Claim>> {
         let request = self
             .http
-            .post(self.url("/internal/builds/claim"))
-            .query(&[("wait_seconds", wait.as_secs())])
+            .post(self.url(&format!("/internal/builds/claim?wait_seconds={}", wait.as_secs())))
             .timeout(wait + Duration::from_secs(30));
         let response = self.send(request, "claiming a build", None).await?;
         if response.status() == StatusCode::NO_CONTENT {

@@ -175,10 +175,9 @@ impl Pipeline {
         log.kiln(format!("unpacked {} entries, {} bytes", summary.entries, summary.unpacked_bytes));
 
         let started = Instant::now();
-        let prepared = toolchain
-            .prepare(scratch.path(), &src)
-            .await
-            .map_err(|e| Failure::Customer(format!("dependencies: {e}")))?;
+        let prepared = toolchain.prepare(scratch.path(), &src).await.map_err(|e| {
+            if e.is_customer_error() { Failure::Customer(e.to_string()) } else { Failure::Ours(e.to_string()) }
+        })?;
         log.output(&prepared.log);
         stages.record("dependencies", started);
         log.kiln("dependencies resolved outside the sandbox; compiling inside it");

@@ -1,5 +1,6 @@
 //! Command-line flags. Every flag also reads a `KILN_*` variable.
 
+use crate::build_args::BuildArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Runs the API server (and builders, unless --workers 0).
     Serve(ServeArgs),
+    /// Runs builders on this host against a kiln server.
+    Worker(WorkerArgs),
     /// Manages owner tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -88,4 +91,24 @@ pub struct ServeArgs {
     /// Builders run in this process; 0 makes an API-only node. Default: one per two cores.
     #[arg(long, env = "KILN_WORKERS")]
     pub workers: Option<usize>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The kiln server, e.g. http://10.0.0.5:8080.
+    #[arg(long, env = "KILN_SERVER")]
+    pub server: String,
+    /// The server's worker token.
+    #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: String,
+    /// Builders on this host. Default: one per two cores.
+    #[arg(long, env = "KILN_WORKERS")]
+    pub workers: Option<usize>,
+    /// Largest source archive fetched, in MiB (as the server's limit).
+    #[arg(long, env = "KILN_MAX_UPLOAD_MIB", default_value_t = 20)]
+    pub max_upload_mib: u64,
+    #[command(flatten)]
+    pub build: BuildArgs,
 }

@@ -2,9 +2,12 @@
 //! builders in the same process), `worker` runs builders on another host,
 //! `token` issues owner tokens.
 
+mod build_args;
+mod builders;
 mod cli;
 mod serve;
 mod token;
+mod worker;
 
 use clap::Parser;
 
@@ -21,6 +24,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Worker(args) => worker::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
         }
     });

@@ -1,7 +1,9 @@
 //! `kiln serve`: opens the stores, issues the first tokens on a fresh data
 //! dir, and serves until SIGTERM or Ctrl-C.
 
+use crate::builders;
 use crate::cli::{ServeArgs, StoreArgs};
+use tokio_util::sync::CancellationToken;
 use anyhow::{bail, Context};
 use kiln_server::auth::{hash_token, new_owner_token, new_worker_token};
 use kiln_server::{AppState, Server, ServerConfig};
@@ -110,8 +112,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     bootstrap_admin(&meta, &args.store.data_dir).await?;
     let worker_token = worker_token(&args)?;
 
+    let workers = args.workers.unwrap_or_else(builders::default_count);
+    // Checked before serving: a node that should build but cannot sandbox
+    // refuses to start.
+    let pipeline = match workers {
+        0 => None,
+        _ => Some(builders::pipeline(&args.build, args.max_upload_mib)?),
+    };
+
     let mut config = ServerConfig::new(hash_token(&worker_token));
-    config.archive_limits.max_upload_bytes = args.max_upload_mib * 1024 * 1024;
+    config.archive_limits = builders::archive_limits(&args.build, args.max_upload_mib);
     config.lease = Duration::from_secs(args.lease_seconds.max(1));
     config.max_attempts = args.max_attempts.max(1);
     config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
@@ -123,10 +133,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on {addr}");
     tracing::info!(%addr, database = meta.backend_name(), blobs = blobs.describe(), "kiln is serving");
 
-    server.run(shutdown_signal()).await.context("serving HTTP")?;
+    // On a signal, builders stop first (their reports still need the
+    // server), then the server drains.
+    let stop = CancellationToken::new();
+    let builders = pipeline.map(|pipeline| {
+        let url = format!("http://{}", loopback(addr));
+        let grace = Duration::from_secs(args.build.grace_seconds);
+        let stop = stop.clone();
+        tokio::spawn(async move { builders::run(pipeline, &url, &worker_token, workers, stop, grace).await })
+    });
+    let shutdown = async move {
+        shutdown_signal().await;
+        stop.cancel();
+        if let Some(builders) = builders {
+            let _ = builders.await;
+        }
+    };
+    server.run(shutdown).await.context("serving HTTP")?;
     meta.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The address builders in this process use to reach the server.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => (std::net::Ipv4Addr::LOCALHOST, addr.port()).into(),
+        ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

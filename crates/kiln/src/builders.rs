@@ -1,0 +1,86 @@
+//! Starting builders, embedded in `kiln serve` or standalone in `kiln
+//! worker`: the sandbox and toolchains are checked first, so a host that
+//! cannot sandbox refuses to build instead of building unsandboxed.
+
+use crate::build_args::{BuildArgs, SandboxKind};
+use anyhow::Context;
+use kiln_build::archive::ArchiveLimits;
+use kiln_build::{RustConfig, RustToolchain, Toolchain};
+use kiln_sandbox::{Bubblewrap, BubblewrapConfig, Limits, Sandbox, Unsandboxed};
+use kiln_worker::{Client, Pipeline, PipelineConfig};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const MIB: u64 = 1024 * 1024;
+
+/// One builder per two cores, at least one.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+pub fn archive_limits(args: &BuildArgs, max_upload_mib: u64) -> ArchiveLimits {
+    ArchiveLimits {
+        max_upload_bytes: max_upload_mib * MIB,
+        max_unpacked_bytes: args.max_unpacked_mib * MIB,
+        max_entries: args.max_entries,
+        max_file_bytes: args.max_file_mib * MIB,
+        max_ratio: args.max_ratio,
+    }
+}
+
+fn limits(args: &BuildArgs) -> Limits {
+    Limits {
+        memory_bytes: args.build_memory_mib * MIB,
+        max_processes: args.build_processes,
+        cpu_cores: args.build_cpus,
+        wall_time: Duration::from_secs(args.build_timeout.max(1)),
+        disk_bytes: args.build_disk_mib * MIB,
+        max_log_bytes: (args.build_log_kib * 1024) as usize,
+    }
+}
+
+fn sandbox(args: &BuildArgs) -> anyhow::Result<Arc<dyn Sandbox>> {
+    match args.sandbox {
+        SandboxKind::Bubblewrap => {
+            let config = BubblewrapConfig {
+                user: args.sandbox_user.clone(),
+                root: args.sandbox_root.clone(),
+                ..BubblewrapConfig::default()
+            };
+            let sandbox = Bubblewrap::new(config).context("the build sandbox is not available, so this node will not build")?;
+            Ok(Arc::new(sandbox))
+        }
+        SandboxKind::None => {
+            tracing::warn!("--sandbox none: builds run WITHOUT a sandbox; use this only for code you trust");
+            Ok(Arc::new(Unsandboxed::new(args.sandbox_root.clone())))
+        }
+    }
+}
+
+pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipeline> {
+    let sandbox = sandbox(args)?;
+    let rust = RustToolchain::new(RustConfig {
+        toolchain_dir: args.toolchain_dir.clone(),
+        cache_dir: args.cache_dir.clone(),
+        ..RustConfig::default()
+    })
+    .context("the Rust toolchain is not usable")?;
+    let toolchains: Vec<Arc<dyn Toolchain>> = vec![Arc::new(rust)];
+    let config = PipelineConfig {
+        limits: limits(args),
+        archive_limits: archive_limits(args, max_upload_mib),
+        max_output_bytes: args.max_output_mib * MIB,
+        ..PipelineConfig::default()
+    };
+    Ok(Pipeline::new(config, sandbox, toolchains))
+}
+
+/// Runs `count` builders against `server` until `stop`, then drains them.
+pub async fn run(pipeline: Pipeline, server: &str, token: &str, count: usize, stop: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+    let client = Client::new(server, token)?;
+    tracing::info!(count, server, "builders started");
+    kiln_worker::run_builders(Arc::new(pipeline), client, count, stop, grace).await;
+    tracing::info!("builders stopped");
+    Ok(())
+}
