@@ -1,0 +1,290 @@
+//! The hostile corpus (`tests/hostile/`) against a real `kiln serve` with a
+//! sandboxed builder: every attack is contained, the host is unchanged, no
+//! build process is left, the server answers, and no secret appears in any
+//! log or binary. These tests share the host's sandbox state, so nextest
+//! runs them one at a time (`.config/nextest.toml`, group `sandbox`).
+
+mod common;
+
+use common::{repo_root, tar_gz_dir, Kiln};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+struct Hostile {
+    kiln: Kiln,
+    app: String,
+    sandbox_root: tempfile::TempDir,
+}
+
+/// What a finished hostile build left: its record, log and binary.
+struct Outcome {
+    build: Value,
+    log: String,
+    binary: Vec<u8>,
+}
+
+impl Hostile {
+    async fn start() -> Hostile {
+        std::fs::create_dir_all("/var/lib/kiln").unwrap();
+        let sandbox_root = tempfile::tempdir_in("/var/lib/kiln").unwrap();
+        let kiln = Kiln::start_with(vec![
+            "--workers".into(), "1".into(),
+            "--build-timeout".into(), "45".into(),
+            "--build-memory-mib".into(), "1024".into(),
+            "--sandbox-root".into(), sandbox_root.path().display().to_string(),
+        ]);
+        let app = kiln.create_app("hostile").await["id"].as_str().unwrap().to_owned();
+        Hostile { kiln, app, sandbox_root }
+    }
+
+    /// Uploads a case with its parameters and waits for its build to end.
+    async fn build(&self, case: &str, params: &[(&str, String)]) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo_root().join("tests/hostile").join(case), dir.path());
+        let text: String = params.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(dir.path().join("kiln-hostile.txt"), text).unwrap();
+        let version = format!("1.0.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros());
+        let queued = self.kiln.upload_ok(&self.app, &version, r#"["request_headers"]"#, tar_gz_dir(dir.path())).await;
+        let id = queued["id"].as_str().unwrap().to_owned();
+        let build = self.kiln.wait_for_build(&id, DEADLINE).await;
+        let log = self.kiln.get(&format!("/version_build/{id}/logs")).send().await.unwrap().text().await.unwrap();
+        let binary = match build["state"].as_str() {
+            Some("succeeded") => self.kiln.get(&format!("/version/{id}/binary")).send().await.unwrap().bytes().await.unwrap().to_vec(),
+            _ => Vec::new(),
+        };
+        Outcome { build, log, binary }
+    }
+
+    /// What must hold after every attack.
+    async fn assert_contained(&self) {
+        let r = self.kiln.http.get(self.kiln.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "the server answers");
+        let left: Vec<_> = std::fs::read_dir(self.sandbox_root.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "scratch directories left: {left:?}");
+        assert_no_sandbox_processes();
+        assert_no_build_cgroups();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_name() == "target" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn sandbox_uid() -> String {
+    let out = std::process::Command::new("id").args(["-u", "kiln-sandbox"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn assert_no_sandbox_processes() {
+    let uid = sandbox_uid();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let owned = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str()));
+        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("zombie"));
+        assert!(!owned || zombie, "a build process is still running: {status}");
+    }
+}
+
+fn assert_no_build_cgroups() {
+    for dir in ["/sys/fs/cgroup/memory/kiln", "/sys/fs/cgroup/pids/kiln", "/sys/fs/cgroup/kiln"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let runs: Vec<_> = entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("run-")).map(|e| e.path()).collect();
+        assert!(runs.is_empty(), "build cgroups left: {runs:?}");
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn network_is_unreachable() {
+    let h = Hostile::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let out = h.build("net-connect", &[("port", port)]).await;
+    assert!(out.log.contains("hostile: connect 127.0.0.1"), "the attack ran:\n{}", out.log);
+    for marker in ["HOSTILE-CONNECTED", "HOSTILE-RESOLVED"] {
+        assert!(!out.log.contains(marker) && !contains(&out.binary, marker), "{marker}:\n{}", out.log);
+    }
+    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn secrets_stay_secret() {
+    let h = Hostile::start().await;
+    // The content is a secret; the file names are not.
+    let marker = format!("kiln-secret-{}", uuid::Uuid::new_v4().simple());
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let private = PathBuf::from(format!("/root/hostile-{name}"));
+    let public = PathBuf::from(format!("/tmp/hostile-{name}-public"));
+    std::fs::write(&private, &marker).unwrap();
+    std::fs::write(&public, &marker).unwrap();
+    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let data = h.kiln.data_dir();
+    let reads = [private.clone(), public.clone(), data.join("worker.token"), data.join("admin.token"), data.join("kiln.db")];
+    let params: Vec<_> = reads.iter().map(|p| ("read", p.display().to_string())).collect();
+    let out = h.build("read-secrets", &params).await;
+    let _ = std::fs::remove_file(&private);
+    let _ = std::fs::remove_file(&public);
+    assert_eq!(out.build["state"], "succeeded", "{}\n{}", out.build, out.log);
+    assert!(out.log.contains("hostile: read"), "the attack ran:\n{}", out.log);
+    assert!(!out.binary.is_empty());
+    for secret in [marker.as_str(), h.kiln.worker_token.as_str(), h.kiln.admin_token.as_str()] {
+        assert!(!out.log.contains(secret), "a secret leaked into the log:\n{}", out.log);
+        assert!(!contains(&out.binary, secret), "a secret leaked into the binary");
+    }
+    for leak in ["READ /etc/shadow", "READ /root", "KILN_", "AWS_"] {
+        assert!(!out.log.contains(leak) && !contains(&out.binary, leak), "{leak} leaked:\n{}", out.log);
+    }
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn nothing_outside_the_build_is_written() {
+    let h = Hostile::start().await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let targets = [
+        PathBuf::from(format!("/tmp/kiln-escape-{marker}")),
+        PathBuf::from(format!("/root/kiln-escape-{marker}")),
+        h.kiln.data_dir().join(format!("escape-{marker}")),
+        PathBuf::from("/var/lib/kiln/cache").join(format!("escape-{marker}")),
+    ];
+    let params: Vec<_> = targets.iter().map(|p| ("write", p.display().to_string())).collect();
+    let out = h.build("write-outside", &params).await;
+    assert!(out.log.contains("hostile: write"), "the attack ran:\n{}", out.log);
+    // Only the sandbox's own /tmp (a private tmpfs) is writable.
+    for line in out.log.lines().filter(|l| l.contains("WROTE")) {
+        assert!(line.contains("WROTE /tmp/"), "{line}");
+    }
+    for path in targets.iter().map(PathBuf::as_path).chain([Path::new("/etc/kiln-escape"), Path::new("/usr/kiln-escape"), Path::new("/opt/kiln/toolchain/kiln-escape")]) {
+        assert!(!path.exists(), "{} was written", path.display());
+    }
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_stopped() {
+    let h = Hostile::start().await;
+    let out = h.build("fork-bomb", &[]).await;
+    assert_eq!(out.build["state"], "failed", "{}", out.build);
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn memory_is_capped() {
+    let h = Hostile::start().await;
+    let out = h.build("memory-hog", &[]).await;
+    assert_eq!(out.build["state"], "failed", "{}", out.build);
+    assert!(out.build["error"].as_str().unwrap().contains("memory"), "{}", out.build);
+    assert!(out.log.contains("hostile: touched"), "the attack ran:\n{}", out.log);
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn time_is_capped() {
+    let h = Hostile::start().await;
+    let out = h.build("sleep-forever", &[]).await;
+    assert_eq!(out.build["state"], "failed", "{}", out.build);
+    assert!(out.build["error"].as_str().unwrap().contains("time limit"), "{}", out.build);
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn the_log_is_capped() {
+    let h = Hostile::start().await;
+    let out = h.build("log-flood", &[]).await;
+    assert_eq!(out.build["state"], "failed", "{}", out.build);
+    assert!(out.log.contains("hostile flood"), "the attack ran");
+    assert!(out.log.contains("[kiln: log truncated"), "{}", &out.log[out.log.len().saturating_sub(500)..]);
+    assert!(out.log.len() < 3 << 20, "log of {} bytes", out.log.len());
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn hostile_archives_are_refused_at_upload() {
+    let h = Hostile::start().await;
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", raw_tar(&[(&format!("../escape-{marker}"), b'0', "", b"x")])),
+        ("absolute", raw_tar(&[(&format!("/tmp/kiln-abs-{marker}"), b'0', "", b"x")])),
+        ("symlink escape", raw_tar(&[("link", b'2', "/tmp", b""), (&format!("link/escaped-{marker}"), b'0', "", b"x")])),
+        ("gzip bomb", gzip_bomb(1 << 30)),
+        ("not an archive", b"MZ\x90\0 not an archive".to_vec()),
+    ];
+    let before = h.kiln.blob_files();
+    for (name, archive) in cases {
+        let fields = [("plugin_id", h.app.as_str()), ("version", "9.9.9"), ("plugin_language", "rust"), ("phases", r#"["request_headers"]"#)];
+        let r = h.kiln.upload(&h.kiln.admin_token, &fields, Some(("x.tar.gz", archive))).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert!(status.is_client_error(), "{name}: {status} {body}");
+        assert!(body["message"].as_str().unwrap().len() > 10, "{name}: {body}");
+    }
+    assert_eq!(h.kiln.blob_files(), before, "a refused archive was stored");
+    assert!(!Path::new(&format!("/tmp/kiln-abs-{marker}")).exists());
+    assert!(!Path::new(&format!("/tmp/escaped-{marker}")).exists());
+    h.assert_contained().await;
+}
+
+/// A tar.gz written header by header, for names the `tar` builder refuses.
+fn raw_tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut raw = Vec::new();
+    for (name, kind, link, data) in entries {
+        raw.extend(header(name, *kind, link, data.len() as u64));
+        raw.extend_from_slice(data);
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+    }
+    raw.extend([0u8; 1024]);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&raw).unwrap();
+    e.finish().unwrap()
+}
+
+fn header(name: &str, kind: u8, link: &str, size: u64) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h.to_vec()
+}
+
+/// A tar.gz holding one file of `size` zeros, about a thousand times smaller.
+fn gzip_bomb(size: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&header("zeros", b'0', "", size)).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..size >> 20 {
+        e.write_all(&chunk).unwrap();
+    }
+    e.finish().unwrap()
+}
