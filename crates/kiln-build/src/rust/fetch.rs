@@ -113,18 +113,12 @@ fn uuid_like() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-/// The writable homes of the build inside the scratch dir, and a cargo
-/// configuration that takes crates from the read-only vendored tree.
-pub(super) fn write_build_home(scratch: &Path, vendored: bool) -> Result<(), ToolchainError> {
+/// The writable homes of the build inside the scratch dir (the vendored
+/// source replacement is passed on cargo's command line).
+pub(super) fn write_build_home(scratch: &Path) -> Result<(), ToolchainError> {
     for sub in ["home", "tmp", "cargo-home", "target"] {
         std::fs::create_dir_all(scratch.join(sub)).map_err(|e| ToolchainError::io("preparing the build directory", e))?;
     }
-    let mut config = String::from("[net]\noffline = true\n");
-    if vendored {
-        config.push_str(&format!(
-            "\n[source.crates-io]\nreplace-with = \"kiln-vendored\"\n\n[source.kiln-vendored]\ndirectory = \"{}\"\n",
-            super::GUEST_DEPS
-        ));
-    }
+    let config = "[net]\noffline = true\n";
     std::fs::write(scratch.join("cargo-home/config.toml"), config).map_err(|e| ToolchainError::io("writing the cargo configuration", e))
 }

@@ -84,7 +84,7 @@ impl Toolchain for RustToolchain {
         let mut log = format!("[kiln] project: {}\n", relative(src, &project).display());
         let vendor = fetch::vendor(&self.config, &project, &mut log).await?;
         check_policy(src)?;
-        fetch::write_build_home(scratch, vendor.is_some())?;
+        fetch::write_build_home(scratch)?;
         let mut mounts = Vec::new();
         if let Some(vendor) = vendor {
             mounts.push((vendor, PathBuf::from(GUEST_DEPS)));
@@ -116,9 +116,20 @@ impl Toolchain for RustToolchain {
             guest: guest.clone(),
             kind: MountKind::ReadOnly,
         }));
+        let mut args: Vec<String> = ["build", "--release", "--target", TARGET, "--offline", "--locked"].map(String::from).to_vec();
+        if !prepared.mounts.is_empty() {
+            // Crates come from the read-only vendored tree. Given as
+            // arguments (not a file) so every sandbox can map the path.
+            args.extend([
+                "--config".into(),
+                "source.crates-io.replace-with=\"kiln-vendored\"".into(),
+                "--config".into(),
+                format!("source.kiln-vendored.directory=\"{GUEST_DEPS}\""),
+            ]);
+        }
         SandboxCommand {
             program: toolchain.join("bin/cargo"),
-            args: ["build", "--release", "--target", TARGET, "--offline", "--locked"].map(String::from).to_vec(),
+            args,
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             cwd: guest(&prepared.project),
             mounts,
