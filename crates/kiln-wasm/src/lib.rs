@@ -1,7 +1,20 @@
-//! kiln-wasm holds everything that reads WebAssembly: the check that a
-//! built module is a proxy-wasm plugin for the phases it declares.
+//! kiln-wasm holds everything that reads or runs WebAssembly: the check that
+//! a built module is a proxy-wasm plugin, a proxy-wasm host on wasmtime to
+//! try plugins and measure their startup, and ahead-of-time
+//! precompilation. It is the only crate that links wasmtime.
 //!
 //! Layout:
-//! - [`check`]: validation and the proxy-wasm ABI exports.
+//! - [`check`]: validation and the proxy-wasm ABI exports (wasmparser only).
+//! - [`abi`]: the ABI's enums and wire formats.
+//! - [`host`]: the engine, plugins and host functions.
+//! - [`trial`]: one HTTP exchange through a plugin.
 
+pub mod abi;
 pub mod check;
+pub mod host;
+pub mod profile;
+pub mod trial;
+
+pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
+pub use profile::{host_triple, startup_profile, StartupProfile};
+pub use trial::{run_trial, smoke_equivalent, TrialLimits, TrialRequest, TrialResult, UpstreamStub};

@@ -1,0 +1,254 @@
+//! A proxy-wasm host on wasmtime, for trying plugins and measuring their
+//! startup. It implements ABI 0.2.1 as the Rust SDK 0.2.x imports it, and
+//! the few WASI preview1 calls such modules make. Any other import is linked
+//! to a trap that names it. Every instance runs with fuel, an epoch
+//! deadline and a memory limit: the plugin is untrusted code.
+
+mod memory;
+mod proxy;
+mod wasi;
+
+use crate::abi::MapType;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
+    PoolingAllocationConfig, StoreLimits,
+};
+
+/// How often the engine's epoch advances; deadlines are counted in ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("the module does not compile: {0}")]
+    Compile(String),
+    #[error("the precompiled module does not fit this host: {0}")]
+    Incompatible(String),
+    #[error("the plugin ran out of fuel (its limit is {0} units): it loops or works too hard")]
+    OutOfFuel(u64),
+    #[error("the plugin exceeded its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("the plugin trapped: {0}")]
+    Trap(String),
+    #[error("the plugin does not export {0}")]
+    MissingExport(String),
+    #[error("the host could not start: {0}")]
+    Setup(String),
+}
+
+/// Engine settings that a precompiled module must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    /// Cross-compilation target triple; `None` for this host.
+    pub target: Option<String>,
+}
+
+/// A wasmtime engine with kiln's settings: fuel, epoch interruption, the
+/// pooling allocator and copy-on-write memory images.
+#[derive(Clone)]
+pub struct HostEngine {
+    engine: Engine,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for HostEngine {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.ticking) == 1 {
+            self.ticking.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for HostEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostEngine")
+    }
+}
+
+fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError> {
+    let mut config = Config::new();
+    config.consume_fuel(true).epoch_interruption(true).cranelift_opt_level(OptLevel::Speed);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_memories(256).total_tables(256).total_core_instances(256).max_memory_size(256 << 20);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config.memory_init_cow(true);
+    if let Some(target) = &settings.target {
+        config.target(target).map_err(|e| HostError::Setup(format!("target {target}: {e}")))?;
+    }
+    Ok(config)
+}
+
+impl HostEngine {
+    /// The engine kiln runs plugins with: pooling allocator on.
+    pub fn new() -> Result<Self, HostError> {
+        Self::with_settings(&EngineSettings::default(), true)
+    }
+
+    /// `pooling: false` gives wasmtime's default on-demand allocator (the
+    /// naive baseline of the cold-start benchmark).
+    pub fn with_settings(settings: &EngineSettings, pooling: bool) -> Result<Self, HostError> {
+        let engine = Engine::new(&config(settings, pooling)?).map_err(|e| HostError::Setup(e.to_string()))?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        if settings.target.is_none() {
+            let (engine, ticking) = (engine.clone(), ticking.clone());
+            std::thread::Builder::new()
+                .name("kiln-wasm-epoch".into())
+                .spawn(move || {
+                    while ticking.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| HostError::Setup(e.to_string()))?;
+        }
+        Ok(Self { engine, ticking })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a `.wasm` (just-in-time).
+    pub fn compile(&self, wasm: &[u8]) -> Result<Plugin, HostError> {
+        let module = Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        Plugin::link(&self.engine, module)
+    }
+
+    /// Compiles ahead of time into a `.cwasm`; the artifact records the
+    /// wasmtime version and engine settings it was made for.
+    pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, HostError> {
+        self.engine.precompile_module(wasm).map_err(|e| HostError::Compile(format!("{e:#}")))
+    }
+
+    /// Loads a `.cwasm` made by [`HostEngine::precompile`] with the same
+    /// wasmtime and settings, and refuses any other.
+    pub fn load_precompiled(&self, cwasm: &[u8]) -> Result<Plugin, HostError> {
+        if Engine::detect_precompiled(cwasm).is_none() {
+            return Err(HostError::Incompatible("the file is not a precompiled wasmtime module".into()));
+        }
+        // SAFETY: `deserialize` trusts its input to be wasmtime's own
+        // output. kiln only loads artifacts its workers produced and its
+        // blob store kept; wasmtime itself checks the version and settings
+        // recorded in the artifact and refuses a mismatch.
+        let module = unsafe { Module::deserialize(&self.engine, cwasm) }.map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
+        Plugin::link(&self.engine, module)
+    }
+}
+
+/// A compiled plugin, linked and ready to instantiate.
+#[derive(Clone)]
+pub struct Plugin {
+    pre: InstancePre<HostState>,
+}
+
+impl Plugin {
+    fn link(engine: &Engine, module: Module) -> Result<Self, HostError> {
+        let mut linker = Linker::new(engine);
+        let mut defined = HashSet::new();
+        proxy::add_to_linker(&mut linker, &mut defined).map_err(|e| HostError::Setup(format!("{e:#}")))?;
+        wasi::add_to_linker(&mut linker, &mut defined).map_err(|e| HostError::Setup(format!("{e:#}")))?;
+        for import in module.imports() {
+            let (module_name, name) = (import.module().to_owned(), import.name().to_owned());
+            if defined.contains(&(module_name.clone(), name.clone())) {
+                continue;
+            }
+            if let ExternType::Func(ty) = import.ty() {
+                let message = format!("host function {module_name}.{name} is not implemented by kiln's test host");
+                linker
+                    .func_new(&module_name, &name, ty, move |_, _, _| Err(wasmtime::format_err!("{message}")))
+                    .map_err(|e| HostError::Setup(format!("{e:#}")))?;
+            }
+        }
+        let pre = linker.instantiate_pre(&module).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        Ok(Self { pre })
+    }
+
+    pub fn module(&self) -> &Module {
+        self.pre.module()
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<HostState> {
+        &self.pre
+    }
+}
+
+/// A log line the plugin wrote, through `proxy_log` or WASI stdout/stderr.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: String,
+    pub message: String,
+}
+
+/// A response the plugin sent itself (`proxy_send_local_response`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalResponse {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// An outgoing HTTP call the plugin dispatched.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCall {
+    pub token: u32,
+    pub context: u32,
+}
+
+/// Everything a plugin instance can see and change through the host.
+pub struct HostState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) plugin_conf: Vec<u8>,
+    pub(crate) vm_conf: Vec<u8>,
+    pub(crate) maps: BTreeMap<u32, Vec<(String, String)>>,
+    pub(crate) buffers: BTreeMap<u32, Vec<u8>>,
+    pub(crate) local_response: Option<LocalResponse>,
+    pub(crate) logs: Vec<LogLine>,
+    pub(crate) properties: BTreeMap<String, Vec<u8>>,
+    pub(crate) shared_data: BTreeMap<String, (Vec<u8>, u32)>,
+    pub(crate) queues: Vec<(String, VecDeque<Vec<u8>>)>,
+    pub(crate) tick_period_ms: u32,
+    pub(crate) pending_calls: Vec<PendingCall>,
+    pub(crate) next_token: u32,
+    pub(crate) current_context: u32,
+    pub(crate) continued: bool,
+    pub(crate) max_log_lines: usize,
+}
+
+impl HostState {
+    pub(crate) fn new(limits: StoreLimits, plugin_conf: Vec<u8>) -> Self {
+        Self {
+            limits,
+            plugin_conf,
+            vm_conf: Vec::new(),
+            maps: BTreeMap::new(),
+            buffers: BTreeMap::new(),
+            local_response: None,
+            logs: Vec::new(),
+            properties: BTreeMap::new(),
+            shared_data: BTreeMap::new(),
+            queues: Vec::new(),
+            tick_period_ms: 0,
+            pending_calls: Vec::new(),
+            next_token: 1,
+            current_context: 0,
+            continued: false,
+            max_log_lines: 1000,
+        }
+    }
+
+    pub(crate) fn map_mut(&mut self, map: MapType) -> &mut Vec<(String, String)> {
+        self.maps.entry(map as u32).or_default()
+    }
+
+    pub(crate) fn log(&mut self, level: &str, message: String) {
+        if self.logs.len() < self.max_log_lines {
+            self.logs.push(LogLine { level: level.into(), message });
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The proxy-wasm host functions, named like the ABI imports, each with its
+//! marshalling beside it.
+
+use super::memory::{read, read_string, return_bytes, write_u32};
+use super::{HostState, LocalResponse, PendingCall};
+use crate::abi::{deserialize_map, log_level_name, BufferType, MapType, Status};
+use std::collections::{HashSet, VecDeque};
+use wasmtime::{Caller, Linker};
+
+type C<'a> = Caller<'a, HostState>;
+type R = wasmtime::Result<u32>;
+
+const OK: R = Ok(Status::Ok as u32);
+
+fn status(s: Status) -> R {
+    Ok(s as u32)
+}
+
+fn map_type(raw: u32) -> Option<MapType> {
+    MapType::from_u32(raw)
+}
+
+/// A property path arrives as NUL-separated segments; kiln keys it with dots.
+fn property_key(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(".")
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(String, String)>) -> wasmtime::Result<()> {
+    macro_rules! host {
+        ($name:literal, $f:expr) => {{
+            linker.func_wrap("env", $name, $f)?;
+            defined.insert(("env".to_owned(), $name.to_owned()));
+        }};
+    }
+
+    host!("proxy_log", |mut c: C, level: u32, ptr: u32, len: u32| -> R {
+        let message = read_string(&mut c, ptr, len)?;
+        c.data_mut().log(log_level_name(level), message);
+        OK
+    });
+    host!("proxy_get_log_level", |mut c: C, ret: u32| -> R {
+        write_u32(&mut c, ret, 0)?;
+        OK
+    });
+    host!("proxy_get_current_time_nanoseconds", |mut c: C, ret: u32| -> R {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        super::memory::write(&mut c, ret, &now.to_le_bytes())?;
+        OK
+    });
+    host!("proxy_set_tick_period_milliseconds", |mut c: C, period: u32| -> R {
+        c.data_mut().tick_period_ms = period;
+        OK
+    });
+    host!("proxy_get_buffer_bytes", |mut c: C, kind: u32, start: u32, max: u32, data: u32, size: u32| -> R {
+        let buffer = {
+            let state = c.data();
+            match BufferType::from_u32(kind) {
+                Some(BufferType::PluginConfiguration) => state.plugin_conf.clone(),
+                Some(BufferType::VmConfiguration) => state.vm_conf.clone(),
+                Some(other) => state.buffers.get(&(other as u32)).cloned().unwrap_or_default(),
+                None => return status(Status::BadArgument),
+            }
+        };
+        let start = (start as usize).min(buffer.len());
+        let end = start.saturating_add(max as usize).min(buffer.len());
+        if start == end {
+            return status(Status::NotFound);
+        }
+        return_bytes(&mut c, &buffer[start..end], data, size)?;
+        OK
+    });
+    host!("proxy_set_buffer_bytes", |mut c: C, kind: u32, start: u32, size: u32, ptr: u32, len: u32| -> R {
+        let Some(kind) = BufferType::from_u32(kind) else { return status(Status::BadArgument) };
+        let bytes = read(&mut c, ptr, len)?;
+        let buffer = c.data_mut().buffers.entry(kind as u32).or_default();
+        let start = (start as usize).min(buffer.len());
+        let end = start.saturating_add(size as usize).min(buffer.len());
+        buffer.splice(start..end, bytes);
+        OK
+    });
+    host!("proxy_get_header_map_pairs", |mut c: C, map: u32, data: u32, size: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let bytes = crate::abi::serialize_map(c.data_mut().map_mut(map));
+        return_bytes(&mut c, &bytes, data, size)?;
+        OK
+    });
+    host!("proxy_set_header_map_pairs", |mut c: C, map: u32, ptr: u32, len: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let bytes = read(&mut c, ptr, len)?;
+        let Some(pairs) = deserialize_map(&bytes) else { return status(Status::ParseFailure) };
+        *c.data_mut().map_mut(map) = pairs;
+        OK
+    });
+    host!("proxy_get_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, data: u32, size: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
+        let value = c.data_mut().map_mut(map).iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
+        match value {
+            Some(value) => {
+                return_bytes(&mut c, value.as_bytes(), data, size)?;
+                OK
+            }
+            None => status(Status::NotFound),
+        }
+    });
+    host!("proxy_replace_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, vptr: u32, vlen: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
+        let value = read_string(&mut c, vptr, vlen)?;
+        let pairs = c.data_mut().map_mut(map);
+        pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+        pairs.push((key, value));
+        OK
+    });
+    host!("proxy_remove_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let key = read_string(&mut c, kptr, klen)?;
+        c.data_mut().map_mut(map).retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+        OK
+    });
+    host!("proxy_add_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, vptr: u32, vlen: u32| -> R {
+        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+        let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
+        let value = read_string(&mut c, vptr, vlen)?;
+        c.data_mut().map_mut(map).push((key, value));
+        OK
+    });
+    host!("proxy_get_property", |mut c: C, ptr: u32, len: u32, data: u32, size: u32| -> R {
+        let key = property_key(&read(&mut c, ptr, len)?);
+        match c.data().properties.get(&key).cloned() {
+            Some(value) => {
+                return_bytes(&mut c, &value, data, size)?;
+                OK
+            }
+            None => status(Status::NotFound),
+        }
+    });
+    host!("proxy_set_property", |mut c: C, ptr: u32, len: u32, vptr: u32, vlen: u32| -> R {
+        let key = property_key(&read(&mut c, ptr, len)?);
+        let value = read(&mut c, vptr, vlen)?;
+        c.data_mut().properties.insert(key, value);
+        OK
+    });
+    host!("proxy_get_shared_data", |mut c: C, kptr: u32, klen: u32, data: u32, size: u32, cas: u32| -> R {
+        let key = read_string(&mut c, kptr, klen)?;
+        match c.data().shared_data.get(&key).cloned() {
+            Some((value, version)) => {
+                return_bytes(&mut c, &value, data, size)?;
+                write_u32(&mut c, cas, version)?;
+                OK
+            }
+            None => status(Status::NotFound),
+        }
+    });
+    host!("proxy_set_shared_data", |mut c: C, kptr: u32, klen: u32, vptr: u32, vlen: u32, cas: u32| -> R {
+        let key = read_string(&mut c, kptr, klen)?;
+        let value = read(&mut c, vptr, vlen)?;
+        let shared = &mut c.data_mut().shared_data;
+        let version = shared.get(&key).map_or(0, |(_, v)| *v);
+        if cas != 0 && cas != version {
+            return status(Status::CasMismatch);
+        }
+        shared.insert(key, (value, version + 1));
+        OK
+    });
+    host!("proxy_register_shared_queue", |mut c: C, ptr: u32, len: u32, ret: u32| -> R {
+        let name = read_string(&mut c, ptr, len)?;
+        let queues = &mut c.data_mut().queues;
+        let id = match queues.iter().position(|(n, _)| *n == name) {
+            Some(i) => i,
+            None => {
+                queues.push((name, VecDeque::new()));
+                queues.len() - 1
+            }
+        };
+        write_u32(&mut c, ret, id as u32 + 1)?;
+        OK
+    });
+    host!("proxy_resolve_shared_queue", |mut c: C, _vm: u32, _vm_len: u32, ptr: u32, len: u32, ret: u32| -> R {
+        let name = read_string(&mut c, ptr, len)?;
+        match c.data().queues.iter().position(|(n, _)| *n == name) {
+            Some(i) => {
+                write_u32(&mut c, ret, i as u32 + 1)?;
+                OK
+            }
+            None => status(Status::NotFound),
+        }
+    });
+    host!("proxy_enqueue_shared_queue", |mut c: C, id: u32, ptr: u32, len: u32| -> R {
+        let value = read(&mut c, ptr, len)?;
+        match c.data_mut().queues.get_mut((id as usize).wrapping_sub(1)) {
+            Some((_, queue)) => {
+                queue.push_back(value);
+                OK
+            }
+            None => status(Status::NotFound),
+        }
+    });
+    host!("proxy_dequeue_shared_queue", |mut c: C, id: u32, data: u32, size: u32| -> R {
+        let item = match c.data_mut().queues.get_mut((id as usize).wrapping_sub(1)) {
+            Some((_, queue)) => queue.pop_front(),
+            None => return status(Status::NotFound),
+        };
+        match item {
+            Some(value) => {
+                return_bytes(&mut c, &value, data, size)?;
+                OK
+            }
+            None => status(Status::Empty),
+        }
+    });
+    host!("proxy_continue_stream", |mut c: C, _stream: u32| -> R {
+        c.data_mut().continued = true;
+        OK
+    });
+    host!("proxy_close_stream", |_c: C, _stream: u32| -> R { OK });
+    host!("proxy_send_local_response", |mut c: C, code: u32, _dptr: u32, _dlen: u32, bptr: u32, blen: u32, hptr: u32, hlen: u32, _grpc: i32| -> R {
+        let body = read_string(&mut c, bptr, blen)?;
+        let headers = read(&mut c, hptr, hlen)?;
+        let Some(headers) = deserialize_map(&headers) else { return status(Status::ParseFailure) };
+        c.data_mut().local_response = Some(LocalResponse { status: code, headers, body });
+        OK
+    });
+    host!("proxy_http_call", |mut c: C, _up: u32, _up_len: u32, _h: u32, _hl: u32, _b: u32, _bl: u32, _t: u32, _tl: u32, _timeout: u32, ret: u32| -> R {
+        let state = c.data_mut();
+        let token = state.next_token;
+        state.next_token += 1;
+        let context = state.current_context;
+        state.pending_calls.push(PendingCall { token, context });
+        write_u32(&mut c, ret, token)?;
+        OK
+    });
+    host!("proxy_set_effective_context", |mut c: C, context: u32| -> R {
+        c.data_mut().current_context = context;
+        OK
+    });
+    host!("proxy_done", |_c: C| -> R { OK });
+    host!("proxy_get_status", |mut c: C, code: u32, data: u32, size: u32| -> R {
+        write_u32(&mut c, code, 0)?;
+        return_bytes(&mut c, b"", data, size)?;
+        OK
+    });
+    Ok(())
+}

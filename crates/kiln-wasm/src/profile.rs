@@ -1,0 +1,71 @@
+//! Startup profile of a plugin: what an edge server pays at a cold start,
+//! measured the naive way and kiln's way.
+
+use crate::host::{HostEngine, HostError};
+use crate::trial::{run_trial, TrialLimits, TrialRequest};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// Medians, in microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartupProfile {
+    /// `Module::new` from the `.wasm` (just-in-time compilation).
+    pub jit_compile_us: u64,
+    /// Loading the precompiled `.cwasm`.
+    pub cwasm_load_us: u64,
+    /// Instantiation with the pooling allocator and copy-on-write images.
+    pub instantiate_us: u64,
+    /// From instantiation to the end of a smoke request.
+    pub first_response_us: u64,
+    pub runs: u32,
+}
+
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+/// Measures `wasm` over `runs` cold starts (compiling is slow: at most 5
+/// of those are JIT compiles).
+pub fn startup_profile(engine: &HostEngine, wasm: &[u8], conf: &str, runs: u32) -> Result<StartupProfile, HostError> {
+    let runs = runs.max(1);
+    let mut jit = Vec::new();
+    for _ in 0..runs.min(5) {
+        let started = Instant::now();
+        engine.compile(wasm)?;
+        jit.push(started.elapsed());
+    }
+    let cwasm = engine.precompile(wasm)?;
+    let (mut load, mut instantiate, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    let mut request = TrialRequest::get("/kiln-smoke");
+    request.conf = conf.into();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let plugin = engine.load_precompiled(&cwasm)?;
+        load.push(started.elapsed());
+        let result = run_trial(engine, &plugin, &request, &TrialLimits::default())?;
+        instantiate.push(Duration::from_micros(result.instantiate_us));
+        first.push(Duration::from_micros(result.exchange_us));
+    }
+    Ok(StartupProfile {
+        jit_compile_us: micros(median(jit)),
+        cwasm_load_us: micros(median(load)),
+        instantiate_us: micros(median(instantiate)),
+        first_response_us: micros(median(first)),
+        runs,
+    })
+}
+
+/// The target triple of this host, as `?target=` names it.
+pub fn host_triple() -> String {
+    let os = match std::env::consts::OS {
+        "linux" => "unknown-linux-gnu",
+        "macos" => "apple-darwin",
+        other => other,
+    };
+    format!("{}-{os}", std::env::consts::ARCH)
+}

@@ -1,0 +1,304 @@
+//! Trying a plugin on one HTTP exchange: the request goes through the
+//! plugin's request callbacks, is either answered locally or forwarded to a
+//! stub upstream, and the upstream's response goes through the response
+//! callbacks. The result says what the plugin did, with its logs.
+
+use crate::abi::{BufferType, MapType};
+use crate::host::{HostEngine, HostError, HostState, LocalResponse, LogLine, Plugin};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, Val};
+
+const ROOT_CONTEXT: u32 = 1;
+const HTTP_CONTEXT: u32 = 2;
+
+/// The upstream the request is forwarded to, and the answer of any HTTP
+/// call the plugin dispatches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStub {
+    #[serde(default = "ok_status")]
+    pub status: u32,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: String,
+}
+
+fn ok_status() -> u32 {
+    200
+}
+
+impl Default for UpstreamStub {
+    fn default() -> Self {
+        Self { status: 200, headers: Vec::new(), body: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialRequest {
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default = "root")]
+    pub path: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub upstream: UpstreamStub,
+    /// The plugin configuration (a version's `conf`).
+    #[serde(default)]
+    pub conf: String,
+    /// Timer ticks delivered to the root context after start.
+    #[serde(default)]
+    pub ticks: u32,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+impl TrialRequest {
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: get(),
+            path: path.into(),
+            headers: Vec::new(),
+            body: String::new(),
+            upstream: UpstreamStub::default(),
+            conf: String::new(),
+            ticks: 0,
+        }
+    }
+}
+
+/// Bounds on one trial; the plugin is untrusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialLimits {
+    /// wasmtime fuel units (roughly one per instruction).
+    pub fuel: u64,
+    pub wall: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for TrialLimits {
+    fn default() -> Self {
+        Self { fuel: 500_000_000, wall: Duration::from_secs(2), memory_bytes: 64 << 20 }
+    }
+}
+
+/// An HTTP message as the plugin left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialResult {
+    /// The request as forwarded upstream; `None` when answered locally.
+    pub forwarded: Option<Message>,
+    /// The response the plugin sent itself, if it did.
+    pub local_response: Option<LocalResponse>,
+    /// The upstream's response after the response callbacks.
+    pub response: Option<Response>,
+    pub logs: Vec<LogLine>,
+    /// Microseconds: instantiation, and start to the end of the exchange.
+    pub instantiate_us: u64,
+    pub exchange_us: u64,
+}
+
+fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => HostError::OutOfFuel(limits.fuel),
+        Some(Trap::Interrupt) => HostError::Timeout(limits.wall),
+        _ => HostError::Trap(format!("{e:#}")),
+    }
+}
+
+struct Run<'a> {
+    store: Store<HostState>,
+    instance: Instance,
+    limits: &'a TrialLimits,
+}
+
+impl Run<'_> {
+    /// Calls an export; `None` when the plugin does not export it.
+    fn call(&mut self, name: &str, args: &[u32]) -> Result<Option<i32>, HostError> {
+        let Some(func) = self.instance.get_func(&mut self.store, name) else { return Ok(None) };
+        let args: Vec<Val> = args.iter().map(|&a| Val::I32(a as i32)).collect();
+        let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
+        func.call(&mut self.store, &args, &mut results).map_err(|e| trap(e, self.limits))?;
+        Ok(results.first().and_then(Val::i32).or(Some(0)))
+    }
+
+    fn require(&mut self, name: &str, args: &[u32]) -> Result<i32, HostError> {
+        self.call(name, args)?.ok_or_else(|| HostError::MissingExport(name.into()))
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    fn answered(&mut self) -> bool {
+        self.state().local_response.is_some()
+    }
+
+    /// Answers every HTTP call the plugin dispatched with the stub upstream.
+    fn deliver_calls(&mut self, upstream: &UpstreamStub) -> Result<(), HostError> {
+        while !self.state().pending_calls.is_empty() {
+            let call = self.state().pending_calls.remove(0);
+            let mut headers = vec![(":status".to_owned(), upstream.status.to_string())];
+            headers.extend(upstream.headers.iter().cloned());
+            let n = headers.len() as u32;
+            *self.state().map_mut(MapType::HttpCallResponseHeaders) = headers;
+            self.state().buffers.insert(BufferType::HttpCallResponseBody as u32, upstream.body.clone().into_bytes());
+            self.call("proxy_on_http_call_response", &[call.context, call.token, n, upstream.body.len() as u32, 0])?;
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, request: &TrialRequest) -> Result<(), HostError> {
+        self.call("_initialize", &[])?;
+        self.require("proxy_on_context_create", &[ROOT_CONTEXT, 0])?;
+        self.call("proxy_on_vm_start", &[ROOT_CONTEXT, 0])?;
+        let conf_len = request.conf.len() as u32;
+        if self.call("proxy_on_configure", &[ROOT_CONTEXT, conf_len])? == Some(0) {
+            return Err(HostError::Trap("the plugin refused its configuration (proxy_on_configure returned false)".into()));
+        }
+        for _ in 0..request.ticks {
+            self.call("proxy_on_tick", &[ROOT_CONTEXT])?;
+        }
+        Ok(())
+    }
+
+    fn exchange(&mut self, request: &TrialRequest) -> Result<(Option<Message>, Option<Response>), HostError> {
+        let mut headers = vec![
+            (":method".to_owned(), request.method.clone()),
+            (":path".to_owned(), request.path.clone()),
+            (":authority".to_owned(), "kiln.test".to_owned()),
+            (":scheme".to_owned(), "http".to_owned()),
+        ];
+        headers.extend(request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        let n = headers.len() as u32;
+        *self.state().map_mut(MapType::HttpRequestHeaders) = headers;
+        self.state().current_context = HTTP_CONTEXT;
+        self.require("proxy_on_context_create", &[HTTP_CONTEXT, ROOT_CONTEXT])?;
+        let no_body = request.body.is_empty() as u32;
+        self.call("proxy_on_request_headers", &[HTTP_CONTEXT, n, no_body])?;
+        self.deliver_calls(&request.upstream)?;
+        if self.answered() {
+            return Ok((None, None));
+        }
+        if !request.body.is_empty() {
+            self.state().buffers.insert(BufferType::HttpRequestBody as u32, request.body.clone().into_bytes());
+            self.call("proxy_on_request_body", &[HTTP_CONTEXT, request.body.len() as u32, 1])?;
+            self.deliver_calls(&request.upstream)?;
+            if self.answered() {
+                return Ok((None, None));
+            }
+        }
+        let forwarded = Message {
+            headers: self.state().map_mut(MapType::HttpRequestHeaders).clone(),
+            body: body_of(self.state(), BufferType::HttpRequestBody),
+        };
+
+        let upstream = &request.upstream;
+        let mut headers = vec![(":status".to_owned(), upstream.status.to_string())];
+        headers.extend(upstream.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        let n = headers.len() as u32;
+        *self.state().map_mut(MapType::HttpResponseHeaders) = headers;
+        self.call("proxy_on_response_headers", &[HTTP_CONTEXT, n, upstream.body.is_empty() as u32])?;
+        if !upstream.body.is_empty() && !self.answered() {
+            self.state().buffers.insert(BufferType::HttpResponseBody as u32, upstream.body.clone().into_bytes());
+            self.call("proxy_on_response_body", &[HTTP_CONTEXT, upstream.body.len() as u32, 1])?;
+        }
+        self.deliver_calls(upstream)?;
+        if self.answered() {
+            return Ok((Some(forwarded), None));
+        }
+        let mut headers = self.state().map_mut(MapType::HttpResponseHeaders).clone();
+        let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(upstream.status);
+        headers.retain(|(k, _)| k != ":status");
+        let body = body_of(self.state(), BufferType::HttpResponseBody);
+        Ok((Some(forwarded), Some(Response { status, headers, body })))
+    }
+
+    fn finish(&mut self) -> Result<(), HostError> {
+        self.call("proxy_on_log", &[HTTP_CONTEXT])?;
+        self.call("proxy_on_done", &[HTTP_CONTEXT])?;
+        self.call("proxy_on_delete", &[HTTP_CONTEXT])?;
+        Ok(())
+    }
+}
+
+fn body_of(state: &HostState, buffer: BufferType) -> String {
+    String::from_utf8_lossy(state.buffers.get(&(buffer as u32)).map_or(&[][..], Vec::as_slice)).into_owned()
+}
+
+/// Instantiates `plugin` and runs one exchange through it.
+pub fn run_trial(engine: &HostEngine, plugin: &Plugin, request: &TrialRequest, limits: &TrialLimits) -> Result<TrialResult, HostError> {
+    let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).instances(4).build();
+    let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
+    state.properties = properties(request);
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store.set_fuel(limits.fuel).map_err(|e| HostError::Setup(format!("{e:#}")))?;
+    let ticks = (limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64;
+    store.set_epoch_deadline(ticks);
+
+    let started = Instant::now();
+    let instance = plugin.instance_pre().instantiate(&mut store).map_err(|e| trap(e, limits))?;
+    let instantiate_us = started.elapsed().as_micros() as u64;
+    let mut run = Run { store, instance, limits };
+    let exchange_started = Instant::now();
+    run.start(request)?;
+    let (forwarded, response) = run.exchange(request)?;
+    run.finish()?;
+    let exchange_us = exchange_started.elapsed().as_micros() as u64;
+    let state = run.store.into_data();
+    Ok(TrialResult { forwarded, local_response: state.local_response, response, logs: state.logs, instantiate_us, exchange_us })
+}
+
+/// The properties a plugin can read (`get_property`), by dotted path.
+fn properties(request: &TrialRequest) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let path_only = request.path.split('?').next().unwrap_or("/");
+    [
+        ("request.path", request.path.as_str()),
+        ("request.url_path", path_only),
+        ("request.method", request.method.as_str()),
+        ("request.host", "kiln.test"),
+        ("request.scheme", "http"),
+        ("request.protocol", "HTTP/1.1"),
+        ("source.address", "127.0.0.1:50000"),
+        ("destination.address", "127.0.0.1:8080"),
+        ("plugin_name", "kiln"),
+        ("plugin_root_id", ""),
+        ("plugin_vm_id", "kiln"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+    .collect()
+}
+
+/// Whether two builds of a plugin answer a fixed smoke request the same.
+pub fn smoke_equivalent(engine: &HostEngine, a: &Plugin, b: &Plugin, conf: &str) -> Result<bool, HostError> {
+    let mut request = TrialRequest::get("/kiln-smoke");
+    request.conf = conf.into();
+    let limits = TrialLimits::default();
+    let (mut x, mut y) = (run_trial(engine, a, &request, &limits)?, run_trial(engine, b, &request, &limits)?);
+    (x.instantiate_us, x.exchange_us, y.instantiate_us, y.exchange_us) = (0, 0, 0, 0);
+    Ok(x == y)
+}
+

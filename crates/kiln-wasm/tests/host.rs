@@ -1,0 +1,143 @@
+//! The proxy-wasm host against real filters built from the SDK: the
+//! examples and a misbehaving fixture.
+
+use kiln_wasm::{run_trial, EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds a filter crate for wasm32-wasip1 (once per test process).
+fn build(dir: &str) -> Vec<u8> {
+    static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _guard = LOCK.get_or_init(Default::default).lock().unwrap();
+    let manifest = repo().join(dir).join("Cargo.toml");
+    let target = repo().join("target/filters");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {dir} failed");
+    let name = Path::new(dir).file_name().unwrap().to_string_lossy().replace('-', "_");
+    std::fs::read(target.join(format!("wasm32-wasip1/release/{name}.wasm"))).unwrap()
+}
+
+fn engine() -> HostEngine {
+    HostEngine::new().unwrap()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn add_header_adds_headers_and_reads_its_configuration() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/add-header")).unwrap();
+    let mut request = TrialRequest::get("/hello");
+    request.conf = "from-test".into();
+    request.headers.push(("User-Agent".into(), "kiln-test".into()));
+    request.upstream.body = "upstream body".into();
+    let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
+    let forwarded = result.forwarded.expect("the request goes upstream");
+    assert_eq!(header(&forwarded.headers, "x-kiln-filter"), Some("add-header"));
+    assert_eq!(header(&forwarded.headers, "user-agent"), Some("kiln-test"));
+    let response = result.response.expect("a response");
+    assert_eq!(response.status, 200);
+    assert_eq!(header(&response.headers, "x-powered-by"), Some("kiln"));
+    assert_eq!(header(&response.headers, "x-kiln-conf"), Some("from-test"));
+    assert_eq!(response.body, "upstream body");
+    assert!(result.logs.iter().any(|l| l.level == "info" && l.message.contains("response headers added")), "{:?}", result.logs);
+}
+
+#[test]
+fn deny_path_answers_locally() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/deny-path")).unwrap();
+    let result = run_trial(&engine, &plugin, &TrialRequest::get("/admin/users"), &TrialLimits::default()).unwrap();
+    let local = result.local_response.expect("a local response");
+    assert_eq!(local.status, 403);
+    assert_eq!(local.body, r#"{"error":"forbidden"}"#);
+    assert_eq!(header(&local.headers, "content-type"), Some("application/json"));
+    assert!(result.forwarded.is_none() && result.response.is_none());
+    let passed = run_trial(&engine, &plugin, &TrialRequest::get("/public"), &TrialLimits::default()).unwrap();
+    assert!(passed.local_response.is_none());
+    assert_eq!(passed.response.unwrap().status, 200);
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_fuel_and_by_time() {
+    let engine = engine();
+    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
+    let fuel = TrialLimits { fuel: 50_000_000, ..TrialLimits::default() };
+    let started = Instant::now();
+    let err = run_trial(&engine, &plugin, &TrialRequest::get("/loop"), &fuel).unwrap_err();
+    assert!(matches!(err, HostError::OutOfFuel(_)), "{err}");
+    let time = TrialLimits { fuel: u64::MAX, wall: Duration::from_millis(200), ..TrialLimits::default() };
+    let err = run_trial(&engine, &plugin, &TrialRequest::get("/loop"), &time).unwrap_err();
+    assert!(matches!(err, HostError::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn an_unimplemented_host_function_is_named() {
+    let engine = engine();
+    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
+    let err = run_trial(&engine, &plugin, &TrialRequest::get("/unknown"), &TrialLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("env.proxy_kiln_does_not_exist is not implemented"), "{err}");
+}
+
+#[test]
+fn memory_is_limited() {
+    let engine = engine();
+    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
+    let limits = TrialLimits { memory_bytes: 16 << 20, ..TrialLimits::default() };
+    let err = run_trial(&engine, &plugin, &TrialRequest::get("/alloc"), &limits).unwrap_err();
+    assert!(matches!(err, HostError::Trap(_)), "{err}");
+}
+
+#[test]
+fn http_calls_shared_data_properties_and_stdout() {
+    let engine = engine();
+    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
+    let mut request = TrialRequest::get("/call");
+    request.upstream.status = 201;
+    request.upstream.body = "auth ok".into();
+    let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
+    let local = result.local_response.expect("answered from the call's response");
+    assert_eq!((local.status, local.body.as_str()), (200, "auth ok"));
+    assert_eq!(header(&local.headers, "x-call-status"), Some("201"));
+
+    let mut request = TrialRequest::get("/shared");
+    request.method = "POST".into();
+    let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
+    let forwarded = result.forwarded.unwrap();
+    assert_eq!(header(&forwarded.headers, "x-count"), Some("1"));
+    assert_eq!(header(&forwarded.headers, "x-method"), Some("POST"));
+    assert!(result.logs.iter().any(|l| l.level == "stdout" && l.message == "stdout from the plugin"), "{:?}", result.logs);
+}
+
+#[test]
+fn precompiled_modules_load_and_mismatches_are_refused() {
+    let wasm = build("examples/add-header");
+    let engine = engine();
+    let cwasm = engine.precompile(&wasm).unwrap();
+    let plugin = engine.load_precompiled(&cwasm).unwrap();
+    let result = run_trial(&engine, &plugin, &TrialRequest::get("/"), &TrialLimits::default()).unwrap();
+    assert!(result.response.is_some());
+
+    // Built for another CPU: refused, never loaded.
+    let other = HostEngine::with_settings(&EngineSettings { target: Some("aarch64-unknown-linux-gnu".into()) }, true).unwrap();
+    let foreign = other.precompile(&wasm).unwrap();
+    assert!(matches!(engine.load_precompiled(&foreign), Err(HostError::Incompatible(_))));
+    assert!(matches!(engine.load_precompiled(&wasm), Err(HostError::Incompatible(_))));
+    let mut corrupt = cwasm.clone();
+    let at = corrupt.len() / 2;
+    corrupt.truncate(at);
+    assert!(engine.load_precompiled(&corrupt).is_err());
+}
