@@ -5,7 +5,11 @@
 //! `examples/add-header` in the bubblewrap sandbox against the same build
 //! with no sandbox, alternating, dependencies already vendored. Needs root
 //! and `scripts/install-prereqs`.
+//!
+//! `kiln-bench coldstart [RUNS]`: cold starts of the example filters, the
+//! naive path against kiln's precompiled, pooled path.
 
+mod coldstart;
 mod sandbox;
 
 fn main() -> anyhow::Result<()> {
@@ -16,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             let runs = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(7);
             runtime.block_on(sandbox::run(runs))
         }
-        _ => anyhow::bail!("usage: kiln-bench sandbox [RUNS]"),
+        Some("coldstart") => coldstart::run(args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1000)),
+        _ => anyhow::bail!("usage: kiln-bench sandbox [RUNS] | coldstart [RUNS]"),
     }
 }

@@ -40,6 +40,8 @@ pub struct AppState {
     /// Woken whenever a build is queued, so long-polling claims answer at once.
     pub queue_signal: Arc<Notify>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The proxy-wasm host that runs `POST /version/{id}/try`.
+    pub trials: Arc<routes::trial::TrialHost>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             config: Arc::new(config),
             queue_signal: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
+            trials: Arc::new(routes::trial::TrialHost::default()),
         }
     }
 }

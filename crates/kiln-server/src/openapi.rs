@@ -1,7 +1,7 @@
 //! The OpenAPI description, generated from the handlers' annotations.
 
 use crate::error::ErrorBody;
-use crate::routes::{applications, builds, internal, ops, versions};
+use crate::routes::{applications, builds, internal, ops, trial, versions};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         applications::create, applications::list, applications::get, applications::update, applications::delete,
         versions::upload, versions::list, versions::get, versions::update, versions::delete,
-        versions::binary, versions::source, versions::logs,
+        versions::binary, versions::source, versions::logs, trial::try_version,
         builds::list, builds::get, builds::logs, builds::cancel,
         internal::claim, internal::heartbeat, internal::source,
         internal::build_success, internal::build_fail, internal::build_crash,

@@ -63,12 +63,20 @@ impl From<ClientError> for Failure {
 /// The result of the build stages.
 struct Built {
     binary: Vec<u8>,
+    /// Precompiled modules by target triple.
+    cwasm: Vec<(String, Vec<u8>)>,
+    startup: Option<kiln_wasm::StartupProfile>,
 }
+
+/// Cold starts measured for a version's startup profile.
+const PROFILE_RUNS: u32 = 20;
 
 pub struct Pipeline {
     pub config: PipelineConfig,
     sandbox: Arc<dyn Sandbox>,
     toolchains: Vec<Arc<dyn Toolchain>>,
+    /// Precompiles and profiles successful builds.
+    host: kiln_wasm::HostEngine,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -88,8 +96,9 @@ impl Stages {
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, sandbox: Arc<dyn Sandbox>, toolchains: Vec<Arc<dyn Toolchain>>) -> Self {
-        Self { config, sandbox, toolchains }
+    pub fn new(config: PipelineConfig, sandbox: Arc<dyn Sandbox>, toolchains: Vec<Arc<dyn Toolchain>>) -> anyhow::Result<Self> {
+        let host = kiln_wasm::HostEngine::new()?;
+        Ok(Self { config, sandbox, toolchains, host })
     }
 
     fn toolchain(&self, language: Language) -> Option<&Arc<dyn Toolchain>> {
@@ -110,12 +119,16 @@ impl Pipeline {
             _ = lost.cancelled() => Err(Failure::LeaseLost),
             _ = abort.cancelled() => Err(Failure::Ours("the worker shut down during the build".into())),
         };
-        let profile = json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
+        let mut profile = json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
         let build = claim.build.id;
         let reported = match result {
             Ok(built) => {
                 log.kiln(format!("succeeded: {} bytes", built.binary.len()));
-                let report = SuccessReport { binary: built.binary.into(), logs: log.into_text(), profile, cwasm: Vec::new() };
+                if let Some(startup) = &built.startup {
+                    profile["startup"] = json!(startup);
+                }
+                let cwasm = built.cwasm.into_iter().map(|(t, b)| (t, b.into())).collect();
+                let report = SuccessReport { binary: built.binary.into(), logs: log.into_text(), profile, cwasm };
                 client.success(claim, report).await
             }
             Err(Failure::Customer(reason)) => {
@@ -201,7 +214,47 @@ impl Pipeline {
             .map_err(|e| Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}")))?;
         stages.record("check", started);
         log.kiln(format!("checked: proxy-wasm ABI {}, sha256 {}", module.abi_version, module.sha256_hex));
-        Ok(Built { binary })
+
+        let started = Instant::now();
+        let (cwasm, startup) = self.precompile_and_profile(&binary, &claim.build.conf, log).await?;
+        stages.record("precompile_and_profile", started);
+        Ok(Built { binary, cwasm, startup })
+    }
+
+    /// Precompiles the module for this host (a `.cwasm` edge servers load in
+    /// microseconds) and measures its startup. A plugin that fails its smoke
+    /// request still builds: the log says why it has no profile.
+    async fn precompile_and_profile(
+        &self,
+        binary: &[u8],
+        conf: &str,
+        log: &mut BuildLog,
+    ) -> Result<(Vec<(String, Vec<u8>)>, Option<kiln_wasm::StartupProfile>), Failure> {
+        let (engine, wasm, conf) = (self.host.clone(), binary.to_vec(), conf.to_owned());
+        let (cwasm, startup) = tokio::task::spawn_blocking(move || {
+            let cwasm = engine.precompile(&wasm);
+            let startup = kiln_wasm::startup_profile(&engine, &wasm, &conf, PROFILE_RUNS);
+            (cwasm, startup)
+        })
+        .await
+        .map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
+        let cwasm = cwasm.map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
+        let triple = kiln_wasm::host_triple();
+        log.kiln(format!("precompiled for {triple}: {} bytes", cwasm.len()));
+        let startup = match startup {
+            Ok(p) => {
+                log.kiln(format!(
+                    "startup: JIT compile {} µs, .cwasm load {} µs, instantiate {} µs, first response {} µs",
+                    p.jit_compile_us, p.cwasm_load_us, p.instantiate_us, p.first_response_us
+                ));
+                Some(p)
+            }
+            Err(e) => {
+                log.kiln(format!("no startup profile: the smoke request failed: {e}"));
+                None
+            }
+        };
+        Ok((vec![(triple, cwasm)], startup))
     }
 
     fn check_outcome(&self, outcome: &RunOutcome) -> Result<(), Failure> {

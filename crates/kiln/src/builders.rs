@@ -73,7 +73,7 @@ pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipelin
         max_output_bytes: args.max_output_mib * MIB,
         ..PipelineConfig::default()
     };
-    Ok(Pipeline::new(config, sandbox, toolchains))
+    Pipeline::new(config, sandbox, toolchains)
 }
 
 /// Runs `count` builders against `server` until `stop`, then drains them.

@@ -27,6 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Runs builders on this host against a kiln server.
     Worker(WorkerArgs),
+    /// Runs a plugin on one request in kiln's proxy-wasm host.
+    Try(TryArgs),
     /// Manages owner tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -111,4 +113,52 @@ pub struct WorkerArgs {
     pub max_upload_mib: u64,
     #[command(flatten)]
     pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TryArgs {
+    /// A .wasm file, or the id of a version on the server.
+    pub plugin: String,
+    /// The request, e.g. 'GET /admin'.
+    #[arg(long, default_value = "GET /")]
+    pub request: String,
+    /// A request header, 'name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The request body.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Status of the stub upstream's response.
+    #[arg(long, default_value_t = 200)]
+    pub upstream_status: u32,
+    /// A header of the upstream's response, 'name: value' (repeatable).
+    #[arg(long = "upstream-header")]
+    pub upstream_headers: Vec<String>,
+    /// The upstream's response body.
+    #[arg(long)]
+    pub upstream_body: Option<String>,
+    /// A file with the plugin configuration (default: the version's conf).
+    #[arg(long)]
+    pub conf: Option<std::path::PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also measure the startup profile (JIT, .cwasm load, instantiation, first response).
+    #[arg(long)]
+    pub profile: bool,
+    /// Timer ticks delivered to the plugin's root context after it starts.
+    #[arg(long, default_value_t = 0)]
+    pub ticks: u32,
+    /// Time limit of the plugin, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Fuel limit of the plugin (about one unit per instruction).
+    #[arg(long, default_value_t = 500_000_000)]
+    pub fuel: u64,
+    /// The kiln server, for a version id.
+    #[arg(long, env = "KILN_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// An owner token, for a version id.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }

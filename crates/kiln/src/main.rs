@@ -7,6 +7,7 @@ mod builders;
 mod cli;
 mod serve;
 mod token;
+mod try_cmd;
 mod worker;
 
 use clap::Parser;
@@ -25,6 +26,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Worker(args) => worker::run(args).await,
+            cli::Command::Try(args) => try_cmd::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
         }
     });

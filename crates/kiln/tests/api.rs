@@ -496,7 +496,7 @@ async fn health_metrics_and_openapi(db: Db) {
     let paths = doc["paths"].as_object().unwrap();
     for path in [
         "/application", "/application/{id}", "/version", "/version/{id}", "/version/{id}/binary",
-        "/version/{id}/source", "/version/{id}/logs", "/version_build", "/version_build/{id}",
+        "/version/{id}/source", "/version/{id}/logs", "/version/{id}/try", "/version_build", "/version_build/{id}",
         "/version_build/{id}/logs", "/version_build/{id}/cancel", "/internal/builds/claim",
         "/internal/builds/{id}/heartbeat", "/internal/builds/{id}/source", "/build_success/{id}",
         "/build_fail/{id}", "/build_crash/{id}", "/healthz", "/metrics", "/openapi.json",

@@ -54,10 +54,67 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
     let version: Value = kiln.get(&format!("/version/{good_id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(version["binary_size"], wasm.len());
 
+    // Precompiled for this host, with a startup profile.
+    let startup = &built["profile"]["startup"];
+    assert!(startup["cwasm_load_us"].as_u64().is_some() && startup["jit_compile_us"].as_u64().is_some(), "{built}");
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap().starts_with(b"\x7fELF"), "a .cwasm is wasmtime's ELF artifact");
+
+    // kiln try on the fresh version shows what the plugin really does.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["try", good_id, "--request", "GET /hello", "--json", "--server", &kiln.base, "--token", &kiln.admin_token])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tried: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let forwarded = tried["forwarded"]["headers"].as_array().unwrap();
+    assert!(forwarded.iter().any(|h| h[0] == "x-kiln-filter" && h[1] == "add-header"), "{tried}");
+    let response = tried["response"]["headers"].as_array().unwrap();
+    assert!(response.iter().any(|h| h[0] == "x-powered-by" && h[1] == "kiln"), "{tried}");
+    assert!(response.iter().any(|h| h[0] == "x-kiln-conf" && h[1] == "hello"), "the version's conf: {tried}");
+
     let failed = kiln.wait_for_build(bad_id, BUILD_DEADLINE).await;
     assert_eq!(failed["state"], "failed", "{failed}");
     let logs = kiln.get(&format!("/version_build/{bad_id}/logs")).send().await.unwrap().text().await.unwrap();
     assert!(logs.contains("E0308"), "rustc's error is in the log:\n{logs}");
     let r = kiln.get(&format!("/version/{bad_id}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
+    let kiln = Kiln::start_with(vec!["--workers".into(), "1".into()]);
+    let app = kiln.create_app("try").await["id"].as_str().unwrap().to_owned();
+    let phases = r#"["request_headers"]"#;
+    let deny = kiln.upload_ok(&app, "1.0.0", phases, example("deny-path")).await["id"].as_str().unwrap().to_owned();
+    let fixture = tar_gz_dir(&repo_root().join("tests/fixtures/filters/misbehaving"));
+    let looping = kiln.upload_ok(&app, "2.0.0", phases, fixture).await["id"].as_str().unwrap().to_owned();
+    for id in [&deny, &looping] {
+        let build = kiln.wait_for_build(id, BUILD_DEADLINE).await;
+        assert_eq!(build["state"], "succeeded", "{build}");
+    }
+
+    let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/admin"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let tried: Value = r.json().await.unwrap();
+    assert_eq!(tried["local_response"]["status"], 403, "{tried}");
+    assert_eq!(tried["local_response"]["body"], r#"{"error":"forbidden"}"#);
+    assert!(tried["forwarded"].is_null());
+    let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/public"})).send().await.unwrap();
+    let tried: Value = r.json().await.unwrap();
+    assert_eq!(tried["response"]["status"], 200, "{tried}");
+
+    let started = std::time::Instant::now();
+    let r = kiln.post(&format!("/version/{looping}/try")).json(&serde_json::json!({"path": "/loop"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"], "plugin_error", "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the server stays up");
+    let other = kiln.token_for_owner(2);
+    let r = kiln.http.post(kiln.url(&format!("/version/{deny}/try"))).bearer_auth(&other).json(&serde_json::json!({})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

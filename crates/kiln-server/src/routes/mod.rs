@@ -5,6 +5,7 @@ pub mod applications;
 pub mod builds;
 pub mod internal;
 pub mod ops;
+pub mod trial;
 pub mod versions;
 
 use crate::error::ApiError;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/version/{id}/binary", get(versions::binary))
         .route("/version/{id}/source", get(versions::source))
         .route("/version/{id}/logs", get(versions::logs))
+        .route("/version/{id}/try", post(trial::try_version))
         .route("/version_build", get(builds::list))
         .route("/version_build/{id}", get(builds::get))
         .route("/version_build/{id}/logs", get(builds::logs))

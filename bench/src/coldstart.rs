@@ -1,0 +1,100 @@
+//! Cold starts of the example filters: the naive path against kiln's.
+//!
+//! (a) naive: `Module::new` from the `.wasm` on an engine with the default
+//!     on-demand allocator, instantiate, first request;
+//! (b) kiln: deserialize the `.cwasm`, instantiate with the pooling
+//!     allocator and copy-on-write memory images, first request.
+
+use kiln_wasm::profile::median;
+use kiln_wasm::{run_trial, EngineSettings, HostEngine, TrialLimits, TrialRequest};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const FILTERS: [&str; 2] = ["add-header", "deny-path"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn build(name: &str) -> anyhow::Result<Vec<u8>> {
+    let target = repo().join("target/filters");
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .arg(repo().join("examples").join(name).join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()?;
+    anyhow::ensure!(status.success(), "building {name} failed");
+    Ok(std::fs::read(target.join("wasm32-wasip1/release").join(format!("{}.wasm", name.replace('-', "_"))))?)
+}
+
+/// Size after binaryen's `wasm-opt -Oz`, if it is installed.
+fn optimized_size(wasm: &[u8]) -> Option<usize> {
+    let dir = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let (input, output) = (dir.join("in.wasm"), dir.join("out.wasm"));
+    std::fs::write(&input, wasm).ok()?;
+    let status = std::process::Command::new("wasm-opt")
+        .args(["-Oz", "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals", "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .status()
+        .ok()?;
+    let size = status.success().then(|| std::fs::metadata(&output).ok().map(|m| m.len() as usize)).flatten();
+    let _ = std::fs::remove_dir_all(&dir);
+    size
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+pub fn run(runs: usize) -> anyhow::Result<()> {
+    let naive_engine = HostEngine::with_settings(&EngineSettings::default(), false)?;
+    let kiln_engine = HostEngine::new()?;
+    let request = TrialRequest::get("/bench");
+    let limits = TrialLimits::default();
+    let mut rows = String::new();
+    let mut sizes = String::new();
+    for name in FILTERS {
+        let wasm = build(name)?;
+        let cwasm = kiln_engine.precompile(&wasm)?;
+        let (mut naive, mut fast) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for _ in 0..runs {
+            let started = Instant::now();
+            let plugin = naive_engine.compile(&wasm)?;
+            run_trial(&naive_engine, &plugin, &request, &limits)?;
+            naive.push(started.elapsed());
+
+            let started = Instant::now();
+            let plugin = kiln_engine.load_precompiled(&cwasm)?;
+            run_trial(&kiln_engine, &plugin, &request, &limits)?;
+            fast.push(started.elapsed());
+        }
+        let (a, b) = (median(naive), median(fast));
+        let ratio = a.as_secs_f64() / b.as_secs_f64();
+        eprintln!("{name}: naive {:.0} µs, kiln {:.1} µs, {ratio:.0}×", micros(a), micros(b));
+        rows.push_str(&format!("| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× |\n", micros(a), micros(b)));
+        let opt = optimized_size(&wasm).map_or("wasm-opt not installed".to_owned(), |s| format!("{s}"));
+        sizes.push_str(&format!("| {name} | {} | {opt} | {} |\n", wasm.len(), cwasm.len()));
+    }
+    let report = format!(
+        "# Cold start\n\n\
+         What an edge server pays to start a plugin and answer its first request, for each example\n\
+         filter, medians over {runs} cold starts each, run side by side on the same machine:\n\n\
+         - (a) naive: `Module::new` from the `.wasm`, wasmtime's default on-demand allocator, instantiate, first request;\n\
+         - (b) kiln: deserialize the `.cwasm`, instantiate with the pooling allocator and copy-on-write images, first request.\n\n\
+         Both include linking kiln's proxy-wasm host functions and the plugin's start (`proxy_on_vm_start`,\n\
+         `proxy_on_configure`). Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
+         Machine: {} cores, {}; wasmtime 48.0.8.\n\n\
+         | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b |\n| --- | --- | --- | --- | --- |\n{rows}\n\
+         Artifact sizes in bytes:\n\n\
+         | filter | .wasm | after `wasm-opt -Oz` | .cwasm |\n| --- | --- | --- | --- |\n{sizes}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        crate::sandbox::cpu_model(),
+    );
+    let path = repo().join("bench/results/coldstart.md");
+    std::fs::write(&path, &report)?;
+    println!("{report}");
+    Ok(())
+}

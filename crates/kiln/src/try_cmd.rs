@@ -1,0 +1,131 @@
+//! `kiln try`: runs a plugin on one request in kiln's proxy-wasm host and
+//! prints what it did. The plugin is a `.wasm` file or a version on a kiln
+//! server (its binary and configuration are downloaded).
+
+use crate::cli::TryArgs;
+use anyhow::{bail, Context};
+use kiln_wasm::{run_trial, startup_profile, HostEngine, TrialLimits, TrialRequest, TrialResult};
+use std::fmt::Write;
+use std::time::Duration;
+
+fn parse_header(raw: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = raw.split_once(':').with_context(|| format!("header {raw:?} must look like 'name: value'"))?;
+    Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+}
+
+/// The plugin's bytes and its stored configuration, if it is a version.
+async fn load(args: &TryArgs) -> anyhow::Result<(Vec<u8>, Option<String>)> {
+    if std::path::Path::new(&args.plugin).exists() {
+        return Ok((std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin))?, None));
+    }
+    let id = kiln_domain::BuildId::parse(&args.plugin).map_err(|_| anyhow::anyhow!("{} is neither a file nor a version id", args.plugin))?;
+    let token = args.token.as_deref().context("a version id needs --token (or KILN_TOKEN)")?;
+    let http = reqwest::Client::new();
+    let base = args.server.trim_end_matches('/');
+    let get = |path: String| http.get(format!("{base}{path}")).bearer_auth(token).send();
+    let version = get(format!("/version/{id}")).await?;
+    if !version.status().is_success() {
+        bail!("the server answered {} for version {id}: {}", version.status(), version.text().await.unwrap_or_default());
+    }
+    let version: serde_json::Value = version.json().await?;
+    let binary = get(format!("/version/{id}/binary")).await?.error_for_status()?.bytes().await?;
+    Ok((binary.to_vec(), version["conf"].as_str().map(str::to_owned)))
+}
+
+fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialRequest> {
+    let (method, path) = args.request.trim().split_once(' ').context("--request must look like 'GET /path'")?;
+    let mut request = TrialRequest::get(path.trim());
+    request.method = method.to_ascii_uppercase();
+    request.headers = args.headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?;
+    request.body = args.body.clone().unwrap_or_default();
+    request.upstream.status = args.upstream_status;
+    request.upstream.headers = args.upstream_headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?;
+    request.upstream.body = args.upstream_body.clone().unwrap_or_default();
+    request.ticks = args.ticks;
+    request.conf = match &args.conf {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => stored_conf.unwrap_or_default(),
+    };
+    Ok(request)
+}
+
+pub async fn run(args: TryArgs) -> anyhow::Result<()> {
+    let (wasm, conf) = load(&args).await?;
+    let request = request(&args, conf)?;
+    let limits = TrialLimits { wall: Duration::from_millis(args.timeout_ms), fuel: args.fuel, ..TrialLimits::default() };
+    let profile = args.profile;
+    let (result, profile) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let engine = HostEngine::new()?;
+        let plugin = engine.compile(&wasm)?;
+        let result = run_trial(&engine, &plugin, &request, &limits)?;
+        let profile = profile.then(|| startup_profile(&engine, &wasm, &request.conf, 50)).transpose()?;
+        Ok((result, profile))
+    })
+    .await??;
+    if args.json {
+        let mut value = serde_json::to_value(&result)?;
+        if let Some(profile) = profile {
+            value["startup_profile"] = serde_json::to_value(profile)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", render(&args, &result));
+        if let Some(p) = profile {
+            println!(
+                "startup profile (median of {} cold starts): JIT compile {} µs, .cwasm load {} µs, instantiate {} µs, first response {} µs",
+                p.runs, p.jit_compile_us, p.cwasm_load_us, p.instantiate_us, p.first_response_us
+            );
+        }
+    }
+    Ok(())
+}
+
+fn headers(out: &mut String, headers: &[(String, String)]) {
+    for (k, v) in headers {
+        let _ = writeln!(out, "  {k}: {v}");
+    }
+}
+
+fn render(args: &TryArgs, result: &TrialResult) -> String {
+    let mut out = String::new();
+    match (&result.local_response, &result.forwarded) {
+        (Some(local), forwarded) => {
+            if forwarded.is_some() {
+                let _ = writeln!(out, "request forwarded upstream; the plugin then answered itself:");
+            } else {
+                let _ = writeln!(out, "the plugin answered {} itself (not forwarded):", args.request);
+            }
+            let _ = writeln!(out, "  status {}", local.status);
+            headers(&mut out, &local.headers);
+            if !local.body.is_empty() {
+                let _ = writeln!(out, "  body: {}", local.body);
+            }
+        }
+        (None, Some(forwarded)) => {
+            let _ = writeln!(out, "request as forwarded upstream:");
+            headers(&mut out, &forwarded.headers);
+            if !forwarded.body.is_empty() {
+                let _ = writeln!(out, "  body: {}", forwarded.body);
+            }
+        }
+        (None, None) => {
+            let _ = writeln!(out, "the plugin paused the request and never resumed it");
+        }
+    }
+    if let Some(response) = &result.response {
+        let _ = writeln!(out, "response after the filter:");
+        let _ = writeln!(out, "  status {}", response.status);
+        headers(&mut out, &response.headers);
+        if !response.body.is_empty() {
+            let _ = writeln!(out, "  body: {}", response.body);
+        }
+    }
+    let _ = writeln!(out, "plugin logs:");
+    if result.logs.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for line in &result.logs {
+        let _ = writeln!(out, "  [{}] {}", line.level, line.message);
+    }
+    out
+}
