@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod check;
 pub mod host;
+pub mod optimize;
 pub mod profile;
 pub mod trial;
 

@@ -27,6 +27,10 @@ pub struct PipelineConfig {
     /// Largest `.wasm` a build may produce, in bytes.
     pub max_output_bytes: u64,
     pub heartbeat: Duration,
+    /// Run binaryen's `wasm-opt` on successful builds (this binary, in the
+    /// sandbox); the result is kept only if it validates and answers a
+    /// smoke request like the original.
+    pub wasm_opt: Option<std::path::PathBuf>,
 }
 
 impl Default for PipelineConfig {
@@ -36,6 +40,7 @@ impl Default for PipelineConfig {
             archive_limits: ArchiveLimits::default(),
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             heartbeat: DEFAULT_HEARTBEAT,
+            wasm_opt: None,
         }
     }
 }
@@ -216,9 +221,63 @@ impl Pipeline {
         log.kiln(format!("checked: proxy-wasm ABI {}, sha256 {}", module.abi_version, module.sha256_hex));
 
         let started = Instant::now();
+        let binary = self.optimize(binary, claim, scratch, log).await;
+        stages.record("optimize", started);
+
+        let started = Instant::now();
         let (cwasm, startup) = self.precompile_and_profile(&binary, &claim.build.conf, log).await?;
         stages.record("precompile_and_profile", started);
         Ok(Built { binary, cwasm, startup })
+    }
+
+    /// Runs wasm-opt in the sandbox and keeps its output only if it is a
+    /// valid plugin that answers a smoke request like the original.
+    async fn optimize(&self, binary: Vec<u8>, claim: &Claim, scratch: &Scratch, log: &mut BuildLog) -> Vec<u8> {
+        let Some(wasm_opt) = &self.config.wasm_opt else { return binary };
+        match self.try_optimize(wasm_opt, &binary, claim, scratch).await {
+            Ok(optimized) => {
+                log.kiln(format!("wasm-opt -O3: {} → {} bytes", binary.len(), optimized.len()));
+                optimized
+            }
+            Err(reason) => {
+                log.kiln(format!("wasm-opt result not used: {reason}"));
+                binary
+            }
+        }
+    }
+
+    async fn try_optimize(&self, wasm_opt: &std::path::Path, binary: &[u8], claim: &Claim, scratch: &Scratch) -> Result<Vec<u8>, String> {
+        let dir = scratch.path().join("optimize");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("in.wasm"), binary).map_err(|e| e.to_string())?;
+        let guest = std::path::Path::new(kiln_sandbox::GUEST_SCRATCH).join("optimize");
+        let command = kiln_sandbox::SandboxCommand {
+            program: wasm_opt.to_owned(),
+            args: kiln_wasm::optimize::wasm_opt_args(&guest.join("in.wasm").display().to_string(), &guest.join("out.wasm").display().to_string()),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: guest,
+            mounts: Vec::new(),
+        };
+        let report = self.sandbox.run(&command, scratch, &self.config.limits).await.map_err(|e| e.to_string())?;
+        if report.outcome != RunOutcome::Exited(0) {
+            return Err(format!("wasm-opt ended {:?}: {}", report.outcome, report.log.lines().last().unwrap_or_default()));
+        }
+        let optimized = kiln_sandbox::read_output_file(scratch, std::path::Path::new("optimize/out.wasm"), self.config.max_output_bytes)
+            .map_err(|e| e.to_string())?;
+        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice()).map_err(|e| e.to_string())?;
+        let (engine, a, b, conf) = (self.host.clone(), binary.to_vec(), optimized.clone(), claim.build.conf.clone());
+        let same = tokio::task::spawn_blocking(move || {
+            let (a, b) = (engine.compile(&a)?, engine.compile(&b)?);
+            kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match same {
+            Ok(true) => Ok(optimized),
+            Ok(false) => Err("the optimized module answers a smoke request differently".into()),
+            // The original fails its smoke request too: nothing to compare.
+            Err(e) => Err(format!("the smoke request failed: {e}")),
+        }
     }
 
     /// Precompiles the module for this host (a `.cwasm` edge servers load in

@@ -63,6 +63,12 @@ pub struct BuildArgs {
     /// Largest ratio of unpacked to compressed size.
     #[arg(long, env = "KILN_MAX_RATIO", default_value_t = 200)]
     pub max_ratio: u64,
+    /// Optimize successful builds with binaryen's wasm-opt (run in the sandbox); kept only when the result answers a smoke request like the original.
+    #[arg(long, env = "KILN_OPTIMIZE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub optimize: bool,
+    /// The wasm-opt binary (Debian's binaryen).
+    #[arg(long, env = "KILN_WASM_OPT", default_value = "/usr/bin/wasm-opt")]
+    pub wasm_opt: std::path::PathBuf,
     /// Seconds running builds get to finish after SIGTERM before they are reported crashed.
     #[arg(long, env = "KILN_GRACE_SECONDS", default_value_t = 30)]
     pub grace_seconds: u64,

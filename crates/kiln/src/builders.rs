@@ -71,9 +71,21 @@ pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipelin
         limits: limits(args),
         archive_limits: archive_limits(args, max_upload_mib),
         max_output_bytes: args.max_output_mib * MIB,
+        wasm_opt: optimizer(args),
         ..PipelineConfig::default()
     };
     Pipeline::new(config, sandbox, toolchains)
+}
+
+fn optimizer(args: &BuildArgs) -> Option<std::path::PathBuf> {
+    if !args.optimize {
+        return None;
+    }
+    if !args.wasm_opt.exists() {
+        tracing::warn!(path = %args.wasm_opt.display(), "wasm-opt is not installed; builds are not optimized (apt-get install binaryen)");
+        return None;
+    }
+    Some(args.wasm_opt.clone())
 }
 
 /// Runs `count` builders against `server` until `stop`, then drains them.

@@ -42,6 +42,7 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
     assert_eq!(built["state"], "succeeded", "{built}\n{logs}");
     assert!(built["profile"]["stages_ms"]["compile"].as_u64().is_some(), "{built}");
     assert!(logs.contains("sandbox: bubblewrap"), "{logs}");
+    assert!(logs.contains("wasm-opt -O3:"), "the optimized module was kept:\n{logs}");
 
     let r = kiln.get(&format!("/version/{good_id}/binary")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
