@@ -4,7 +4,8 @@ use super::ArchiveError;
 use std::path::{Component, Path, PathBuf};
 
 /// Turns an archive entry name into a relative path with only normal
-/// components (`./` dropped), or refuses it.
+/// components (`./` dropped), or refuses it. The archive root itself (`.`,
+/// `./`, as `tar -C dir .` writes it) is the empty path.
 pub fn safe_relative_path(raw: &str) -> Result<PathBuf, ArchiveError> {
     let invalid = || ArchiveError::InvalidPath { path: raw.to_owned() };
     if raw.is_empty() || raw.contains('\0') || raw.contains('\\') {
@@ -29,9 +30,6 @@ pub fn safe_relative_path(raw: &str) -> Result<PathBuf, ArchiveError> {
                 return Err(ArchiveError::AbsolutePath { path: raw.to_owned() });
             }
         }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(invalid());
     }
     Ok(out)
 }

@@ -39,6 +39,13 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
         let raw = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| ArchiveError::InvalidPath { path: "<not UTF-8>".into() })?;
         let path = safe_relative_path(&raw)?;
+        if path.as_os_str().is_empty() {
+            // The archive root: nothing to create, and nothing else may be it.
+            if kind == EntryType::Directory {
+                continue;
+            }
+            return Err(ArchiveError::InvalidPath { path: raw });
+        }
         match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;

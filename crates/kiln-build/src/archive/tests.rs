@@ -81,6 +81,17 @@ fn a_good_tar_gz_unpacks_identically_without_setuid() {
 }
 
 #[test]
+fn the_root_entry_of_tar_c_dot_is_accepted() {
+    // `tar -czf x.tar.gz -C dir .` starts with a "./" directory entry.
+    let bytes = tar_of(&[raw_entry("./", b'5', "", b""), raw_entry("./Cargo.toml", b'0', "", b"[package]\n"), raw_entry("./src/", b'5', "", b"")]);
+    let (dir, result) = unpack_fresh(&bytes, &limits());
+    assert_eq!(result.unwrap().entries, 3);
+    assert_eq!(fs::read(dir.path().join("Cargo.toml")).unwrap(), b"[package]\n");
+    let file_as_root = tar_of(&[raw_entry("./", b'0', "", b"x")]);
+    assert!(inspect(&file_as_root, &limits()).is_err());
+}
+
+#[test]
 fn a_good_zip_unpacks_identically() {
     let bytes = zip_of(&[("Cargo.toml", b"[package]\n", 0o644), ("bin/tool", b"x", 0o755)]);
     let (dir, result) = unpack_fresh(&bytes, &limits());

@@ -30,6 +30,12 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
             return Err(ArchiveError::Encrypted { path: raw });
         }
         let path = safe_relative_path(&raw)?;
+        if path.as_os_str().is_empty() {
+            if file.is_dir() {
+                continue;
+            }
+            return Err(ArchiveError::InvalidPath { path: raw });
+        }
         let mode = file.unix_mode().unwrap_or(0);
         match mode & S_IFMT {
             _ if file.is_dir() => sink.dir(&path, &raw)?,
