@@ -12,7 +12,7 @@ use crate::abi::MapType;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
@@ -53,6 +53,14 @@ pub struct EngineSettings {
 pub struct HostEngine {
     engine: Engine,
     ticking: Arc<AtomicBool>,
+    /// The host functions, linked once per engine: each plugin clones them
+    /// (a cold start should not pay for defining sixty functions).
+    base: Arc<OnceLock<Result<BaseLinker, String>>>,
+}
+
+struct BaseLinker {
+    linker: Linker<HostState>,
+    defined: HashSet<(String, String)>,
 }
 
 impl Drop for HostEngine {
@@ -107,7 +115,7 @@ impl HostEngine {
                 })
                 .map_err(|e| HostError::Setup(e.to_string()))?;
         }
-        Ok(Self { engine, ticking })
+        Ok(Self { engine, ticking, base: Arc::new(OnceLock::new()) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -117,7 +125,7 @@ impl HostEngine {
     /// Compiles a `.wasm` (just-in-time).
     pub fn compile(&self, wasm: &[u8]) -> Result<Plugin, HostError> {
         let module = Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
-        Plugin::link(&self.engine, module)
+        self.link(module)
     }
 
     /// Compiles ahead of time into a `.cwasm`; the artifact records the
@@ -137,7 +145,19 @@ impl HostEngine {
         // blob store kept; wasmtime itself checks the version and settings
         // recorded in the artifact and refuses a mismatch.
         let module = unsafe { Module::deserialize(&self.engine, cwasm) }.map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
-        Plugin::link(&self.engine, module)
+        self.link(module)
+    }
+
+    fn link(&self, module: Module) -> Result<Plugin, HostError> {
+        let base = self.base.get_or_init(|| {
+            let mut linker = Linker::new(&self.engine);
+            let mut defined = HashSet::new();
+            proxy::add_to_linker(&mut linker, &mut defined).map_err(|e| format!("{e:#}"))?;
+            wasi::add_to_linker(&mut linker, &mut defined).map_err(|e| format!("{e:#}"))?;
+            Ok(BaseLinker { linker, defined })
+        });
+        let base = base.as_ref().map_err(|e| HostError::Setup(e.clone()))?;
+        Plugin::link(base.linker.clone(), &base.defined, module)
     }
 }
 
@@ -148,11 +168,7 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    fn link(engine: &Engine, module: Module) -> Result<Self, HostError> {
-        let mut linker = Linker::new(engine);
-        let mut defined = HashSet::new();
-        proxy::add_to_linker(&mut linker, &mut defined).map_err(|e| HostError::Setup(format!("{e:#}")))?;
-        wasi::add_to_linker(&mut linker, &mut defined).map_err(|e| HostError::Setup(format!("{e:#}")))?;
+    fn link(mut linker: Linker<HostState>, defined: &HashSet<(String, String)>, module: Module) -> Result<Self, HostError> {
         for import in module.imports() {
             let (module_name, name) = (import.module().to_owned(), import.name().to_owned());
             if defined.contains(&(module_name.clone(), name.clone())) {
