@@ -59,6 +59,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     for name in FILTERS {
         let wasm = build(name)?;
         let cwasm = kiln_engine.precompile(&wasm)?;
+        let cwasm_path = std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
+        std::fs::write(&cwasm_path, &cwasm)?;
         let (mut naive, mut fast) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
         for _ in 0..runs {
             let started = Instant::now();
@@ -67,10 +69,11 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             naive.push(started.elapsed());
 
             let started = Instant::now();
-            let plugin = kiln_engine.load_precompiled(&cwasm)?;
+            let plugin = kiln_engine.load_precompiled_file(&cwasm_path)?;
             run_trial(&kiln_engine, &plugin, &request, &limits)?;
             fast.push(started.elapsed());
         }
+        let _ = std::fs::remove_file(&cwasm_path);
         let (a, b) = (median(naive), median(fast));
         let ratio = a.as_secs_f64() / b.as_secs_f64();
         eprintln!("{name}: naive {:.0} µs, kiln {:.1} µs, {ratio:.0}×", micros(a), micros(b));
@@ -83,7 +86,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          What an edge server pays to start a plugin and answer its first request, for each example\n\
          filter, medians over {runs} cold starts each, run side by side on the same machine:\n\n\
          - (a) naive: `Module::new` from the `.wasm`, wasmtime's default on-demand allocator, instantiate, first request;\n\
-         - (b) kiln: deserialize the `.cwasm`, instantiate with the pooling allocator and copy-on-write images, first request.\n\n\
+         - (b) kiln: deserialize the `.cwasm` (mapped from its file), instantiate with the pooling allocator and copy-on-write images, first request.\n\n\
          Both include linking kiln's proxy-wasm host functions and the plugin's start (`proxy_on_vm_start`,\n\
          `proxy_on_configure`). Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
          Machine: {} cores, {}; wasmtime 48.0.8.\n\n\
