@@ -4,6 +4,38 @@ use crate::{AppId, BuildId, BuildState, Language, OwnerId, Phases};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Which post-build steps run for a version. Each is on by default and can
+/// be turned off per version (and per server, by the worker's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildOptions {
+    /// Run binaryen's wasm-opt and keep its output if it behaves the same.
+    #[serde(default = "yes")]
+    pub optimize: bool,
+    /// Precompile a `.cwasm` and measure the startup profile.
+    #[serde(default = "yes")]
+    pub precompile: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self { optimize: true, precompile: true }
+    }
+}
+
+impl BuildOptions {
+    /// Parses the API and stored form, a JSON object (missing keys are on).
+    pub fn parse_json(raw: &str) -> Result<Self, crate::ValidationError> {
+        serde_json::from_str(raw).map_err(|e| {
+            crate::ValidationError::new(format!("options must be a JSON object such as {{\"optimize\": false}}: {e}"))
+        })
+    }
+}
+
 /// A customer's edge plugin; versions are built under it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Application {
@@ -28,6 +60,7 @@ pub struct VersionBuild {
     /// The plugin configuration passed to `proxy_on_configure`.
     pub conf: String,
     pub notes: String,
+    pub options: BuildOptions,
     pub created: DateTime<Utc>,
     pub state: BuildState,
     /// How many times a worker has started this build (1 for the first run).
@@ -55,6 +88,7 @@ pub struct Version {
     pub phases: Phases,
     pub conf: String,
     pub notes: String,
+    pub options: BuildOptions,
     pub created: DateTime<Utc>,
     pub source_location: String,
     pub binary_location: String,

@@ -15,7 +15,7 @@ pub mod phase;
 pub mod state;
 pub mod worker_api;
 
-pub use entities::{Application, BuildProfile, Version, VersionBuild};
+pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};
 pub use ids::{AppId, BuildId, OwnerId};
 pub use language::Language;
 pub use phase::{Phase, Phases};

@@ -69,6 +69,7 @@ fn new_build(owner: OwnerId, app: AppId, version: &str) -> NewBuild {
         phases: Phases::parse_json(r#"["request_headers"]"#).unwrap(),
         conf: "{}".into(),
         notes: String::new(),
+        options: Default::default(),
         source_location: format!("apps/{app}/builds/{id}/source.tar.gz"),
     }
 }

@@ -225,7 +225,12 @@ impl Pipeline {
         stages.record("optimize", started);
 
         let started = Instant::now();
-        let (cwasm, startup) = self.precompile_and_profile(&binary, &claim.build.conf, log).await?;
+        let (cwasm, startup) = if claim.build.options.precompile {
+            self.precompile_and_profile(&binary, &claim.build.conf, log).await?
+        } else {
+            log.kiln("precompilation and startup profile skipped: turned off for this version");
+            (Vec::new(), None)
+        };
         stages.record("precompile_and_profile", started);
         Ok(Built { binary, cwasm, startup })
     }
@@ -234,6 +239,10 @@ impl Pipeline {
     /// valid plugin that answers a smoke request like the original.
     async fn optimize(&self, binary: Vec<u8>, claim: &Claim, scratch: &Scratch, log: &mut BuildLog) -> Vec<u8> {
         let Some(wasm_opt) = &self.config.wasm_opt else { return binary };
+        if !claim.build.options.optimize {
+            log.kiln("wasm-opt skipped: turned off for this version");
+            return binary;
+        }
         match self.try_optimize(wasm_opt, &binary, claim, scratch).await {
             Ok(optimized) => {
                 log.kiln(format!("wasm-opt -O3: {} → {} bytes", binary.len(), optimized.len()));

@@ -93,13 +93,22 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let kiln = Kiln::start_with(vec!["--workers".into(), "1".into()]);
     let app = kiln.create_app("try").await["id"].as_str().unwrap().to_owned();
     let phases = r#"["request_headers"]"#;
-    let deny = kiln.upload_ok(&app, "1.0.0", phases, example("deny-path")).await["id"].as_str().unwrap().to_owned();
+    let fields = [("plugin_id", app.as_str()), ("version", "1.0.0"), ("plugin_language", "rust"), ("phases", phases), ("options", r#"{"optimize": false, "precompile": false}"#)];
+    let r = kiln.upload(&kiln.admin_token, &fields, Some(("deny.tar.gz", example("deny-path")))).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deny = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let fixture = tar_gz_dir(&repo_root().join("tests/fixtures/filters/misbehaving"));
     let looping = kiln.upload_ok(&app, "2.0.0", phases, fixture).await["id"].as_str().unwrap().to_owned();
     for id in [&deny, &looping] {
         let build = kiln.wait_for_build(id, BUILD_DEADLINE).await;
         assert_eq!(build["state"], "succeeded", "{build}");
     }
+
+    // Its post-build steps were turned off for this version.
+    let logs = kiln.get(&format!("/version_build/{deny}/logs")).send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("wasm-opt skipped") && logs.contains("precompilation and startup profile skipped"), "{logs}");
+    let r = kiln.get(&format!("/version/{deny}/binary?format=cwasm&target={}-unknown-linux-gnu", std::env::consts::ARCH)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/admin"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -15,7 +15,7 @@ use axum::Json;
 use bytes::Bytes;
 use kiln_build::archive::{self, ArchiveKind};
 use kiln_domain::{
-    parse_version, validate_conf, validate_notes, BuildId, Language, Phases, Version, VersionBuild,
+    parse_version, validate_conf, validate_notes, BuildId, BuildOptions, Language, Phases, Version, VersionBuild,
 };
 use kiln_store::{keys, NewBuild, StoreError, VersionPatch};
 use serde::Deserialize;
@@ -35,6 +35,8 @@ pub struct UploadForm {
     /// The plugin configuration, passed to the plugin at start.
     conf: Option<String>,
     notes: Option<String>,
+    /// JSON switches of the post-build steps, e.g. `{"optimize": false, "precompile": true}` (all on by default).
+    options: Option<String>,
     /// The source as `.tar.gz` or `.zip`, Cargo.toml at the root or in one top-level folder.
     #[schema(value_type = String, format = Binary)]
     source_code: Vec<u8>,
@@ -92,6 +94,7 @@ pub async fn upload(
     let phases = Phases::parse_json(form.required_text("phases")?)?;
     let conf = validate_conf(form.text("conf").unwrap_or_default())?;
     let notes = validate_notes(form.text("notes").unwrap_or_default())?;
+    let options = form.text("options").map(BuildOptions::parse_json).transpose()?.unwrap_or_default();
     let source = form.required_file("source_code")?;
 
     let app_id = parse_app_id(&plugin_id)?;
@@ -113,6 +116,7 @@ pub async fn upload(
         phases,
         conf,
         notes,
+        options,
         source_location: source_location.clone(),
     };
     state

@@ -43,10 +43,10 @@ pub struct MetaStore {
 
 const BUILD_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, state, attempt, started_us, finished_us, error, source_location, logs_location, \
-     profile, lease_id";
+     profile, lease_id, options";
 
 const VERSION_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
-     created_us, source_location, binary_location, logs_location, binary_sha256, binary_size, profile";
+     created_us, source_location, binary_location, logs_location, binary_sha256, binary_size, profile, options";
 
 /// What the API knows of a build when it is queued.
 #[derive(Debug, Clone)]
@@ -59,6 +59,7 @@ pub struct NewBuild {
     pub phases: Phases,
     pub conf: String,
     pub notes: String,
+    pub options: kiln_domain::BuildOptions,
     pub source_location: String,
 }
 
@@ -363,8 +364,8 @@ impl MetaStore {
             return Err(StoreError::Conflict(duplicate_version(&new.version)));
         }
         let sql = format!(
-            "INSERT INTO builds (id, application_id, owner_id, version, language, phases, conf, notes, created_us, state, attempt, source_location) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10) RETURNING {BUILD_COLS}"
+            "INSERT INTO builds (id, application_id, owner_id, version, language, phases, conf, notes, created_us, state, attempt, source_location, options) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10, $11) RETURNING {BUILD_COLS}"
         );
         let row: BuildRow = with_pool!(self, pool => {
             sqlx::query_as(&sql)
@@ -378,6 +379,7 @@ impl MetaStore {
                 .bind(&new.notes)
                 .bind(now_us())
                 .bind(&new.source_location)
+                .bind(serde_json::to_string(&new.options).expect("options serialize"))
                 .fetch_one(pool)
                 .await
         })
@@ -562,13 +564,13 @@ impl MetaStore {
                     .bind(id.0).fetch_one(&mut *tx).await?;
                 sqlx::query(
                     "INSERT INTO versions (id, application_id, owner_id, version, language, phases, conf, notes, created_us, \
-                     source_location, binary_location, logs_location, binary_sha256, binary_size, profile) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     source_location, binary_location, logs_location, binary_sha256, binary_size, profile, options) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 )
                 .bind(row.id).bind(row.application_id).bind(row.owner_id).bind(&row.version).bind(&row.language)
                 .bind(&row.phases).bind(&row.conf).bind(&row.notes).bind(now).bind(&row.source_location)
                 .bind(&new.binary_location).bind(&new.logs_location).bind(&new.binary_sha256).bind(new.binary_size)
-                .bind(&profile)
+                .bind(&profile).bind(&row.options)
                 .execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(Some(row))

@@ -4,7 +4,7 @@
 use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use kiln_domain::{
-    AppId, Application, BuildId, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
+    AppId, Application, BuildId, BuildOptions, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
 };
 use uuid::Uuid;
 
@@ -66,6 +66,7 @@ pub struct BuildRow {
     pub logs_location: Option<String>,
     pub profile: Option<String>,
     pub lease_id: Option<Uuid>,
+    pub options: String,
 }
 
 impl TryFrom<BuildRow> for VersionBuild {
@@ -81,6 +82,7 @@ impl TryFrom<BuildRow> for VersionBuild {
             phases: Phases::parse_json(&r.phases).map_err(|e| corrupt("phases", e))?,
             conf: r.conf,
             notes: r.notes,
+            options: BuildOptions::parse_json(&r.options).map_err(|e| corrupt("options", e))?,
             created: from_us(r.created_us),
             state: BuildState::parse(&r.state).map_err(|e| corrupt("state", e))?,
             attempt: r.attempt,
@@ -110,6 +112,7 @@ pub struct VersionRow {
     pub binary_sha256: String,
     pub binary_size: i64,
     pub profile: Option<String>,
+    pub options: String,
 }
 
 impl TryFrom<VersionRow> for Version {
@@ -125,6 +128,7 @@ impl TryFrom<VersionRow> for Version {
             phases: Phases::parse_json(&r.phases).map_err(|e| corrupt("phases", e))?,
             conf: r.conf,
             notes: r.notes,
+            options: BuildOptions::parse_json(&r.options).map_err(|e| corrupt("options", e))?,
             created: from_us(r.created_us),
             source_location: r.source_location,
             binary_location: r.binary_location,
