@@ -31,6 +31,8 @@ pub struct PipelineConfig {
     /// sandbox); the result is kept only if it validates and answers a
     /// smoke request like the original.
     pub wasm_opt: Option<std::path::PathBuf>,
+    /// Target triples to precompile for besides this host's.
+    pub precompile_targets: Vec<String>,
 }
 
 impl Default for PipelineConfig {
@@ -41,6 +43,7 @@ impl Default for PipelineConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             heartbeat: DEFAULT_HEARTBEAT,
             wasm_opt: None,
+            precompile_targets: Vec::new(),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Pipeline {
     toolchains: Vec<Arc<dyn Toolchain>>,
     /// Precompiles and profiles successful builds.
     host: kiln_wasm::HostEngine,
+    /// Cross-compiling engines, one per extra target triple.
+    cross: Vec<(String, kiln_wasm::HostEngine)>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -103,7 +108,12 @@ impl Stages {
 impl Pipeline {
     pub fn new(config: PipelineConfig, sandbox: Arc<dyn Sandbox>, toolchains: Vec<Arc<dyn Toolchain>>) -> anyhow::Result<Self> {
         let host = kiln_wasm::HostEngine::new()?;
-        Ok(Self { config, sandbox, toolchains, host })
+        let mut cross = Vec::new();
+        for target in &config.precompile_targets {
+            let settings = kiln_wasm::EngineSettings { target: Some(target.clone()) };
+            cross.push((target.clone(), kiln_wasm::HostEngine::with_settings(&settings, false)?));
+        }
+        Ok(Self { config, sandbox, toolchains, host, cross })
     }
 
     fn toolchain(&self, language: Language) -> Option<&Arc<dyn Toolchain>> {
@@ -299,16 +309,21 @@ impl Pipeline {
         log: &mut BuildLog,
     ) -> Result<(Vec<(String, Vec<u8>)>, Option<kiln_wasm::StartupProfile>), Failure> {
         let (engine, wasm, conf) = (self.host.clone(), binary.to_vec(), conf.to_owned());
-        let (cwasm, startup) = tokio::task::spawn_blocking(move || {
-            let cwasm = engine.precompile(&wasm);
+        let cross = self.cross.clone();
+        let (artifacts, startup) = tokio::task::spawn_blocking(move || {
+            let mut artifacts = vec![(kiln_wasm::host_triple(), engine.precompile(&wasm))];
+            artifacts.extend(cross.iter().map(|(target, engine)| (target.clone(), engine.precompile(&wasm))));
             let startup = kiln_wasm::startup_profile(&engine, &wasm, &conf, PROFILE_RUNS);
-            (cwasm, startup)
+            (artifacts, startup)
         })
         .await
         .map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
-        let cwasm = cwasm.map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
-        let triple = kiln_wasm::host_triple();
-        log.kiln(format!("precompiled for {triple}: {} bytes", cwasm.len()));
+        let mut cwasm = Vec::new();
+        for (triple, artifact) in artifacts {
+            let artifact = artifact.map_err(|e| Failure::Ours(format!("precompiling for {triple}: {e}")))?;
+            log.kiln(format!("precompiled for {triple}: {} bytes", artifact.len()));
+            cwasm.push((triple, artifact));
+        }
         let startup = match startup {
             Ok(p) => {
                 log.kiln(format!(
@@ -322,7 +337,7 @@ impl Pipeline {
                 None
             }
         };
-        Ok((vec![(triple, cwasm)], startup))
+        Ok((cwasm, startup))
     }
 
     fn check_outcome(&self, outcome: &RunOutcome) -> Result<(), Failure> {

@@ -72,6 +72,7 @@ pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipelin
         archive_limits: archive_limits(args, max_upload_mib),
         max_output_bytes: args.max_output_mib * MIB,
         wasm_opt: optimizer(args),
+        precompile_targets: args.precompile_targets.clone(),
         ..PipelineConfig::default()
     };
     Pipeline::new(config, sandbox, toolchains)

@@ -33,7 +33,7 @@ fn exports(wasm: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn an_example_filter_builds_and_a_type_error_fails() {
-    let kiln = Kiln::start_with(vec!["--workers".into(), "1".into()]);
+    let kiln = Kiln::start_with(vec!["--workers".into(), "1".into(), "--precompile-target".into(), "aarch64-unknown-linux-gnu".into()]);
     let app = kiln.create_app("examples").await["id"].as_str().unwrap().to_owned();
 
     let good = kiln.upload_ok(&app, "1.0.0", r#"["request_headers","response_headers"]"#, example("add-header")).await;
@@ -66,6 +66,10 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
     let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.unwrap().starts_with(b"\x7fELF"), "a .cwasm is wasmtime's ELF artifact");
+    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=aarch64-unknown-linux-gnu")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "cross-compiled for the configured target");
+    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=riscv64gc-unknown-linux-gnu")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // kiln try on the fresh version shows what the plugin really does.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
