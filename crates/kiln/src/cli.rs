@@ -117,7 +117,7 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct TryArgs {
-    /// A .wasm file, or the id of a version on the server.
+    /// A .wasm or .cwasm file, or the id of a version on the server.
     pub plugin: String,
     /// The request, e.g. 'GET /admin'.
     #[arg(long, default_value = "GET /")]

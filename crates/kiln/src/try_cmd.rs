@@ -56,9 +56,12 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
     let profile = args.profile;
     let (result, profile) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let engine = HostEngine::new()?;
-        let plugin = engine.compile(&wasm)?;
+        // A .cwasm (from ?format=cwasm) loads only if it matches this engine.
+        let plugin = if kiln_wasm::host::is_precompiled(&wasm) { engine.load_precompiled(&wasm)? } else { engine.compile(&wasm)? };
         let result = run_trial(&engine, &plugin, &request, &limits)?;
-        let profile = profile.then(|| startup_profile(&engine, &wasm, &request.conf, 50)).transpose()?;
+        let profile = (profile && !kiln_wasm::host::is_precompiled(&wasm))
+            .then(|| startup_profile(&engine, &wasm, &request.conf, 50))
+            .transpose()?;
         Ok((result, profile))
     })
     .await??;

@@ -66,6 +66,13 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
     let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.unwrap().starts_with(b"\x7fELF"), "a .cwasm is wasmtime's ELF artifact");
+    // The downloaded .cwasm loads and runs in kiln try.
+    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
+    let cwasm_file = kiln.data_dir().join("plugin.cwasm");
+    std::fs::write(&cwasm_file, r.bytes().await.unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).arg("try").arg(&cwasm_file).args(["--request", "GET /x"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("x-powered-by: kiln"), "{}", String::from_utf8_lossy(&out.stdout));
     let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=aarch64-unknown-linux-gnu")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "cross-compiled for the configured target");
     let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=riscv64gc-unknown-linux-gnu")).send().await.unwrap();

@@ -175,6 +175,11 @@ impl HostEngine {
     }
 }
 
+/// Whether `bytes` are a precompiled wasmtime module rather than a `.wasm`.
+pub fn is_precompiled(bytes: &[u8]) -> bool {
+    Engine::detect_precompiled(bytes).is_some()
+}
+
 /// A compiled plugin, linked and ready to instantiate.
 #[derive(Clone)]
 pub struct Plugin {
