@@ -15,6 +15,10 @@ pub struct BuildOptions {
     /// Precompile a `.cwasm` and measure the startup profile.
     #[serde(default = "yes")]
     pub precompile: bool,
+    /// Run the module's `wizer.initialize` at build time and keep the
+    /// snapshot, when it exports one.
+    #[serde(default = "yes")]
+    pub preinit: bool,
 }
 
 fn yes() -> bool {
@@ -23,7 +27,7 @@ fn yes() -> bool {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { optimize: true, precompile: true }
+        Self { optimize: true, precompile: true, preinit: true }
     }
 }
 

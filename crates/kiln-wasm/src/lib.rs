@@ -13,6 +13,7 @@ pub mod abi;
 pub mod check;
 pub mod host;
 pub mod optimize;
+pub mod preinit;
 pub mod profile;
 pub mod trial;
 

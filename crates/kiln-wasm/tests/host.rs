@@ -141,3 +141,22 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
     corrupt.truncate(at);
     assert!(engine.load_precompiled(&corrupt).is_err());
 }
+
+#[test]
+fn preinitialization_snapshots_the_init_work() {
+    let engine = engine();
+    let wasm = build("tests/fixtures/filters/heavy-init");
+    assert_eq!(kiln_wasm::preinit::init_export(&wasm), Some("wizer.initialize"));
+    let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &TrialLimits::default()).unwrap().expect("a snapshot");
+    let (before, after) = (engine.compile(&wasm).unwrap(), engine.compile(&snapshot).unwrap());
+    let limits = TrialLimits::default();
+    let slow = run_trial(&engine, &before, &TrialRequest::get("/"), &limits).unwrap();
+    let fast = run_trial(&engine, &after, &TrialRequest::get("/"), &limits).unwrap();
+    let checksum = |r: &kiln_wasm::TrialResult| header(&r.forwarded.as_ref().unwrap().headers, "x-table-checksum").map(str::to_owned);
+    assert!(checksum(&slow).is_some());
+    assert_eq!(checksum(&slow), checksum(&fast), "the snapshot answers like the original");
+    assert!(fast.exchange_us * 5 < slow.exchange_us, "the init work is gone: {} µs vs {} µs", fast.exchange_us, slow.exchange_us);
+    assert!(kiln_wasm::smoke_equivalent(&engine, &before, &after, "").unwrap());
+    // A module without an init export is left alone.
+    assert!(kiln_wasm::preinit::preinitialize(&engine, &build("examples/deny-path"), &limits).unwrap().is_none());
+}

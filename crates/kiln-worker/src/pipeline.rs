@@ -235,6 +235,10 @@ impl Pipeline {
         stages.record("optimize", started);
 
         let started = Instant::now();
+        let binary = self.preinitialize(binary, claim, log).await;
+        stages.record("preinit", started);
+
+        let started = Instant::now();
         let (cwasm, startup) = if claim.build.options.precompile {
             self.precompile_and_profile(&binary, &claim.build.conf, log).await?
         } else {
@@ -296,6 +300,45 @@ impl Pipeline {
             Ok(false) => Err("the optimized module answers a smoke request differently".into()),
             // The original fails its smoke request too: nothing to compare.
             Err(e) => Err(format!("the smoke request failed: {e}")),
+        }
+    }
+
+    /// Runs the module's Wizer init function at build time, when it exports
+    /// one, and keeps the snapshot if it answers a smoke request like the
+    /// original.
+    async fn preinitialize(&self, binary: Vec<u8>, claim: &Claim, log: &mut BuildLog) -> Vec<u8> {
+        let Some(init) = kiln_wasm::preinit::init_export(&binary) else { return binary };
+        if !claim.build.options.preinit {
+            log.kiln(format!("{init} not run: pre-initialization is turned off for this version"));
+            return binary;
+        }
+        let (engine, wasm, conf) = (self.host.clone(), binary.clone(), claim.build.conf.clone());
+        let phases = claim.build.phases.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let limits = kiln_wasm::TrialLimits { wall: Duration::from_secs(10), fuel: 10_000_000_000, memory_bytes: 256 << 20 };
+            let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &limits).map_err(|e| e.to_string())?.unwrap_or_default();
+            kiln_wasm::check::check_module(&snapshot, phases.as_slice()).map_err(|e| e.to_string())?;
+            let (a, b) = (engine.compile(&wasm).map_err(|e| e.to_string())?, engine.compile(&snapshot).map_err(|e| e.to_string())?);
+            match kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf) {
+                Ok(true) => Ok(snapshot),
+                Ok(false) => Err("the snapshot answers a smoke request differently".into()),
+                Err(e) => Err(format!("the smoke request failed: {e}")),
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(snapshot)) => {
+                log.kiln(format!("pre-initialized with {init} (Wizer): {} → {} bytes", binary.len(), snapshot.len()));
+                snapshot
+            }
+            Ok(Err(reason)) => {
+                log.kiln(format!("pre-initialization not used: {reason}"));
+                binary
+            }
+            Err(e) => {
+                log.kiln(format!("pre-initialization not used: {e}"));
+                binary
+            }
         }
     }
 

@@ -136,7 +136,7 @@ async fn upload_queues_a_build_with_its_source_stored(db: Db) {
     assert_eq!(build["language"], "rust");
     assert_eq!(build["phases"], json!(["request_headers", "response_headers"]));
     assert_eq!(build["conf"], "hello");
-    assert_eq!(build["options"], json!({"optimize": true, "precompile": true}));
+    assert_eq!(build["options"], json!({"optimize": true, "precompile": true, "preinit": true}));
     assert_eq!(kiln.blob_files().len(), 1, "the source is stored before the 201");
     assert_eq!(kiln.build(&id(&build)).await["state"], "queued");
 
@@ -151,7 +151,7 @@ async fn upload_queues_a_build_with_its_source_stored(db: Db) {
     let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.tar.gz", small_crate()))).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let build: Value = r.json().await.unwrap();
-    assert_eq!(build["options"], json!({"optimize": false, "precompile": true}));
+    assert_eq!(build["options"], json!({"optimize": false, "precompile": true, "preinit": true}));
     let fields = [("plugin_id", app.as_str()), ("version", "1.3.0"), ("plugin_language", "rust"), ("phases", PHASES), ("options", r#"{"turbo": true}"#)];
     let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.tar.gz", small_crate()))).await;
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;

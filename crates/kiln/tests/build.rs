@@ -110,7 +110,9 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let deny = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let fixture = tar_gz_dir(&repo_root().join("tests/fixtures/filters/misbehaving"));
     let looping = kiln.upload_ok(&app, "2.0.0", phases, fixture).await["id"].as_str().unwrap().to_owned();
-    for id in [&deny, &looping] {
+    let heavy = tar_gz_dir(&repo_root().join("tests/fixtures/filters/heavy-init"));
+    let heavy = kiln.upload_ok(&app, "3.0.0", phases, heavy).await["id"].as_str().unwrap().to_owned();
+    for id in [&deny, &looping, &heavy] {
         let build = kiln.wait_for_build(id, BUILD_DEADLINE).await;
         assert_eq!(build["state"], "succeeded", "{build}");
     }
@@ -130,6 +132,13 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/public"})).send().await.unwrap();
     let tried: Value = r.json().await.unwrap();
     assert_eq!(tried["response"]["status"], 200, "{tried}");
+
+    // A module with wizer.initialize is pre-initialized at build time.
+    let logs = kiln.get(&format!("/version_build/{heavy}/logs")).send().await.unwrap().text().await.unwrap();
+    assert!(logs.contains("pre-initialized with wizer.initialize"), "{logs}");
+    let r = kiln.post(&format!("/version/{heavy}/try")).json(&serde_json::json!({})).send().await.unwrap();
+    let tried: Value = r.json().await.unwrap();
+    assert!(tried["forwarded"]["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-table-checksum"), "{tried}");
 
     let started = std::time::Instant::now();
     let r = kiln.post(&format!("/version/{looping}/try")).json(&serde_json::json!({"path": "/loop"})).send().await.unwrap();
