@@ -152,3 +152,25 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let r = kiln.http.post(kiln.url(&format!("/version/{deny}/try"))).bearer_auth(&other).json(&serde_json::json!({})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// On SIGTERM, builders stop claiming, give running builds a grace period,
+/// then report them crashed, so they are queued again for another worker.
+#[tokio::test]
+async fn a_stopping_worker_hands_its_build_back() {
+    let mut kiln = Kiln::start_with(vec!["--workers".into(), "1".into(), "--grace-seconds".into(), "2".into()]);
+    let app = kiln.create_app("stop").await["id"].as_str().unwrap().to_owned();
+    let sleeper = tar_gz_dir(&repo_root().join("tests/hostile/sleep-forever"));
+    let id = kiln.upload_ok(&app, "1.0.0", r#"["request_headers"]"#, sleeper).await["id"].as_str().unwrap().to_owned();
+    kiln.wait_for_state(&id, &["running"], BUILD_DEADLINE).await;
+    let started = std::time::Instant::now();
+    kiln.stop();
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped after the grace period: {:?}", started.elapsed());
+    // Back up with no builders: the build waits in the queue for a worker.
+    let args = vec!["--workers".to_owned(), "0".to_owned()];
+    let mut restarted = kiln.restart_with(args).await;
+    let build = restarted.build(&id).await;
+    assert_eq!(build["state"], "queued", "{build}");
+    assert_eq!(build["attempt"], 1);
+    assert!(build["error"].as_str().unwrap().contains("shut down"), "{build}");
+    restarted.stop();
+}

@@ -129,6 +129,15 @@ impl Kiln {
         self.wait_healthy().await;
     }
 
+    /// Starts a stopped kiln again on the same data dir with other flags.
+    pub async fn restart_with(mut self, args: Vec<String>) -> Kiln {
+        self.stop();
+        self.args = args;
+        self.spawn();
+        self.wait_healthy().await;
+        self
+    }
+
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
