@@ -174,3 +174,34 @@ async fn a_stopping_worker_hands_its_build_back() {
     assert!(build["error"].as_str().unwrap().contains("shut down"), "{build}");
     restarted.stop();
 }
+
+/// A remote worker: an API-only server and `kiln worker` with nothing but
+/// the server's URL and the worker token.
+#[tokio::test]
+async fn a_remote_worker_builds_over_http() {
+    let kiln = Kiln::start_with(vec!["--workers".into(), "0".into()]);
+    let app = kiln.create_app("remote").await["id"].as_str().unwrap().to_owned();
+    let id = kiln.upload_ok(&app, "1.0.0", r#"["request_headers"]"#, example("deny-path")).await["id"].as_str().unwrap().to_owned();
+    let workdir = tempfile::tempdir().unwrap();
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["worker", "--server", &kiln.base, "--workers", "1"])
+        .env("KILN_WORKER_TOKEN", &kiln.worker_token)
+        .env("KILN_LOG", "warn")
+        .env_remove("KILN_DATABASE_URL")
+        .current_dir(workdir.path())
+        .spawn()
+        .unwrap();
+    let build = kiln.wait_for_build(&id, BUILD_DEADLINE).await;
+    // SAFETY: kill(2) on the worker this test started.
+    unsafe { libc_kill(worker.id() as i32, 15) };
+    let status = worker.wait().unwrap();
+    assert_eq!(build["state"], "succeeded", "{build}");
+    assert!(status.success(), "the worker stops cleanly on SIGTERM: {status}");
+    let r = kiln.get(&format!("/version/{id}/binary")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
