@@ -169,11 +169,10 @@ impl Cgroup {
     /// Kills every process in the cgroup, until none is left. Freezing first
     /// (where possible) keeps a fork bomb from outrunning the kills.
     pub(crate) fn kill_all(&self) {
-        if self.version == Version::V2 {
-            if let Some(dir) = self.dir_of("memory") {
+        if self.version == Version::V2
+            && let Some(dir) = self.dir_of("memory") {
                 let _ = std::fs::write(dir.join("cgroup.kill"), "1");
             }
-        }
         let freezer = self.dir_of("freezer").filter(|_| self.version == Version::V1).map(Path::to_owned);
         let deadline = Instant::now() + KILL_DEADLINE;
         loop {

@@ -64,7 +64,7 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
     }
     log.push_str(&text);
     if !output.status.success() {
-        let last = text.lines().filter(|l| l.contains("error")).last().unwrap_or("cargo failed").trim();
+        let last = text.lines().rfind(|l| l.contains("error")).unwrap_or("cargo failed").trim();
         return Err(ToolchainError::Fetch(format!("fetching dependencies failed: {last}")));
     }
     Ok(())

@@ -103,11 +103,10 @@ fn dependency_tables(manifest: &Table) -> Vec<(String, &Table)> {
             }
         }
     }
-    if let Some(Value::Table(workspace)) = manifest.get("workspace") {
-        if let Some(Value::Table(deps)) = workspace.get("dependencies") {
+    if let Some(Value::Table(workspace)) = manifest.get("workspace")
+        && let Some(Value::Table(deps)) = workspace.get("dependencies") {
             tables.push(("workspace.dependencies".into(), deps));
         }
-    }
     if let Some(Value::Table(patches)) = manifest.get("patch") {
         for (registry, deps) in patches {
             if let Value::Table(deps) = deps {
@@ -138,11 +137,10 @@ fn check_dependency(root: &Path, dir: &Path, shown: &str, section: &str, name: &
             return Err(refuse(format!("{at} uses another registry ({key}); kiln builds only with crates from crates.io")));
         }
     }
-    if let Some(Value::String(rel)) = spec.get("path") {
-        if !stays_inside(root, dir, Path::new(rel)) {
+    if let Some(Value::String(rel)) = spec.get("path")
+        && !stays_inside(root, dir, Path::new(rel)) {
             return Err(refuse(format!("{at} has path {rel:?}, which leaves the archive")));
         }
-    }
     Ok(())
 }
 
@@ -175,13 +173,12 @@ fn check_lock(path: &Path, shown: &str) -> Result<(), ToolchainError> {
     let Some(Value::Array(packages)) = lock.get("package") else { return Ok(()) };
     for package in packages {
         let name = package.get("name").and_then(Value::as_str).unwrap_or("?");
-        if let Some(source) = package.get("source").and_then(Value::as_str) {
-            if !CRATES_IO_SOURCES.contains(&source) {
+        if let Some(source) = package.get("source").and_then(Value::as_str)
+            && !CRATES_IO_SOURCES.contains(&source) {
                 return Err(refuse(format!(
                     "{shown}: package {name} comes from {source}; kiln builds only with crates from crates.io"
                 )));
             }
-        }
     }
     Ok(())
 }

@@ -141,11 +141,10 @@ impl Kiln {
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = self.http.get(self.url("/healthz")).send().await {
-                if r.status() == StatusCode::OK {
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
+                && r.status() == StatusCode::OK {
                     return;
                 }
-            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("kiln did not become healthy");
