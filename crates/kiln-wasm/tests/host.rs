@@ -90,6 +90,9 @@ fn an_unimplemented_host_function_is_named() {
     let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
     let err = run_trial(&engine, &plugin, &TrialRequest::get("/unknown"), &TrialLimits::default()).unwrap_err();
     assert!(err.to_string().contains("env.proxy_kiln_does_not_exist is not implemented"), "{err}");
+    // Part of the ABI the SDK links, but not of kiln's host.
+    let err = run_trial(&engine, &plugin, &TrialRequest::get("/grpc"), &TrialLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("env.proxy_grpc_call is not implemented"), "{err}");
 }
 
 #[test]
@@ -140,6 +143,20 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
     let at = corrupt.len() / 2;
     corrupt.truncate(at);
     assert!(engine.load_precompiled(&corrupt).is_err());
+
+    // The same from files, as an edge server maps them.
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let plugin = engine.load_precompiled_file(&file("ok.cwasm", &cwasm)).unwrap();
+    assert!(run_trial(&engine, &plugin, &TrialRequest::get("/"), &TrialLimits::default()).unwrap().response.is_some());
+    for (name, bytes) in [("foreign.cwasm", &foreign[..]), ("plain.wasm", &wasm[..]), ("empty.cwasm", &[][..])] {
+        let refused = engine.load_precompiled_file(&file(name, bytes));
+        assert!(matches!(refused, Err(HostError::Incompatible(_))), "{name} was not refused");
+    }
 }
 
 #[test]

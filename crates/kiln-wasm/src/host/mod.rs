@@ -60,7 +60,7 @@ pub struct HostEngine {
 
 struct BaseLinker {
     linker: Linker<HostState>,
-    defined: HashSet<(String, String)>,
+    defined: HashSet<(&'static str, &'static str)>,
 }
 
 impl Drop for HostEngine {
@@ -151,13 +151,10 @@ impl HostEngine {
     /// Loads a `.cwasm` file by mapping it into memory, which is faster
     /// than [`HostEngine::load_precompiled`] on bytes: nothing is copied.
     pub fn load_precompiled_file(&self, path: &std::path::Path) -> Result<Plugin, HostError> {
-        match Engine::detect_precompiled_file(path) {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(HostError::Incompatible(format!("{} is not a precompiled wasmtime module", path.display()))),
-            Err(e) => return Err(HostError::Incompatible(format!("{}: {e:#}", path.display()))),
-        }
         // SAFETY: as in `load_precompiled`; the file must also not change
         // while it is mapped, which holds for kiln's immutable artifacts.
+        // wasmtime refuses a file that is not one of its artifacts (a cold
+        // start should not read the header twice to say so first).
         let module = unsafe { Module::deserialize_file(&self.engine, path) }.map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
         self.link(module)
     }
@@ -171,8 +168,13 @@ impl HostEngine {
             Ok(BaseLinker { linker, defined })
         });
         let base = base.as_ref().map_err(|e| HostError::Setup(e.clone()))?;
-        Plugin::link(base.linker.clone(), &base.defined, module)
+        Plugin::link(base, module)
     }
+}
+
+/// The trap of a host function kiln does not implement: it names it.
+fn not_implemented(module: &str, name: &str) -> wasmtime::Error {
+    wasmtime::format_err!("host function {module}.{name} is not implemented by kiln's test host")
 }
 
 /// Whether `bytes` are a precompiled wasmtime module rather than a `.wasm`.
@@ -187,21 +189,29 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    fn link(mut linker: Linker<HostState>, defined: &HashSet<(String, String)>, module: Module) -> Result<Self, HostError> {
-        for import in module.imports() {
-            let (module_name, name) = (import.module().to_owned(), import.name().to_owned());
-            if defined.contains(&(module_name.clone(), name.clone())) {
-                continue;
-            }
-            if let ExternType::Func(ty) = import.ty() {
-                let message = format!("host function {module_name}.{name} is not implemented by kiln's test host");
+    fn link(base: &BaseLinker, module: Module) -> Result<Self, HostError> {
+        let unknown: Vec<_> = module
+            .imports()
+            .filter(|import| !base.defined.contains(&(import.module(), import.name())))
+            .filter_map(|import| match import.ty() {
+                ExternType::Func(ty) => Some((import.module().to_owned(), import.name().to_owned(), ty)),
+                _ => None,
+            })
+            .collect();
+        // A plugin of a known SDK imports nothing else: it links against the
+        // shared linker as it is, without copying its definitions.
+        let pre = if unknown.is_empty() {
+            base.linker.instantiate_pre(&module)
+        } else {
+            let mut linker = base.linker.clone();
+            for (module_name, name, ty) in unknown {
                 linker
-                    .func_new(&module_name, &name, ty, move |_, _, _| Err(wasmtime::format_err!("{message}")))
+                    .func_new(&module_name.clone(), &name.clone(), ty, move |_, _, _| Err(not_implemented(&module_name, &name)))
                     .map_err(|e| HostError::Setup(format!("{e:#}")))?;
             }
-        }
-        let pre = linker.instantiate_pre(&module).map_err(|e| HostError::Compile(format!("{e:#}")))?;
-        Ok(Self { pre })
+            linker.instantiate_pre(&module)
+        };
+        Ok(Self { pre: pre.map_err(|e| HostError::Compile(format!("{e:#}")))? })
     }
 
     pub fn module(&self) -> &Module {

@@ -5,12 +5,23 @@ use super::memory::{read, read_string, return_bytes, write_u32};
 use super::{HostState, LocalResponse, PendingCall};
 use crate::abi::{deserialize_map, log_level_name, BufferType, MapType, Status};
 use std::collections::{HashSet, VecDeque};
-use wasmtime::{Caller, Linker};
+use wasmtime::{Caller, FuncType, Linker, ValType};
 
 type C<'a> = Caller<'a, HostState>;
 type R = wasmtime::Result<u32>;
 
 const OK: R = Ok(Status::Ok as u32);
+
+/// ABI functions kiln's host does not implement, with their number of
+/// (i32) parameters; each returns a status.
+const NOT_IMPLEMENTED: [(&str, usize); 6] = [
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_call_foreign_function", 6),
+];
 
 fn status(s: Status) -> R {
     Ok(s as u32)
@@ -25,11 +36,11 @@ fn property_key(raw: &[u8]) -> String {
     raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(".")
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(String, String)>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(&'static str, &'static str)>) -> wasmtime::Result<()> {
     macro_rules! host {
         ($name:literal, $f:expr) => {{
             linker.func_wrap("env", $name, $f)?;
-            defined.insert(("env".to_owned(), $name.to_owned()));
+            defined.insert(("env", $name));
         }};
     }
 
@@ -235,6 +246,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         OK
     });
     host!("proxy_done", |_c: C| -> R { OK });
+    // The rest of the ABI the SDK imports, linked here so that linking a
+    // plugin needs no per-module definitions; a call traps naming it.
+    for (name, params) in NOT_IMPLEMENTED {
+        let ty = FuncType::new(linker.engine(), vec![ValType::I32; params], [ValType::I32]);
+        linker.func_new("env", name, ty, move |_, _, _| Err(super::not_implemented("env", name)))?;
+        defined.insert(("env", name));
+    }
     host!("proxy_get_status", |mut c: C, code: u32, data: u32, size: u32| -> R {
         write_u32(&mut c, code, 0)?;
         return_bytes(&mut c, b"", data, size)?;

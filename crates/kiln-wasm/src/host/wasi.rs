@@ -13,11 +13,11 @@ const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_INVAL: i32 = 28;
 
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(String, String)>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(&'static str, &'static str)>) -> wasmtime::Result<()> {
     macro_rules! wasi {
         ($name:literal, $f:expr) => {{
             linker.func_wrap(MODULE, $name, $f)?;
-            defined.insert((MODULE.to_owned(), $name.to_owned()));
+            defined.insert((MODULE, $name));
         }};
     }
     wasi!("fd_write", |mut c: C, fd: i32, iovs: u32, count: u32, written: u32| -> wasmtime::Result<i32> {
@@ -57,11 +57,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             write_u32(&mut c, size, 0)?;
             Ok(ERRNO_SUCCESS)
         })?;
-        defined.insert((MODULE.to_owned(), name.to_owned()));
+        defined.insert((MODULE, name));
     }
     for name in ["environ_get", "args_get"] {
         linker.func_wrap(MODULE, name, |_c: C, _a: u32, _b: u32| -> wasmtime::Result<i32> { Ok(ERRNO_SUCCESS) })?;
-        defined.insert((MODULE.to_owned(), name.to_owned()));
+        defined.insert((MODULE, name));
     }
     wasi!("proc_exit", |_c: C, code: i32| -> wasmtime::Result<()> { wasmtime::bail!("the plugin called proc_exit({code})") });
     wasi!("sched_yield", |_c: C| -> wasmtime::Result<i32> { Ok(ERRNO_SUCCESS) });
