@@ -16,6 +16,9 @@ pub enum ToolchainError {
     /// Fetching dependencies failed (an unknown crate, a yanked version...).
     #[error("{0}")]
     Fetch(String),
+    /// The package registry could not be reached: kiln's side, retried.
+    #[error("{0}")]
+    RegistryUnavailable(String),
     /// The build produced no output, or more than one.
     #[error("{0}")]
     Output(String),
@@ -32,7 +35,7 @@ impl ToolchainError {
     /// Whether the customer's source is at fault (the build fails) rather
     /// than kiln (the build is retried).
     pub fn is_customer_error(&self) -> bool {
-        !matches!(self, ToolchainError::Io { .. })
+        !matches!(self, ToolchainError::Io { .. } | ToolchainError::RegistryUnavailable(_))
     }
 }
 

@@ -30,6 +30,9 @@ pub struct BuildArgs {
     /// Shared download cache of dependencies, mounted read-only into builds.
     #[arg(long, env = "KILN_CACHE_DIR", default_value = "/var/lib/kiln/cache")]
     pub cache_dir: PathBuf,
+    /// An HTTP(S) proxy for downloading dependencies from crates.io.
+    #[arg(long, env = "KILN_REGISTRY_PROXY")]
+    pub registry_proxy: Option<String>,
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value_t = 300)]
     pub build_timeout: u64,

@@ -63,6 +63,7 @@ pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipelin
     let rust = RustToolchain::new(RustConfig {
         toolchain_dir: args.toolchain_dir.clone(),
         cache_dir: args.cache_dir.clone(),
+        registry_proxy: args.registry_proxy.clone(),
         ..RustConfig::default()
     })
     .context("the Rust toolchain is not usable")?;

@@ -52,6 +52,9 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
         .current_dir(&config.cache_dir)
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    if let Some(proxy) = &config.registry_proxy {
+        command.env("CARGO_HTTP_PROXY", proxy);
+    }
     let run = tokio::time::timeout(config.fetch_timeout, command.output());
     let output = run
         .await
@@ -64,11 +67,28 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
     }
     log.push_str(&text);
     if !output.status.success() {
+        if let Some(line) = text.lines().find(|l| NETWORK_ERRORS.iter().any(|e| l.contains(e))) {
+            return Err(ToolchainError::RegistryUnavailable(format!("the package registry could not be reached: {}", line.trim())));
+        }
         let last = text.lines().rfind(|l| l.contains("error")).unwrap_or("cargo failed").trim();
         return Err(ToolchainError::Fetch(format!("fetching dependencies failed: {last}")));
     }
     Ok(())
 }
+
+/// What cargo (through curl) says when the network, not the project, is at
+/// fault; an unknown crate or version reads differently.
+const NETWORK_ERRORS: [&str; 9] = [
+    "Couldn't resolve host",
+    "Could not resolve host",
+    "Couldn't connect to server",
+    "Could not connect to server",
+    "Failed to connect",
+    "Timeout was reached",
+    "SSL connect error",
+    "Connection reset",
+    "spurious network error",
+];
 
 /// Resolves (if needed) and vendors the project's dependencies into the
 /// shared cache, keyed by the lock file. `None` when there are none.

@@ -30,6 +30,8 @@ pub struct RustConfig {
     pub fetch_timeout: Duration,
     /// Parallel compile jobs inside the sandbox.
     pub jobs: u32,
+    /// An HTTP(S) proxy through which dependencies are downloaded.
+    pub registry_proxy: Option<String>,
 }
 
 impl Default for RustConfig {
@@ -39,6 +41,7 @@ impl Default for RustConfig {
             cache_dir: PathBuf::from("/var/lib/kiln/cache"),
             fetch_timeout: Duration::from_secs(300),
             jobs: 2,
+            registry_proxy: None,
         }
     }
 }
