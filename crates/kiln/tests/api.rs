@@ -172,7 +172,9 @@ async fn bad_uploads_are_refused_and_store_nothing(db: Db) {
     let without = |key: &str| -> Vec<(String, String)> {
         good.iter().filter(|(k, _)| *k != key).map(|(k, v)| (k.to_string(), v.to_string())).collect()
     };
-    let cases: Vec<(&str, Vec<(String, String)>, Option<(&str, Vec<u8>)>, StatusCode, &str)> = vec![
+    // (what, form fields, uploaded file, expected status, expected error code)
+    type Case<'a> = (&'a str, Vec<(String, String)>, Option<(&'a str, Vec<u8>)>, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         ("bad semver", with("version", "1.0"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
         ("unknown language", with("plugin_language", "cobol"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
         ("unknown phase", with("phases", r#"["request_trailers"]"#), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
