@@ -6,7 +6,7 @@
 //!     allocator and copy-on-write memory images, first request.
 
 use kiln_wasm::profile::median;
-use kiln_wasm::{run_trial, EngineSettings, HostEngine, TrialLimits, TrialRequest, TrialResult};
+use kiln_wasm::{EngineSettings, HostEngine, TrialLimits, TrialRequest, TrialResult, run_trial};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,13 +24,20 @@ struct Stages {
 impl Stages {
     fn record(&mut self, load: Duration, result: &TrialResult) {
         self.load.push(load);
-        self.instantiate.push(Duration::from_micros(result.instantiate_us));
-        self.first_request.push(Duration::from_micros(result.exchange_us));
+        self.instantiate
+            .push(Duration::from_micros(result.instantiate_us));
+        self.first_request
+            .push(Duration::from_micros(result.exchange_us));
     }
 
     fn row(self, name: &str) -> String {
         let m = |samples| micros(median(samples));
-        format!("| {name} | {:.0} | {:.0} | {:.0} |\n", m(self.load), m(self.instantiate), m(self.first_request))
+        format!(
+            "| {name} | {:.0} | {:.0} | {:.0} |\n",
+            m(self.load),
+            m(self.instantiate),
+            m(self.first_request)
+        )
     }
 }
 
@@ -41,12 +48,22 @@ fn repo() -> PathBuf {
 fn build(name: &str) -> anyhow::Result<Vec<u8>> {
     let target = repo().join("target/filters");
     let status = std::process::Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(repo().join("examples").join(name).join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target)
         .status()?;
     anyhow::ensure!(status.success(), "building {name} failed");
-    Ok(std::fs::read(target.join("wasm32-wasip1/release").join(format!("{}.wasm", name.replace('-', "_"))))?)
+    Ok(std::fs::read(
+        target
+            .join("wasm32-wasip1/release")
+            .join(format!("{}.wasm", name.replace('-', "_"))),
+    )?)
 }
 
 /// The module after binaryen's `wasm-opt` at `level`, if it is installed.
@@ -56,13 +73,24 @@ fn optimized(wasm: &[u8], level: &str) -> Option<Vec<u8>> {
     let (input, output) = (dir.join("in.wasm"), dir.join("out.wasm"));
     std::fs::write(&input, wasm).ok()?;
     let status = std::process::Command::new("wasm-opt")
-        .args([level, "--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals", "--enable-nontrapping-float-to-int", "--enable-multivalue", "--enable-reference-types"])
+        .args([
+            level,
+            "--enable-bulk-memory",
+            "--enable-sign-ext",
+            "--enable-mutable-globals",
+            "--enable-nontrapping-float-to-int",
+            "--enable-multivalue",
+            "--enable-reference-types",
+        ])
         .arg(&input)
         .arg("-o")
         .arg(&output)
         .status()
         .ok()?;
-    let bytes = status.success().then(|| std::fs::read(&output).ok()).flatten();
+    let bytes = status
+        .success()
+        .then(|| std::fs::read(&output).ok())
+        .flatten();
     let _ = std::fs::remove_dir_all(&dir);
     bytes
 }
@@ -85,7 +113,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         // kiln's pipeline precompiles the module wasm-opt -O3 produced.
         let shipped = optimized(&wasm, "-O3").unwrap_or_else(|| wasm.clone());
         let cwasm = kiln_engine.precompile(&shipped)?;
-        let cwasm_path = std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
+        let cwasm_path =
+            std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
         std::fs::write(&cwasm_path, &cwasm)?;
         let (mut naive, mut fast) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
         let mut stages = Stages::default();
@@ -110,16 +139,33 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&cwasm_path);
         let (a, b) = (median(naive), median(fast));
         let ratio = a.as_secs_f64() / b.as_secs_f64();
-        eprintln!("{name}: naive {:.0} µs, kiln {:.1} µs, {ratio:.0}×", micros(a), micros(b));
-        rows.push_str(&format!("| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× |\n", micros(a), micros(b)));
+        eprintln!(
+            "{name}: naive {:.0} µs, kiln {:.1} µs, {ratio:.0}×",
+            micros(a),
+            micros(b)
+        );
+        rows.push_str(&format!(
+            "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× |\n",
+            micros(a),
+            micros(b)
+        ));
         breakdown.push_str(&stages.row(name));
         verdicts.push_str(&format!(
             "- {name}: (b) under 100 µs: {}; a/b at least 100×: {}.\n",
             if micros(b) < 100.0 { "met" } else { "not met" },
             if ratio >= 100.0 { "met" } else { "not met" },
         ));
-        let size = |level| optimized(&wasm, level).map_or("wasm-opt not installed".to_owned(), |m| m.len().to_string());
-        sizes.push_str(&format!("| {name} | {} | {} | {} | {} |\n", wasm.len(), size("-O3"), size("-Oz"), cwasm.len()));
+        let size = |level| {
+            optimized(&wasm, level)
+                .map_or("wasm-opt not installed".to_owned(), |m| m.len().to_string())
+        };
+        sizes.push_str(&format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            wasm.len(),
+            size("-O3"),
+            size("-Oz"),
+            cwasm.len()
+        ));
     }
     let report = format!(
         "# Cold start\n\n\

@@ -20,7 +20,9 @@ fn main() -> anyhow::Result<()> {
             let runs = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(7);
             runtime.block_on(sandbox::run(runs))
         }
-        Some("coldstart") => coldstart::run(args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1000)),
+        Some("coldstart") => {
+            coldstart::run(args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1000))
+        }
         _ => anyhow::bail!("usage: kiln-bench sandbox [RUNS] | coldstart [RUNS]"),
     }
 }

@@ -27,7 +27,11 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// One cold build: a fresh scratch dir, the example copied in, compiled.
-async fn build_once(sandbox: &dyn Sandbox, toolchain: &RustToolchain, limits: &Limits) -> anyhow::Result<Duration> {
+async fn build_once(
+    sandbox: &dyn Sandbox,
+    toolchain: &RustToolchain,
+    limits: &Limits,
+) -> anyhow::Result<Duration> {
     let scratch = sandbox.create_scratch(limits).await?;
     let src = scratch.path().join("src");
     copy_dir(&repo().join("examples/add-header"), &src)?;
@@ -37,7 +41,12 @@ async fn build_once(sandbox: &dyn Sandbox, toolchain: &RustToolchain, limits: &L
     let report = sandbox.run(&command, &scratch, limits).await?;
     let elapsed = started.elapsed();
     sandbox.remove_scratch(scratch).await?;
-    anyhow::ensure!(report.outcome == RunOutcome::Exited(0), "the build failed under {}:\n{}", sandbox.name(), report.log);
+    anyhow::ensure!(
+        report.outcome == RunOutcome::Exited(0),
+        "the build failed under {}:\n{}",
+        sandbox.name(),
+        report.log
+    );
     Ok(elapsed)
 }
 
@@ -59,7 +68,11 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
     for run in 1..=runs {
         let a = build_once(&bwrap, &toolchain, &limits).await?;
         let b = build_once(&none, &toolchain, &limits).await?;
-        rows.push_str(&format!("| {run} | {:.2} | {:.2} |\n", a.as_secs_f64(), b.as_secs_f64()));
+        rows.push_str(&format!(
+            "| {run} | {:.2} | {:.2} |\n",
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        ));
         eprintln!("run {run}: bubblewrap {a:.2?}, none {b:.2?}");
         sandboxed.push(a);
         plain.push(b);
@@ -90,6 +103,10 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
 pub fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -24,18 +24,27 @@ pub enum ToolchainError {
     Output(String),
     /// kiln's own failure (disk, a missing toolchain).
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 impl ToolchainError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether the customer's source is at fault (the build fails) rather
     /// than kiln (the build is retried).
     pub fn is_customer_error(&self) -> bool {
-        !matches!(self, ToolchainError::Io { .. } | ToolchainError::RegistryUnavailable(_))
+        !matches!(
+            self,
+            ToolchainError::Io { .. } | ToolchainError::RegistryUnavailable(_)
+        )
     }
 }
 

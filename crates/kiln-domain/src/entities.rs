@@ -27,7 +27,11 @@ fn yes() -> bool {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { optimize: true, precompile: true, preinit: true }
+        Self {
+            optimize: true,
+            precompile: true,
+            preinit: true,
+        }
     }
 }
 
@@ -35,7 +39,9 @@ impl BuildOptions {
     /// Parses the API and stored form, a JSON object (missing keys are on).
     pub fn parse_json(raw: &str) -> Result<Self, crate::ValidationError> {
         serde_json::from_str(raw).map_err(|e| {
-            crate::ValidationError::new(format!("options must be a JSON object such as {{\"optimize\": false}}: {e}"))
+            crate::ValidationError::new(format!(
+                "options must be a JSON object such as {{\"optimize\": false}}: {e}"
+            ))
         })
     }
 }

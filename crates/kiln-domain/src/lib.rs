@@ -61,7 +61,9 @@ pub fn validate_name(name: &str) -> Result<String, ValidationError> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(ValidationError::new("name must not contain control characters"));
+        return Err(ValidationError::new(
+            "name must not contain control characters",
+        ));
     }
     Ok(name.to_owned())
 }
@@ -93,7 +95,10 @@ mod tests {
     #[test]
     fn versions_must_be_semver() {
         assert_eq!(parse_version("1.2.3").unwrap().to_string(), "1.2.3");
-        assert_eq!(parse_version("1.0.0-beta.1").unwrap().to_string(), "1.0.0-beta.1");
+        assert_eq!(
+            parse_version("1.0.0-beta.1").unwrap().to_string(),
+            "1.0.0-beta.1"
+        );
         for bad in ["", "1", "1.2", "v1.2.3", "1.2.3.4", "latest"] {
             assert!(parse_version(bad).is_err(), "{bad} accepted");
         }

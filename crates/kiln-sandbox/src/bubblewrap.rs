@@ -6,8 +6,11 @@
 
 use crate::cgroup::{self, Cgroup};
 use crate::log::{self, LogBuffer};
-use crate::scratch::{chown_tree, Scratch};
-use crate::{seccomp, Limits, MountKind, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError, GUEST_SCRATCH};
+use crate::scratch::{Scratch, chown_tree};
+use crate::{
+    GUEST_SCRATCH, Limits, MountKind, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError,
+    seccomp,
+};
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
@@ -18,7 +21,12 @@ use std::time::Instant;
 
 /// Host files a compiler needs besides /usr: the dynamic linker's cache
 /// and `/etc/alternatives`, where Debian's `cc` points.
-const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives"];
+const ETC_FILES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+];
 /// Top-level directories that are symlinks into /usr on merged-usr hosts.
 const USR_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
 /// Size of the sandbox's own /tmp (builds use their scratch dir).
@@ -51,19 +59,25 @@ pub struct Bubblewrap {
     gid: u32,
 }
 
-const INSTALL_HINT: &str = "run scripts/install-prereqs (or: apt-get install bubblewrap; useradd --system kiln-sandbox)";
+const INSTALL_HINT: &str =
+    "run scripts/install-prereqs (or: apt-get install bubblewrap; useradd --system kiln-sandbox)";
 
 fn lookup_user(name: &str) -> Result<(u32, u32), SandboxError> {
-    let c = CString::new(name).map_err(|_| SandboxError::Unavailable(format!("invalid user name {name:?}")))?;
+    let c = CString::new(name)
+        .map_err(|_| SandboxError::Unavailable(format!("invalid user name {name:?}")))?;
     // SAFETY: getpwnam with a valid C string; the fields are copied out at once.
     let pw = unsafe { libc::getpwnam(c.as_ptr()) };
     if pw.is_null() {
-        return Err(SandboxError::Unavailable(format!("the sandbox user {name:?} does not exist; {INSTALL_HINT}")));
+        return Err(SandboxError::Unavailable(format!(
+            "the sandbox user {name:?} does not exist; {INSTALL_HINT}"
+        )));
     }
     // SAFETY: pw is non-null and points to libc's static passwd entry.
     let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
     if uid == 0 {
-        return Err(SandboxError::Unavailable(format!("the sandbox user {name:?} must not be root")));
+        return Err(SandboxError::Unavailable(format!(
+            "the sandbox user {name:?} must not be root"
+        )));
     }
     Ok((uid, gid))
 }
@@ -73,7 +87,10 @@ impl Bubblewrap {
     /// rather than build unsandboxed.
     pub fn new(config: BubblewrapConfig) -> Result<Self, SandboxError> {
         if !config.bwrap.exists() {
-            return Err(SandboxError::Unavailable(format!("bubblewrap is not installed at {}; {INSTALL_HINT}", config.bwrap.display())));
+            return Err(SandboxError::Unavailable(format!(
+                "bubblewrap is not installed at {}; {INSTALL_HINT}",
+                config.bwrap.display()
+            )));
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -87,17 +104,41 @@ impl Bubblewrap {
         Ok(Self { config, uid, gid })
     }
 
-    fn arguments(&self, cmd: &SandboxCommand, scratch: &Scratch, limits: &Limits, seccomp_fd: i32) -> Vec<String> {
+    fn arguments(
+        &self,
+        cmd: &SandboxCommand,
+        scratch: &Scratch,
+        limits: &Limits,
+        seccomp_fd: i32,
+    ) -> Vec<String> {
         let mut args: Vec<String> = [
-            "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--clearenv", "--hostname", "kiln-build",
-            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+            "--hostname",
+            "kiln-build",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
         ]
         .map(String::from)
         .to_vec();
         for link in USR_LINKS {
             if let Ok(target) = std::fs::read_link(link) {
-                args.extend(["--symlink".into(), target.display().to_string(), link.to_string()]);
+                args.extend([
+                    "--symlink".into(),
+                    target.display().to_string(),
+                    link.to_string(),
+                ]);
             } else if Path::new(link).is_dir() {
                 args.extend(["--ro-bind".into(), link.to_string(), link.to_string()]);
             }
@@ -105,20 +146,38 @@ impl Bubblewrap {
         for file in ETC_FILES.iter().filter(|f| Path::new(f).exists()) {
             args.extend(["--ro-bind".into(), file.to_string(), file.to_string()]);
         }
-        args.extend(["--size".into(), TMP_BYTES.min(limits.disk_bytes).to_string(), "--tmpfs".into(), "/tmp".into()]);
-        args.extend(["--bind".into(), scratch.path().display().to_string(), GUEST_SCRATCH.into()]);
+        args.extend([
+            "--size".into(),
+            TMP_BYTES.min(limits.disk_bytes).to_string(),
+            "--tmpfs".into(),
+            "/tmp".into(),
+        ]);
+        args.extend([
+            "--bind".into(),
+            scratch.path().display().to_string(),
+            GUEST_SCRATCH.into(),
+        ]);
         for mount in &cmd.mounts {
             let flag = match mount.kind {
                 MountKind::ReadOnly => "--ro-bind",
                 MountKind::ReadWrite => "--bind",
             };
-            args.extend([flag.into(), mount.host.display().to_string(), mount.guest.display().to_string()]);
+            args.extend([
+                flag.into(),
+                mount.host.display().to_string(),
+                mount.guest.display().to_string(),
+            ]);
         }
         for (key, value) in &cmd.env {
             args.extend(["--setenv".into(), key.clone(), value.clone()]);
         }
         args.extend(["--chdir".into(), cmd.cwd.display().to_string()]);
-        args.extend(["--seccomp".into(), seccomp_fd.to_string(), "--".into(), cmd.program.display().to_string()]);
+        args.extend([
+            "--seccomp".into(),
+            seccomp_fd.to_string(),
+            "--".into(),
+            cmd.program.display().to_string(),
+        ]);
         args.extend(cmd.args.iter().cloned());
         args
     }
@@ -128,16 +187,21 @@ impl Bubblewrap {
 /// (0711: no listing of other builds' directories).
 fn create_traversable(dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SandboxError::io(format!("creating {}", dir.display()), e))?;
     let mut at = Some(dir);
     while let Some(d) = at {
         if d == Path::new("/") {
             break;
         }
-        let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0);
+        let mode = std::fs::metadata(d)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
         if mode & 0o001 == 0 {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode & 0o7777) | 0o711))
-                .map_err(|e| SandboxError::io(format!("opening {} to the sandbox user", d.display()), e))?;
+                .map_err(|e| {
+                SandboxError::io(format!("opening {} to the sandbox user", d.display()), e)
+            })?;
         }
         at = d.parent();
     }
@@ -159,7 +223,10 @@ fn enter_cgroup_and_drop_privileges(procs: &[CString], uid: u32, gid: u32) -> st
     }
     // SAFETY: plain credential syscalls; order matters (groups and gid first).
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         if libc::getuid() != uid {
@@ -177,7 +244,12 @@ impl Sandbox for Bubblewrap {
         Scratch::tmpfs(&self.config.root, limits.disk_bytes, self.uid, self.gid)
     }
 
-    async fn run(&self, cmd: &SandboxCommand, scratch: &Scratch, limits: &Limits) -> Result<RunReport, SandboxError> {
+    async fn run(
+        &self,
+        cmd: &SandboxCommand,
+        scratch: &Scratch,
+        limits: &Limits,
+    ) -> Result<RunReport, SandboxError> {
         chown_tree(scratch.path(), self.uid, self.gid)?;
         let name = format!("run-{}", uuid::Uuid::new_v4().simple());
         let cgroup = Cgroup::create(&name, limits)?;
@@ -198,12 +270,22 @@ impl Sandbox for Bubblewrap {
         // SAFETY: the closure only makes async-signal-safe syscalls.
         unsafe { command.pre_exec(move || enter_cgroup_and_drop_privileges(&procs, uid, gid)) };
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|e| SandboxError::io("starting bubblewrap", e))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| SandboxError::io("starting bubblewrap", e))?;
         drop(seccomp);
 
         let buffer = Arc::new(Mutex::new(LogBuffer::default()));
-        let out = tokio::spawn(log::drain(child.stdout.take().expect("piped"), buffer.clone(), limits.max_log_bytes));
-        let err = tokio::spawn(log::drain(child.stderr.take().expect("piped"), buffer.clone(), limits.max_log_bytes));
+        let out = tokio::spawn(log::drain(
+            child.stdout.take().expect("piped"),
+            buffer.clone(),
+            limits.max_log_bytes,
+        ));
+        let err = tokio::spawn(log::drain(
+            child.stderr.take().expect("piped"),
+            buffer.clone(),
+            limits.max_log_bytes,
+        ));
 
         let waited = tokio::time::timeout(limits.wall_time, child.wait()).await;
         let timed_out = waited.is_err();
@@ -212,7 +294,9 @@ impl Sandbox for Bubblewrap {
             cgroup.kill_all();
             cgroup
         });
-        let cgroup = kill.await.map_err(|e| SandboxError::io("killing the run", std::io::Error::other(e)))?;
+        let cgroup = kill
+            .await
+            .map_err(|e| SandboxError::io("killing the run", std::io::Error::other(e)))?;
         let status = match waited {
             Ok(status) => Some(status.map_err(|e| SandboxError::io("waiting for bubblewrap", e))?),
             Err(_) => {
@@ -238,13 +322,21 @@ impl Sandbox for Bubblewrap {
             .await
             .map_err(|e| SandboxError::io("removing the cgroup", std::io::Error::other(e)))?;
         let (log, log_truncated) = log::finish(&buffer, limits.max_log_bytes);
-        Ok(RunReport { outcome, log, log_truncated, duration: started.elapsed(), peak_memory_bytes })
+        Ok(RunReport {
+            outcome,
+            log,
+            log_truncated,
+            duration: started.elapsed(),
+            peak_memory_bytes,
+        })
     }
 
     async fn remove_scratch(&self, scratch: Scratch) -> Result<(), SandboxError> {
         tokio::task::spawn_blocking(move || scratch.remove())
             .await
-            .map_err(|e| SandboxError::io("removing the scratch directory", std::io::Error::other(e)))?
+            .map_err(|e| {
+                SandboxError::io("removing the scratch directory", std::io::Error::other(e))
+            })?
     }
 
     fn name(&self) -> &'static str {

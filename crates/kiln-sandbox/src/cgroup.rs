@@ -30,7 +30,10 @@ pub(crate) struct Cgroup {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), SandboxError> {
-    std::fs::write(path, value).map_err(|source| SandboxError::Cgroup { path: path.to_owned(), source })
+    std::fs::write(path, value).map_err(|source| SandboxError::Cgroup {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read(path: &Path) -> Option<String> {
@@ -46,7 +49,11 @@ fn keyed(path: &Path, key: &str) -> Option<u64> {
 }
 
 fn detect() -> Version {
-    if Path::new(ROOT).join("cgroup.controllers").exists() { Version::V2 } else { Version::V1 }
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
+        Version::V2
+    } else {
+        Version::V1
+    }
 }
 
 /// Whether this host can give each run a cgroup, with a reason if not.
@@ -54,9 +61,15 @@ pub(crate) fn check_available() -> Result<(), SandboxError> {
     let missing: Vec<&str> = match detect() {
         Version::V2 => {
             let controllers = read(&Path::new(ROOT).join("cgroup.controllers")).unwrap_or_default();
-            ["memory", "pids", "cpu"].into_iter().filter(|c| !controllers.split_whitespace().any(|x| x == *c)).collect()
+            ["memory", "pids", "cpu"]
+                .into_iter()
+                .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
+                .collect()
         }
-        Version::V1 => ["memory", "pids"].into_iter().filter(|c| !Path::new(ROOT).join(c).join("cgroup.procs").exists()).collect(),
+        Version::V1 => ["memory", "pids"]
+            .into_iter()
+            .filter(|c| !Path::new(ROOT).join(c).join("cgroup.procs").exists())
+            .collect(),
     };
     if missing.is_empty() {
         Ok(())
@@ -72,7 +85,11 @@ impl Cgroup {
     /// Creates the cgroup `name` with `limits`.
     pub(crate) fn create(name: &str, limits: &Limits) -> Result<Self, SandboxError> {
         let version = detect();
-        let mut cgroup = Cgroup { version, dirs: Vec::new(), removed: false };
+        let mut cgroup = Cgroup {
+            version,
+            dirs: Vec::new(),
+            removed: false,
+        };
         match version {
             Version::V2 => cgroup.create_v2(name, limits)?,
             Version::V1 => cgroup.create_v1(name, limits)?,
@@ -81,7 +98,10 @@ impl Cgroup {
     }
 
     fn make_dir(&mut self, dir: PathBuf) -> Result<PathBuf, SandboxError> {
-        std::fs::create_dir(&dir).map_err(|source| SandboxError::Cgroup { path: dir.clone(), source })?;
+        std::fs::create_dir(&dir).map_err(|source| SandboxError::Cgroup {
+            path: dir.clone(),
+            source,
+        })?;
         self.dirs.push(dir.clone());
         Ok(dir)
     }
@@ -97,7 +117,10 @@ impl Cgroup {
         write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
         let _ = write(&dir.join("memory.swap.max"), "0");
         write(&dir.join("pids.max"), &limits.max_processes.to_string())?;
-        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD_US}", cpu_quota(limits)))?;
+        write(
+            &dir.join("cpu.max"),
+            &format!("{} {CPU_PERIOD_US}", cpu_quota(limits)),
+        )?;
         Ok(())
     }
 
@@ -112,7 +135,10 @@ impl Cgroup {
             let dir = self.make_dir(parent.join(name))?;
             match controller {
                 "memory" => {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     // With swap accounting, memory+swap gets the same limit: no swapping past it.
                     let memsw = dir.join("memory.memsw.limit_in_bytes");
                     if memsw.exists() {
@@ -122,13 +148,22 @@ impl Cgroup {
                 "pids" => write(&dir.join("pids.max"), &limits.max_processes.to_string())?,
                 "cpu" => {
                     write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(&dir.join("cpu.cfs_quota_us"), &cpu_quota(limits).to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &cpu_quota(limits).to_string(),
+                    )?;
                 }
                 _ => {}
             }
         }
-        if !self.dirs.iter().any(|d| d.starts_with(Path::new(ROOT).join("memory"))) {
-            return Err(SandboxError::Unavailable("the memory cgroup controller is not mounted".into()));
+        if !self
+            .dirs
+            .iter()
+            .any(|d| d.starts_with(Path::new(ROOT).join("memory")))
+        {
+            return Err(SandboxError::Unavailable(
+                "the memory cgroup controller is not mounted".into(),
+            ));
         }
         Ok(())
     }
@@ -138,7 +173,10 @@ impl Cgroup {
     pub(crate) fn procs_files(&self) -> Vec<CString> {
         self.dirs
             .iter()
-            .map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).expect("cgroup paths have no NUL"))
+            .map(|d| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                    .expect("cgroup paths have no NUL")
+            })
             .collect()
     }
 
@@ -154,7 +192,9 @@ impl Cgroup {
     }
 
     fn pids(&self) -> Vec<i32> {
-        let Some(dir) = self.dir_of("memory") else { return Vec::new() };
+        let Some(dir) = self.dir_of("memory") else {
+            return Vec::new();
+        };
         read(&dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -170,10 +210,14 @@ impl Cgroup {
     /// (where possible) keeps a fork bomb from outrunning the kills.
     pub(crate) fn kill_all(&self) {
         if self.version == Version::V2
-            && let Some(dir) = self.dir_of("memory") {
-                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            }
-        let freezer = self.dir_of("freezer").filter(|_| self.version == Version::V1).map(Path::to_owned);
+            && let Some(dir) = self.dir_of("memory")
+        {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        }
+        let freezer = self
+            .dir_of("freezer")
+            .filter(|_| self.version == Version::V1)
+            .map(Path::to_owned);
         let deadline = Instant::now() + KILL_DEADLINE;
         loop {
             let pids = self.pids();
@@ -199,7 +243,9 @@ impl Cgroup {
 
     /// Whether the kernel's OOM killer acted in this cgroup.
     pub(crate) fn oom_killed(&self) -> bool {
-        let Some(dir) = self.dir_of("memory") else { return false };
+        let Some(dir) = self.dir_of("memory") else {
+            return false;
+        };
         let count = match self.version {
             Version::V2 => keyed(&dir.join("memory.events"), "oom_kill"),
             Version::V1 => keyed(&dir.join("memory.oom_control"), "oom_kill"),

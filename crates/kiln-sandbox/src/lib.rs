@@ -128,11 +128,17 @@ pub enum SandboxError {
     #[error("{0}")]
     Unavailable(String),
     #[error("cgroup {path}: {source}")]
-    Cgroup { path: PathBuf, source: std::io::Error },
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("seccomp filter: {0}")]
     Seccomp(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("the output {path} is larger than {limit} bytes")]
     OutputTooLarge { path: PathBuf, limit: u64 },
     #[error("the output {path} is not a regular file inside the build directory")]
@@ -141,7 +147,10 @@ pub enum SandboxError {
 
 impl SandboxError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -155,7 +164,12 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
 
     /// Runs `cmd` with `scratch` at [`GUEST_SCRATCH`]. Returns once every
     /// process of the run is gone. Dropping the future kills the run.
-    async fn run(&self, cmd: &SandboxCommand, scratch: &Scratch, limits: &Limits) -> Result<RunReport, SandboxError>;
+    async fn run(
+        &self,
+        cmd: &SandboxCommand,
+        scratch: &Scratch,
+        limits: &Limits,
+    ) -> Result<RunReport, SandboxError>;
 
     /// Removes the scratch directory and everything in it.
     async fn remove_scratch(&self, scratch: Scratch) -> Result<(), SandboxError>;

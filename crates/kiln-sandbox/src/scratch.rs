@@ -24,15 +24,25 @@ impl Scratch {
     /// A plain directory (no tmpfs), for runs without a sandbox.
     pub(crate) fn plain(root: &Path) -> Result<Self, SandboxError> {
         let path = root.join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::create_dir_all(&path).map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
-        Ok(Self { path, mounted: false, removed: false })
+        std::fs::create_dir_all(&path)
+            .map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
+        Ok(Self {
+            path,
+            mounted: false,
+            removed: false,
+        })
     }
 
     /// A tmpfs of `bytes` under `root`, owned by `uid:gid`, mode 0700.
     pub(crate) fn tmpfs(root: &Path, bytes: u64, uid: u32, gid: u32) -> Result<Self, SandboxError> {
         let path = root.join(uuid::Uuid::new_v4().simple().to_string());
-        std::fs::create_dir(&path).map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
-        let mut scratch = Self { path, mounted: false, removed: false };
+        std::fs::create_dir(&path)
+            .map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
+        let mut scratch = Self {
+            path,
+            mounted: false,
+            removed: false,
+        };
         let options = format!("size={bytes},mode=0700,uid={uid},gid={gid}");
         mount_tmpfs(&scratch.path, &options)?;
         scratch.mounted = true;
@@ -53,11 +63,16 @@ impl Scratch {
             let target = c_path(&self.path);
             // SAFETY: umount2 on a path we mounted.
             if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-                return Err(SandboxError::io(format!("unmounting {}", self.path.display()), std::io::Error::last_os_error()));
+                return Err(SandboxError::io(
+                    format!("unmounting {}", self.path.display()),
+                    std::io::Error::last_os_error(),
+                ));
             }
-            std::fs::remove_dir(&self.path).map_err(|e| SandboxError::io(format!("removing {}", self.path.display()), e))
+            std::fs::remove_dir(&self.path)
+                .map_err(|e| SandboxError::io(format!("removing {}", self.path.display()), e))
         } else {
-            std::fs::remove_dir_all(&self.path).map_err(|e| SandboxError::io(format!("removing {}", self.path.display()), e))
+            std::fs::remove_dir_all(&self.path)
+                .map_err(|e| SandboxError::io(format!("removing {}", self.path.display()), e))
         }
     }
 }
@@ -79,22 +94,37 @@ fn mount_tmpfs(path: &Path, options: &str) -> Result<(), SandboxError> {
     let data = CString::new(options).expect("options have no NUL");
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
     // SAFETY: mount(2) with valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), flags, data.as_ptr().cast()) };
+    let rc = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         let _ = std::fs::remove_dir(path);
-        return Err(SandboxError::io(format!("mounting a tmpfs at {}", path.display()), e));
+        return Err(SandboxError::io(
+            format!("mounting a tmpfs at {}", path.display()),
+            e,
+        ));
     }
     Ok(())
 }
 
 /// Gives everything under `dir` to `uid:gid`, never following a link.
 pub(crate) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(|e| SandboxError::io(format!("chown {}", dir.display()), e))?;
-    let entries = std::fs::read_dir(dir).map_err(|e| SandboxError::io(format!("reading {}", dir.display()), e))?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .map_err(|e| SandboxError::io(format!("chown {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| SandboxError::io(format!("reading {}", dir.display()), e))?;
     for entry in entries {
         let entry = entry.map_err(|e| SandboxError::io(format!("reading {}", dir.display()), e))?;
-        let kind = entry.file_type().map_err(|e| SandboxError::io("file type", e))?;
+        let kind = entry
+            .file_type()
+            .map_err(|e| SandboxError::io("file type", e))?;
         if kind.is_dir() {
             chown_tree(&entry.path(), uid, gid)?;
         } else {

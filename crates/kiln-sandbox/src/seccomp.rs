@@ -59,7 +59,10 @@ const DENIED: &[i64] = &[
 ];
 
 fn program() -> Result<BpfProgram, SandboxError> {
-    let rules = DENIED.iter().map(|&syscall| (syscall, Vec::new())).collect::<BTreeMap<_, _>>();
+    let rules = DENIED
+        .iter()
+        .map(|&syscall| (syscall, Vec::new()))
+        .collect::<BTreeMap<_, _>>();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -67,7 +70,9 @@ fn program() -> Result<BpfProgram, SandboxError> {
         TargetArch::x86_64,
     )
     .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
 /// The compiled filter in an inheritable memory file, positioned at its
@@ -84,12 +89,17 @@ pub(crate) fn filter_fd() -> Result<OwnedFd, SandboxError> {
     // SAFETY: memfd_create with a static NUL-terminated name.
     let fd = unsafe { libc::memfd_create(c"kiln-seccomp".as_ptr(), 0) };
     if fd < 0 {
-        return Err(SandboxError::io("creating the seccomp memfd", std::io::Error::last_os_error()));
+        return Err(SandboxError::io(
+            "creating the seccomp memfd",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: fd was just created and is owned here.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut file = std::fs::File::from(owned);
-    file.write_all(&bytes).map_err(|e| SandboxError::io("writing the seccomp filter", e))?;
-    file.rewind().map_err(|e| SandboxError::io("rewinding the seccomp filter", e))?;
+    file.write_all(&bytes)
+        .map_err(|e| SandboxError::io("writing the seccomp filter", e))?;
+    file.rewind()
+        .map_err(|e| SandboxError::io("rewinding the seccomp filter", e))?;
     Ok(OwnedFd::from(file))
 }

@@ -4,7 +4,7 @@
 
 use crate::log::{self, LogBuffer};
 use crate::scratch::Scratch;
-use crate::{Limits, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError, GUEST_SCRATCH};
+use crate::{GUEST_SCRATCH, Limits, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,7 +26,10 @@ impl Unsandboxed {
 fn translate(text: &str, cmd: &SandboxCommand, scratch: &Path) -> String {
     let mut out = text.replace(GUEST_SCRATCH, &scratch.display().to_string());
     for mount in &cmd.mounts {
-        out = out.replace(&mount.guest.display().to_string(), &mount.host.display().to_string());
+        out = out.replace(
+            &mount.guest.display().to_string(),
+            &mount.host.display().to_string(),
+        );
     }
     out
 }
@@ -37,8 +40,15 @@ impl Sandbox for Unsandboxed {
         Scratch::plain(&self.root)
     }
 
-    async fn run(&self, cmd: &SandboxCommand, scratch: &Scratch, limits: &Limits) -> Result<RunReport, SandboxError> {
-        tracing::warn!("building WITHOUT a sandbox (--sandbox none): the build runs with this worker's rights");
+    async fn run(
+        &self,
+        cmd: &SandboxCommand,
+        scratch: &Scratch,
+        limits: &Limits,
+    ) -> Result<RunReport, SandboxError> {
+        tracing::warn!(
+            "building WITHOUT a sandbox (--sandbox none): the build runs with this worker's rights"
+        );
         let dir = scratch.path();
         let program = translate(&cmd.program.display().to_string(), cmd, dir);
         let mut command = tokio::process::Command::new(program);
@@ -53,11 +63,21 @@ impl Sandbox for Unsandboxed {
             .process_group(0)
             .kill_on_drop(true);
         let started = Instant::now();
-        let mut child = command.spawn().map_err(|e| SandboxError::io("starting the build", e))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| SandboxError::io("starting the build", e))?;
         let pgid = child.id().map(|p| p as i32);
         let buffer = Arc::new(Mutex::new(LogBuffer::default()));
-        let out = tokio::spawn(log::drain(child.stdout.take().expect("piped"), buffer.clone(), limits.max_log_bytes));
-        let err = tokio::spawn(log::drain(child.stderr.take().expect("piped"), buffer.clone(), limits.max_log_bytes));
+        let out = tokio::spawn(log::drain(
+            child.stdout.take().expect("piped"),
+            buffer.clone(),
+            limits.max_log_bytes,
+        ));
+        let err = tokio::spawn(log::drain(
+            child.stderr.take().expect("piped"),
+            buffer.clone(),
+            limits.max_log_bytes,
+        ));
         let waited = tokio::time::timeout(limits.wall_time, child.wait()).await;
         if let Some(pgid) = pgid {
             // SAFETY: kill(2) on the process group this run created.
@@ -75,7 +95,13 @@ impl Sandbox for Unsandboxed {
             }
         };
         let (log, log_truncated) = log::finish(&buffer, limits.max_log_bytes);
-        Ok(RunReport { outcome, log, log_truncated, duration: started.elapsed(), peak_memory_bytes: None })
+        Ok(RunReport {
+            outcome,
+            log,
+            log_truncated,
+            duration: started.elapsed(),
+            peak_memory_bytes: None,
+        })
     }
 
     async fn remove_scratch(&self, scratch: Scratch) -> Result<(), SandboxError> {

@@ -2,15 +2,18 @@
 //! cgroups and seccomp on this host (run as root, as kiln's workers are).
 
 use kiln_sandbox::{
-    read_output_file, Bubblewrap, BubblewrapConfig, Limits, Mount, MountKind, RunOutcome, RunReport, Sandbox,
-    SandboxCommand, SandboxError,
+    Bubblewrap, BubblewrapConfig, Limits, Mount, MountKind, RunOutcome, RunReport, Sandbox,
+    SandboxCommand, SandboxError, read_output_file,
 };
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn sandbox() -> Bubblewrap {
-    let config = BubblewrapConfig { root: PathBuf::from("/var/lib/kiln/sandbox-tests"), ..Default::default() };
+    let config = BubblewrapConfig {
+        root: PathBuf::from("/var/lib/kiln/sandbox-tests"),
+        ..Default::default()
+    };
     Bubblewrap::new(config).expect("the sandbox is available (scripts/install-prereqs)")
 }
 
@@ -29,14 +32,21 @@ fn sh(script: &str) -> SandboxCommand {
     SandboxCommand {
         program: "/bin/bash".into(),
         args: vec!["-c".into(), script.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("KILN_VISIBLE".into(), "yes".into())],
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("KILN_VISIBLE".into(), "yes".into()),
+        ],
         cwd: "/build".into(),
         mounts: Vec::new(),
     }
 }
 
 /// Runs `cmd` in a fresh scratch dir and checks that nothing is left.
-async fn run_with(cmd: SandboxCommand, limits: Limits, inspect: impl FnOnce(&kiln_sandbox::Scratch)) -> RunReport {
+async fn run_with(
+    cmd: SandboxCommand,
+    limits: Limits,
+    inspect: impl FnOnce(&kiln_sandbox::Scratch),
+) -> RunReport {
     let sandbox = sandbox();
     let scratch = sandbox.create_scratch(&limits).await.unwrap();
     let path = scratch.path().to_owned();
@@ -44,7 +54,12 @@ async fn run_with(cmd: SandboxCommand, limits: Limits, inspect: impl FnOnce(&kil
     inspect(&scratch);
     sandbox.remove_scratch(scratch).await.unwrap();
     assert!(!path.exists(), "scratch dir removed");
-    assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(&path.display().to_string()), "tmpfs unmounted");
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(&path.display().to_string()),
+        "tmpfs unmounted"
+    );
     assert_no_sandbox_processes();
     report
 }
@@ -54,8 +69,15 @@ async fn run(script: &str) -> RunReport {
 }
 
 fn sandbox_uid() -> u32 {
-    let out = std::process::Command::new("id").args(["-u", "kiln-sandbox"]).output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    let out = std::process::Command::new("id")
+        .args(["-u", "kiln-sandbox"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// No process of the sandbox user outlives its run. (Other tests run in
@@ -63,15 +85,24 @@ fn sandbox_uid() -> u32 {
 fn assert_no_sandbox_processes() {
     let uid = sandbox_uid();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
-        let owned = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string()));
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let owned = status.lines().any(|l| {
+            l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+        });
         // A zombie has exited; it only waits for its parent to reap it.
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("Z (zombie)"));
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"));
         if !owned || zombie {
             continue;
         }
         let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
-        assert!(cgroup.contains("/kiln/run-"), "a sandbox process escaped its cgroup: {status}");
+        assert!(
+            cgroup.contains("/kiln/run-"),
+            "a sandbox process escaped its cgroup: {status}"
+        );
     }
 }
 
@@ -83,7 +114,11 @@ async fn output_exit_code_and_a_clean_environment() {
     assert_eq!(report.outcome, RunOutcome::Exited(7));
     assert!(report.log.contains("out") && report.log.contains("err"));
     assert!(report.log.contains("KILN_VISIBLE=yes"), "{}", report.log);
-    assert!(!report.log.contains("host-only"), "host env leaked: {}", report.log);
+    assert!(
+        !report.log.contains("host-only"),
+        "host env leaked: {}",
+        report.log
+    );
     assert!(!report.log.contains("HOME=/root"), "{}", report.log);
     let uid = report.log.lines().next().unwrap();
     assert_ne!(uid, "0", "runs as an unprivileged user");
@@ -98,8 +133,17 @@ async fn there_is_no_network() {
         "(echo hello > /dev/tcp/127.0.0.1/{port}) 2>&1 && echo CONNECTED; (echo x > /dev/tcp/1.1.1.1/443) 2>&1 && echo OUT; getent hosts crates.io && echo DNS; true"
     ))
     .await;
-    assert!(!report.log.contains("CONNECTED") && !report.log.contains("OUT") && !report.log.contains("DNS"), "{}", report.log);
-    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    assert!(
+        !report.log.contains("CONNECTED")
+            && !report.log.contains("OUT")
+            && !report.log.contains("DNS"),
+        "{}",
+        report.log
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection"
+    );
 }
 
 #[tokio::test]
@@ -114,32 +158,57 @@ async fn host_files_are_invisible_and_unwritable() {
     ))
     .await;
     assert!(report.log.contains("done"));
-    assert!(!report.log.contains("kiln-host-secret-4711"), "{}", report.log);
+    assert!(
+        !report.log.contains("kiln-host-secret-4711"),
+        "{}",
+        report.log
+    );
     assert!(!Path::new("/usr/kiln-escape").exists());
-    assert!(!Path::new(&tmp_marker).exists(), "the sandbox's /tmp is its own");
+    assert!(
+        !Path::new(&tmp_marker).exists(),
+        "the sandbox's /tmp is its own"
+    );
 }
 
 #[tokio::test]
 async fn dangerous_syscalls_are_refused() {
-    let report = run("unshare -r true && echo UNSHARED; mount -t tmpfs x /build && echo MOUNTED; echo end").await;
+    let report =
+        run("unshare -r true && echo UNSHARED; mount -t tmpfs x /build && echo MOUNTED; echo end")
+            .await;
     assert!(report.log.contains("end"), "{}", report.log);
-    assert!(!report.log.contains("UNSHARED") && !report.log.contains("MOUNTED"), "{}", report.log);
+    assert!(
+        !report.log.contains("UNSHARED") && !report.log.contains("MOUNTED"),
+        "{}",
+        report.log
+    );
 }
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained() {
     let started = Instant::now();
-    let limits = Limits { wall_time: Duration::from_secs(5), ..limits() };
-    let script = "(:(){ :|:& };:) 2>/dev/null; sleep 2; echo processes=$(ls /proc | grep -c '^[0-9]')";
+    let limits = Limits {
+        wall_time: Duration::from_secs(5),
+        ..limits()
+    };
+    let script =
+        "(:(){ :|:& };:) 2>/dev/null; sleep 2; echo processes=$(ls /proc | grep -c '^[0-9]')";
     let report = run_with(sh(script), limits, |_| {}).await;
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     let count: u32 = report
         .log
         .lines()
         .find_map(|l| l.strip_prefix("processes="))
         .map(|n| n.trim().parse().unwrap())
         .unwrap_or(0);
-    assert!(count <= 64, "the pids limit held: {count} processes\n{}", report.log);
+    assert!(
+        count <= 64,
+        "the pids limit held: {count} processes\n{}",
+        report.log
+    );
 }
 
 #[tokio::test]
@@ -153,7 +222,10 @@ async fn memory_is_limited() {
 #[tokio::test]
 async fn wall_time_is_limited() {
     let started = Instant::now();
-    let limits = Limits { wall_time: Duration::from_secs(2), ..limits() };
+    let limits = Limits {
+        wall_time: Duration::from_secs(2),
+        ..limits()
+    };
     let report = run_with(sh("sleep 3600 & sleep 3600"), limits, |_| {}).await;
     assert_eq!(report.outcome, RunOutcome::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(15));
@@ -164,24 +236,46 @@ async fn the_log_is_capped() {
     let report = run("head -c 100M /dev/zero | tr '\\0' x; echo").await;
     assert!(report.log_truncated);
     assert!(report.log.len() < (64 << 10) + 200);
-    assert!(report.log.contains("[kiln: log truncated after 65536 bytes"));
+    assert!(
+        report
+            .log
+            .contains("[kiln: log truncated after 65536 bytes")
+    );
 }
 
 #[tokio::test]
 async fn the_disk_is_limited() {
     let report = run("head -c 64M /dev/zero > /build/big || echo NOSPACE; ls -la /build/big").await;
-    assert!(report.log.contains("NOSPACE") || report.log.contains("No space"), "{}", report.log);
+    assert!(
+        report.log.contains("NOSPACE") || report.log.contains("No space"),
+        "{}",
+        report.log
+    );
 }
 
 #[tokio::test]
 async fn outputs_are_read_without_following_links() {
-    let cmd = sh("echo wasm > /build/out.wasm; ln -s /etc/passwd /build/evil.wasm; mkdir -p /build/d; ln -s /etc /build/link; head -c 2048 /dev/zero > /build/big.wasm; mkfifo /build/fifo.wasm");
+    let cmd = sh(
+        "echo wasm > /build/out.wasm; ln -s /etc/passwd /build/evil.wasm; mkdir -p /build/d; ln -s /etc /build/link; head -c 2048 /dev/zero > /build/big.wasm; mkfifo /build/fifo.wasm",
+    );
     run_with(cmd, limits(), |scratch| {
-        assert_eq!(read_output_file(scratch, Path::new("out.wasm"), 1024).unwrap(), b"wasm\n");
+        assert_eq!(
+            read_output_file(scratch, Path::new("out.wasm"), 1024).unwrap(),
+            b"wasm\n"
+        );
         for path in ["evil.wasm", "link/passwd", "fifo.wasm", "d", "../x"] {
-            assert!(matches!(read_output_file(scratch, Path::new(path), 1024), Err(SandboxError::OutputNotAFile { .. })), "{path}");
+            assert!(
+                matches!(
+                    read_output_file(scratch, Path::new(path), 1024),
+                    Err(SandboxError::OutputNotAFile { .. })
+                ),
+                "{path}"
+            );
         }
-        assert!(matches!(read_output_file(scratch, Path::new("big.wasm"), 1024), Err(SandboxError::OutputTooLarge { .. })));
+        assert!(matches!(
+            read_output_file(scratch, Path::new("big.wasm"), 1024),
+            Err(SandboxError::OutputTooLarge { .. })
+        ));
     })
     .await;
 }
@@ -190,12 +284,27 @@ async fn outputs_are_read_without_following_links() {
 async fn read_only_mounts_are_read_only() {
     let dir = tempfile::tempdir_in("/var/lib/kiln").unwrap();
     std::fs::write(dir.path().join("dep.txt"), "dependency").unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mut cmd = sh("cat /deps/dep.txt; echo x > /deps/dep.txt || echo READONLY");
-    cmd.mounts.push(Mount { host: dir.path().to_owned(), guest: "/deps".into(), kind: MountKind::ReadOnly });
+    cmd.mounts.push(Mount {
+        host: dir.path().to_owned(),
+        guest: "/deps".into(),
+        kind: MountKind::ReadOnly,
+    });
     let report = run_with(cmd, limits(), |_| {}).await;
-    assert!(report.log.contains("dependency") && report.log.contains("READONLY"), "{}", report.log);
-    assert_eq!(std::fs::read_to_string(dir.path().join("dep.txt")).unwrap(), "dependency");
+    assert!(
+        report.log.contains("dependency") && report.log.contains("READONLY"),
+        "{}",
+        report.log
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("dep.txt")).unwrap(),
+        "dependency"
+    );
 }
 
 #[tokio::test]
@@ -205,11 +314,19 @@ async fn dropping_a_run_kills_it() {
     let scratch = sandbox.create_scratch(&limits).await.unwrap();
     let cmd = sh("sleep 3600");
     let run = sandbox.run(&cmd, &scratch, &limits);
-    assert!(tokio::time::timeout(Duration::from_secs(2), run).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), run)
+            .await
+            .is_err()
+    );
     sandbox.remove_scratch(scratch).await.unwrap();
     assert_no_sandbox_processes();
 }
 
 fn uuid() -> String {
-    format!("{}-{}", std::process::id(), Instant::now().elapsed().as_nanos())
+    format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )
 }

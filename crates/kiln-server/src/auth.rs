@@ -2,8 +2,8 @@
 //! their sha256 is stored, so a database leak does not leak tokens. A slow
 //! password hash buys nothing for tokens of this entropy.
 
-use crate::error::ApiError;
 use crate::AppState;
+use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use kiln_domain::OwnerId;
@@ -75,7 +75,9 @@ impl FromRequestParts<AppState> for Worker {
         if hash_token(token) == state.config.worker_token_hash {
             Ok(Worker)
         } else {
-            Err(ApiError::unauthorized("this endpoint takes the worker token"))
+            Err(ApiError::unauthorized(
+                "this endpoint takes the worker token",
+            ))
         }
     }
 }

@@ -81,12 +81,18 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains requests in flight.
     /// Runs the lease reaper alongside.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let reaper = tokio::spawn(routes::internal::reap_forever(self.state.clone()));
         let app = router(self.state);
-        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         reaper.abort();
         served
     }

@@ -5,7 +5,7 @@
 use crate::error::ApiError;
 use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
 use axum::extract::{Multipart, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -29,17 +29,30 @@ impl Form {
     }
 
     pub fn required_text(&self, name: &str) -> Result<&str, ApiError> {
-        self.text(name)
-            .ok_or_else(|| ApiError::bad_request("missing_field", format!("the form field {name:?} is required")))
+        self.text(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_field",
+                format!("the form field {name:?} is required"),
+            )
+        })
     }
 
     /// Removes and returns the file fields whose name starts with `prefix`,
     /// with the rest of the name.
     pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, Bytes)> {
-        let names: Vec<String> = self.files.keys().filter(|n| n.starts_with(prefix)).cloned().collect();
+        let names: Vec<String> = self
+            .files
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
         names
             .into_iter()
-            .filter_map(|n| self.files.remove(&n).map(|b| (n[prefix.len()..].to_owned(), b)))
+            .filter_map(|n| {
+                self.files
+                    .remove(&n)
+                    .map(|b| (n[prefix.len()..].to_owned(), b))
+            })
             .collect()
     }
 
@@ -48,8 +61,12 @@ impl Form {
     }
 
     pub fn required_file(&mut self, name: &str) -> Result<Bytes, ApiError> {
-        self.take_file(name)
-            .ok_or_else(|| ApiError::bad_request("missing_field", format!("the file field {name:?} is required")))
+        self.take_file(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_field",
+                format!("the file field {name:?} is required"),
+            )
+        })
     }
 }
 
@@ -64,14 +81,22 @@ pub struct FormSpec<'a> {
 
 impl<'a> FormSpec<'a> {
     pub const fn files(files: &'a [(&'a str, u64)]) -> Self {
-        Self { files, file_prefixes: &[], max_prefixed: 0 }
+        Self {
+            files,
+            file_prefixes: &[],
+            max_prefixed: 0,
+        }
     }
 
     fn file_limit(&self, name: &str) -> Option<u64> {
         self.files
             .iter()
             .find(|(file, _)| *file == name)
-            .or_else(|| self.file_prefixes.iter().find(|(prefix, _)| name.starts_with(prefix)))
+            .or_else(|| {
+                self.file_prefixes
+                    .iter()
+                    .find(|(prefix, _)| name.starts_with(prefix))
+            })
             .map(|(_, limit)| *limit)
     }
 }
@@ -92,16 +117,24 @@ pub async fn read_form(
     let mut form = Form::default();
     let mut prefixed = 0;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
-        let Some(name) = field.name().map(str::to_owned) else { continue };
+        let Some(name) = field.name().map(str::to_owned) else {
+            continue;
+        };
         if form.texts.contains_key(&name) || form.files.contains_key(&name) {
-            return Err(ApiError::bad_request("duplicate_field", format!("the form field {name:?} appears twice")));
+            return Err(ApiError::bad_request(
+                "duplicate_field",
+                format!("the form field {name:?} appears twice"),
+            ));
         }
         match spec.file_limit(&name) {
             Some(limit) => {
                 if !spec.files.iter().any(|(f, _)| *f == name) {
                     prefixed += 1;
                     if prefixed > spec.max_prefixed {
-                        return Err(ApiError::bad_request("too_many_fields", "the form has too many artifact fields"));
+                        return Err(ApiError::bad_request(
+                            "too_many_fields",
+                            "the form has too many artifact fields",
+                        ));
                     }
                 }
                 let bytes = read_field(field, &name, limit).await?;
@@ -110,7 +143,10 @@ pub async fn read_form(
             None => {
                 let bytes = read_field(field, &name, MAX_TEXT_FIELD_BYTES).await?;
                 let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
-                    ApiError::bad_request("invalid_field", format!("the form field {name:?} must be UTF-8 text"))
+                    ApiError::bad_request(
+                        "invalid_field",
+                        format!("the form field {name:?} must be UTF-8 text"),
+                    )
                 })?;
                 form.texts.insert(name, text);
             }
@@ -136,13 +172,20 @@ fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large("the request body is larger than the upload limit")
     } else {
-        ApiError::bad_request("malformed_multipart", format!("the multipart body is malformed: {}", e.body_text()))
+        ApiError::bad_request(
+            "malformed_multipart",
+            format!("the multipart body is malformed: {}", e.body_text()),
+        )
     }
 }
 
 /// Refuses a request whose declared `Content-Length` is over `limit` before
 /// a byte of it is read.
-pub async fn refuse_declared_oversize(limit: u64, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn refuse_declared_oversize(
+    limit: u64,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -155,4 +198,3 @@ pub async fn refuse_declared_oversize(limit: u64, request: Request, next: Next) 
     }
     Ok(next.run(request).await)
 }
-

@@ -32,7 +32,10 @@ impl fmt::Debug for S3Config {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -52,8 +55,12 @@ impl fmt::Debug for BlobStore {
 impl BlobStore {
     /// A store in a local directory, created if missing.
     pub fn local(dir: &std::path::Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Config(format!("cannot create blob directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Config(format!(
+                "cannot create blob directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let fs = LocalFileSystem::new_with_prefix(dir)?;
         Ok(Self {
             inner: Arc::new(fs),

@@ -61,7 +61,10 @@ async fn local_directory() {
 async fn local_directory_leaves_no_staging_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::local(dir.path()).unwrap();
-    store.put("apps/x/builds/y/plugin.wasm", Bytes::from_static(b"wasm")).await.unwrap();
+    store
+        .put("apps/x/builds/y/plugin.wasm", Bytes::from_static(b"wasm"))
+        .await
+        .unwrap();
     let files: Vec<_> = walk(dir.path());
     assert_eq!(files, vec![dir.path().join("apps/x/builds/y/plugin.wasm")]);
 }
@@ -70,7 +73,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
     }
     out
 }

@@ -24,9 +24,9 @@ impl TestDb {
         self.store.close().await;
         match &self.reopen {
             Reopen::Sqlite(url) => MetaStore::connect(url).await.unwrap(),
-            Reopen::Postgres { url, schema } => {
-                MetaStore::connect_postgres_schema(url, schema).await.unwrap()
-            }
+            Reopen::Postgres { url, schema } => MetaStore::connect_postgres_schema(url, schema)
+                .await
+                .unwrap(),
         }
     }
 }
@@ -52,7 +52,9 @@ async fn postgres_db() -> Option<TestDb> {
     };
     let schema = format!("test_{}", uuid::Uuid::new_v4().simple());
     Some(TestDb {
-        store: MetaStore::connect_postgres_schema(&url, &schema).await.unwrap(),
+        store: MetaStore::connect_postgres_schema(&url, &schema)
+            .await
+            .unwrap(),
         reopen: Reopen::Postgres { url, schema },
         _dir: None,
     })
@@ -86,7 +88,10 @@ fn new_version(build: BuildId) -> NewVersion {
 
 async fn owner_with_app(store: &MetaStore) -> (OwnerId, AppId) {
     let owner = store.create_owner("test").await.unwrap();
-    let app = store.create_application(owner, "edge-auth", "").await.unwrap();
+    let app = store
+        .create_application(owner, "edge-auth", "")
+        .await
+        .unwrap();
     (owner, app.id)
 }
 
@@ -96,15 +101,27 @@ async fn applications_are_private_to_their_owner(db: TestDb) {
     let bob = store.create_owner("bob").await.unwrap();
     let app = store.create_application(alice, "a", "notes").await.unwrap();
     assert_eq!(store.get_application(alice, app.id).await.unwrap(), app);
-    assert!(matches!(store.get_application(bob, app.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_application(bob, app.id).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(store.list_applications(bob).await.unwrap().is_empty());
     assert!(matches!(
         store.update_application(bob, app.id, Some("x"), None).await,
         Err(StoreError::NotFound)
     ));
-    assert!(matches!(store.delete_application(bob, app.id).await, Err(StoreError::NotFound)));
-    let renamed = store.update_application(alice, app.id, Some("b"), None).await.unwrap();
-    assert_eq!((renamed.name.as_str(), renamed.notes.as_str()), ("b", "notes"));
+    assert!(matches!(
+        store.delete_application(bob, app.id).await,
+        Err(StoreError::NotFound)
+    ));
+    let renamed = store
+        .update_application(alice, app.id, Some("b"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.notes.as_str()),
+        ("b", "notes")
+    );
     assert_eq!(store.list_applications(alice).await.unwrap(), vec![renamed]);
 }
 
@@ -129,7 +146,10 @@ async fn owners_can_be_created_by_id(db: TestDb) {
 async fn duplicate_live_versions_conflict(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let first = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let first = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     assert_eq!(first.state, BuildState::Queued);
     assert!(matches!(
         store.create_build(&new_build(owner, app, "1.0.0")).await,
@@ -137,56 +157,134 @@ async fn duplicate_live_versions_conflict(db: TestDb) {
     ));
     // A cancelled version number may be uploaded again.
     store.cancel_build(owner, first.id).await.unwrap();
-    store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
 }
 
 async fn builds_list_newest_first_with_filters(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let other_app = store.create_application(owner, "other", "").await.unwrap().id;
+    let other_app = store
+        .create_application(owner, "other", "")
+        .await
+        .unwrap()
+        .id;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(store.create_build(&new_build(owner, app, &format!("1.0.{i}"))).await.unwrap().id);
+        ids.push(
+            store
+                .create_build(&new_build(owner, app, &format!("1.0.{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
     }
-    store.create_build(&new_build(owner, other_app, "9.0.0")).await.unwrap();
+    store
+        .create_build(&new_build(owner, other_app, "9.0.0"))
+        .await
+        .unwrap();
     store.cancel_build(owner, ids[1]).await.unwrap();
 
-    let only_app = BuildFilter { application_id: Some(app), state: None };
-    let all = store.list_builds(owner, &only_app, Page { limit: 100, offset: 0 }).await.unwrap();
+    let only_app = BuildFilter {
+        application_id: Some(app),
+        state: None,
+    };
+    let all = store
+        .list_builds(
+            owner,
+            &only_app,
+            Page {
+                limit: 100,
+                offset: 0,
+            },
+        )
+        .await
+        .unwrap();
     let listed: Vec<_> = all.iter().map(|b| b.id).collect();
     assert_eq!(listed, ids.iter().rev().copied().collect::<Vec<_>>());
 
-    let page2 = store.list_builds(owner, &only_app, Page { limit: 2, offset: 2 }).await.unwrap();
-    assert_eq!(page2.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    let page2 = store
+        .list_builds(
+            owner,
+            &only_app,
+            Page {
+                limit: 2,
+                offset: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page2.iter().map(|b| b.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
 
-    let cancelled = BuildFilter { application_id: None, state: Some(BuildState::Cancelled) };
-    let got = store.list_builds(owner, &cancelled, Page::default()).await.unwrap();
+    let cancelled = BuildFilter {
+        application_id: None,
+        state: Some(BuildState::Cancelled),
+    };
+    let got = store
+        .list_builds(owner, &cancelled, Page::default())
+        .await
+        .unwrap();
     assert_eq!(got.iter().map(|b| b.id).collect::<Vec<_>>(), vec![ids[1]]);
 
     let stranger = store.create_owner("s").await.unwrap();
-    assert!(store.list_builds(stranger, &BuildFilter::default(), Page::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_builds(stranger, &BuildFilter::default(), Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let build = store.create_build(&new_build(owner, app, "1.2.3")).await.unwrap();
-    let claimed = store.claim_next(LEASE).await.unwrap().expect("a queued build");
+    let build = store
+        .create_build(&new_build(owner, app, "1.2.3"))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_next(LEASE)
+        .await
+        .unwrap()
+        .expect("a queued build");
     assert_eq!(claimed.build.id, build.id);
     assert_eq!(claimed.build.state, BuildState::Running);
     assert_eq!(claimed.build.attempt, 1);
-    assert!(store.claim_next(LEASE).await.unwrap().is_none(), "queue should be empty");
+    assert!(
+        store.claim_next(LEASE).await.unwrap().is_none(),
+        "queue should be empty"
+    );
 
-    store.heartbeat(build.id, claimed.lease_id, LEASE).await.unwrap();
+    store
+        .heartbeat(build.id, claimed.lease_id, LEASE)
+        .await
+        .unwrap();
     let stale = uuid::Uuid::new_v4();
-    assert!(matches!(store.heartbeat(build.id, stale, LEASE).await, Err(StoreError::LeaseLost(_))));
     assert!(matches!(
-        store.complete_success(build.id, stale, &new_version(build.id)).await,
+        store.heartbeat(build.id, stale, LEASE).await,
         Err(StoreError::LeaseLost(_))
     ));
-    assert!(matches!(store.get_version(owner, build.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store
+            .complete_success(build.id, stale, &new_version(build.id))
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.get_version(owner, build.id).await,
+        Err(StoreError::NotFound)
+    ));
 
-    let version = store.complete_success(build.id, claimed.lease_id, &new_version(build.id)).await.unwrap();
+    let version = store
+        .complete_success(build.id, claimed.lease_id, &new_version(build.id))
+        .await
+        .unwrap();
     assert_eq!(version.id, build.id);
     assert_eq!(version.version.to_string(), "1.2.3");
     assert_eq!(version.binary_size, 1234);
@@ -196,10 +294,15 @@ async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     assert_eq!(done.profile, Some(serde_json::json!({"compile_ms": 10})));
     // A second report with the same lease changes nothing.
     assert!(matches!(
-        store.complete_failure(build.id, claimed.lease_id, "l", "late", None).await,
+        store
+            .complete_failure(build.id, claimed.lease_id, "l", "late", None)
+            .await,
         Err(StoreError::LeaseLost(_))
     ));
-    assert_eq!(store.get_build(owner, build.id).await.unwrap().state, BuildState::Succeeded);
+    assert_eq!(
+        store.get_build(owner, build.id).await.unwrap().state,
+        BuildState::Succeeded
+    );
     // The version number is now taken.
     assert!(matches!(
         store.create_build(&new_build(owner, app, "1.2.3")).await,
@@ -210,27 +313,53 @@ async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
 async fn a_failed_build_keeps_its_logs(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
     let failed = store
-        .complete_failure(build.id, claimed.lease_id, "logs/here", "rustc failed", None)
+        .complete_failure(
+            build.id,
+            claimed.lease_id,
+            "logs/here",
+            "rustc failed",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(failed.state, BuildState::Failed);
     assert_eq!(failed.logs_location.as_deref(), Some("logs/here"));
     assert_eq!(failed.error.as_deref(), Some("rustc failed"));
-    assert!(matches!(store.get_version(owner, build.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_version(owner, build.id).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn crashes_are_retried_then_final(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     for attempt in 1..=3 {
-        let claimed = store.claim_next(LEASE).await.unwrap().expect("build is queued again");
+        let claimed = store
+            .claim_next(LEASE)
+            .await
+            .unwrap()
+            .expect("build is queued again");
         assert_eq!(claimed.build.attempt, attempt);
-        let after = store.report_crash(build.id, claimed.lease_id, None, "disk full", 3).await.unwrap();
-        let expected = if attempt < 3 { BuildState::Queued } else { BuildState::Crashed };
+        let after = store
+            .report_crash(build.id, claimed.lease_id, None, "disk full", 3)
+            .await
+            .unwrap();
+        let expected = if attempt < 3 {
+            BuildState::Queued
+        } else {
+            BuildState::Crashed
+        };
         assert_eq!(after.state, expected);
     }
     assert!(store.claim_next(LEASE).await.unwrap().is_none());
@@ -239,49 +368,82 @@ async fn crashes_are_retried_then_final(db: TestDb) {
 async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
-    let live = store.create_build(&new_build(owner, app, "2.0.0")).await.unwrap();
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
+    let live = store
+        .create_build(&new_build(owner, app, "2.0.0"))
+        .await
+        .unwrap();
     for attempt in 1..=3 {
         let claimed = store.claim_next(Duration::ZERO).await.unwrap().unwrap();
-        assert_eq!((claimed.build.id, claimed.build.attempt), (build.id, attempt));
+        assert_eq!(
+            (claimed.build.id, claimed.build.attempt),
+            (build.id, attempt)
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(store.reap_expired(3).await.unwrap(), 1);
         // The expired lease can no longer report.
         assert!(matches!(
-            store.complete_success(build.id, claimed.lease_id, &new_version(build.id)).await,
+            store
+                .complete_success(build.id, claimed.lease_id, &new_version(build.id))
+                .await,
             Err(StoreError::LeaseLost(_))
         ));
-        let expected = if attempt < 3 { BuildState::Queued } else { BuildState::Crashed };
-        assert_eq!(store.get_build(owner, build.id).await.unwrap().state, expected);
+        let expected = if attempt < 3 {
+            BuildState::Queued
+        } else {
+            BuildState::Crashed
+        };
+        assert_eq!(
+            store.get_build(owner, build.id).await.unwrap().state,
+            expected
+        );
     }
     // A build whose worker heartbeats is left alone.
     let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
     assert_eq!(claimed.build.id, live.id);
     assert_eq!(store.reap_expired(3).await.unwrap(), 0);
-    assert_eq!(store.get_build(owner, live.id).await.unwrap().state, BuildState::Running);
+    assert_eq!(
+        store.get_build(owner, live.id).await.unwrap().state,
+        BuildState::Running
+    );
 }
 
 async fn cancelling_stops_the_lease(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let build = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
     let stranger = store.create_owner("s").await.unwrap();
-    assert!(matches!(store.cancel_build(stranger, build.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.cancel_build(stranger, build.id).await,
+        Err(StoreError::NotFound)
+    ));
     let cancelled = store.cancel_build(owner, build.id).await.unwrap();
     assert_eq!(cancelled.state, BuildState::Cancelled);
     assert!(matches!(
         store.heartbeat(build.id, claimed.lease_id, LEASE).await,
         Err(StoreError::LeaseLost(_))
     ));
-    assert!(matches!(store.cancel_build(owner, build.id).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.cancel_build(owner, build.id).await,
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 async fn concurrent_claims_take_each_build_once(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
     for i in 0..12 {
-        store.create_build(&new_build(owner, app, &format!("1.0.{i}"))).await.unwrap();
+        store
+            .create_build(&new_build(owner, app, &format!("1.0.{i}")))
+            .await
+            .unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..6 {
@@ -311,48 +473,102 @@ async fn versions_update_and_delete(db: TestDb) {
     for v in ["1.0.0", "1.1.0"] {
         let b = store.create_build(&new_build(owner, app, v)).await.unwrap();
         let c = store.claim_next(LEASE).await.unwrap().unwrap();
-        store.complete_success(b.id, c.lease_id, &new_version(b.id)).await.unwrap();
+        store
+            .complete_success(b.id, c.lease_id, &new_version(b.id))
+            .await
+            .unwrap();
         ids.push(b.id);
     }
     let listed = store.list_versions(owner, Some(app)).await.unwrap();
-    assert_eq!(listed.iter().map(|v| v.id).collect::<Vec<_>>(), vec![ids[1], ids[0]]);
+    assert_eq!(
+        listed.iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[0]]
+    );
 
-    let clash = VersionPatch { version: Some("1.1.0".parse().unwrap()), ..Default::default() };
-    assert!(matches!(store.update_version(owner, ids[0], &clash).await, Err(StoreError::Conflict(_))));
+    let clash = VersionPatch {
+        version: Some("1.1.0".parse().unwrap()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.update_version(owner, ids[0], &clash).await,
+        Err(StoreError::Conflict(_))
+    ));
     let patch = VersionPatch {
         version: Some("1.0.1".parse().unwrap()),
         notes: Some("hotfix".into()),
         ..Default::default()
     };
     let updated = store.update_version(owner, ids[0], &patch).await.unwrap();
-    assert_eq!((updated.version.to_string().as_str(), updated.notes.as_str()), ("1.0.1", "hotfix"));
-    assert_eq!(store.get_build(owner, ids[0]).await.unwrap().version.to_string(), "1.0.1");
+    assert_eq!(
+        (updated.version.to_string().as_str(), updated.notes.as_str()),
+        ("1.0.1", "hotfix")
+    );
+    assert_eq!(
+        store
+            .get_build(owner, ids[0])
+            .await
+            .unwrap()
+            .version
+            .to_string(),
+        "1.0.1"
+    );
 
     let stranger = store.create_owner("s").await.unwrap();
-    assert!(matches!(store.delete_version(stranger, ids[0]).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.delete_version(stranger, ids[0]).await,
+        Err(StoreError::NotFound)
+    ));
     store.delete_version(owner, ids[0]).await.unwrap();
-    assert!(matches!(store.get_version(owner, ids[0]).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.get_build(owner, ids[0]).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_version(owner, ids[0]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_build(owner, ids[0]).await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 async fn deleting_an_application_removes_builds_and_versions(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
-    let b = store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let b = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     let c = store.claim_next(LEASE).await.unwrap().unwrap();
-    store.complete_success(b.id, c.lease_id, &new_version(b.id)).await.unwrap();
-    let queued = store.create_build(&new_build(owner, app, "2.0.0")).await.unwrap();
+    store
+        .complete_success(b.id, c.lease_id, &new_version(b.id))
+        .await
+        .unwrap();
+    let queued = store
+        .create_build(&new_build(owner, app, "2.0.0"))
+        .await
+        .unwrap();
     store.delete_application(owner, app).await.unwrap();
-    assert!(matches!(store.get_version(owner, b.id).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.get_build(owner, queued.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_version(owner, b.id).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.get_build(owner, queued.id).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(store.claim_next(LEASE).await.unwrap().is_none());
 }
 
 async fn queued_builds_survive_a_restart(db: TestDb) {
     let (owner, app) = owner_with_app(&db.store).await;
-    let queued = db.store.create_build(&new_build(owner, app, "1.0.0")).await.unwrap();
+    let queued = db
+        .store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
     let store = db.reopen().await;
-    assert_eq!(store.get_build(owner, queued.id).await.unwrap().state, BuildState::Queued);
+    assert_eq!(
+        store.get_build(owner, queued.id).await.unwrap().state,
+        BuildState::Queued
+    );
     let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
     assert_eq!(claimed.build.id, queued.id);
 }

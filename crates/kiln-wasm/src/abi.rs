@@ -107,7 +107,9 @@ pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, String)>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
-    let u32_at = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize) };
+    let u32_at = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
     let count = u32_at(0)?;
     let mut at = 4usize.checked_add(count.checked_mul(8)?)?;
     let mut map = Vec::with_capacity(count.min(1024));
@@ -117,7 +119,10 @@ pub fn deserialize_map(bytes: &[u8]) -> Option<Vec<(String, String)>> {
         at = at.checked_add(klen + 1)?;
         let value = bytes.get(at..at.checked_add(vlen)?)?;
         at = at.checked_add(vlen + 1)?;
-        map.push((String::from_utf8_lossy(key).into_owned(), String::from_utf8_lossy(value).into_owned()));
+        map.push((
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
     }
     Some(map)
 }
@@ -128,7 +133,10 @@ mod tests {
 
     #[test]
     fn maps_round_trip_and_garbage_is_refused() {
-        let map = vec![(":path".to_owned(), "/a".to_owned()), ("x".to_owned(), String::new())];
+        let map = vec![
+            (":path".to_owned(), "/a".to_owned()),
+            ("x".to_owned(), String::new()),
+        ];
         assert_eq!(deserialize_map(&serialize_map(&map)).unwrap(), map);
         assert_eq!(deserialize_map(&[]).unwrap(), vec![]);
         assert!(deserialize_map(&[5, 0, 0, 0, 1]).is_none());

@@ -33,12 +33,17 @@ const ABI_PREFIX: &str = "proxy_abi_version_0_2_";
 /// Validates `bytes` and checks the exports a host needs for `phases`.
 pub fn check_module(bytes: &[u8], phases: &[Phase]) -> Result<ModuleReport, CheckError> {
     let mut validator = Validator::new_with_features(WasmFeatures::default());
-    validator.validate_all(bytes).map_err(|e| CheckError::Invalid(e.to_string()))?;
+    validator
+        .validate_all(bytes)
+        .map_err(|e| CheckError::Invalid(e.to_string()))?;
     let (exports, imports) = names(bytes)?;
     let has = |name: &str| exports.iter().any(|e| e == name);
 
     let mut missing = Vec::new();
-    let abi_version = exports.iter().find_map(|e| e.strip_prefix(ABI_PREFIX)).map(|v| format!("0_2_{v}"));
+    let abi_version = exports
+        .iter()
+        .find_map(|e| e.strip_prefix(ABI_PREFIX))
+        .map(|v| format!("0_2_{v}"));
     if abi_version.is_none() {
         missing.push(format!("{ABI_PREFIX}* (the proxy-wasm ABI version)"));
     }
@@ -50,7 +55,10 @@ pub fn check_module(bytes: &[u8], phases: &[Phase]) -> Result<ModuleReport, Chec
     }
     for phase in phases {
         if !has(phase.abi_export()) {
-            missing.push(format!("{} (for the declared phase {phase})", phase.abi_export()));
+            missing.push(format!(
+                "{} (for the declared phase {phase})",
+                phase.abi_export()
+            ));
         }
     }
     if !missing.is_empty() {
@@ -71,7 +79,12 @@ fn names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), CheckError> {
         match payload.map_err(|e| CheckError::Invalid(e.to_string()))? {
             Payload::ExportSection(reader) => {
                 for export in reader {
-                    exports.push(export.map_err(|e| CheckError::Invalid(e.to_string()))?.name.to_owned());
+                    exports.push(
+                        export
+                            .map_err(|e| CheckError::Invalid(e.to_string()))?
+                            .name
+                            .to_owned(),
+                    );
                 }
             }
             Payload::ImportSection(reader) => {
@@ -111,7 +124,11 @@ mod tests {
         m
     }
 
-    const BASE: [&str; 3] = ["proxy_abi_version_0_2_1", "proxy_on_context_create", "proxy_on_memory_allocate"];
+    const BASE: [&str; 3] = [
+        "proxy_abi_version_0_2_1",
+        "proxy_on_context_create",
+        "proxy_on_memory_allocate",
+    ];
 
     #[test]
     fn a_complete_module_passes() {
@@ -124,20 +141,36 @@ mod tests {
     #[test]
     fn a_missing_phase_callback_is_named() {
         let bytes = module(&[&BASE[..], &["proxy_on_request_headers"]].concat());
-        let err = check_module(&bytes, &[Phase::RequestHeaders, Phase::ResponseHeaders]).unwrap_err();
+        let err =
+            check_module(&bytes, &[Phase::RequestHeaders, Phase::ResponseHeaders]).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("proxy_on_response_headers") && !text.contains("proxy_on_request_headers"), "{text}");
+        assert!(
+            text.contains("proxy_on_response_headers")
+                && !text.contains("proxy_on_request_headers"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_abi_and_allocator_are_required() {
-        let err = check_module(&module(&["proxy_on_context_create"]), &[]).unwrap_err().to_string();
-        assert!(err.contains("proxy_abi_version_0_2_") && err.contains("allocator"), "{err}");
+        let err = check_module(&module(&["proxy_on_context_create"]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("proxy_abi_version_0_2_") && err.contains("allocator"),
+            "{err}"
+        );
     }
 
     #[test]
     fn garbage_is_invalid() {
-        assert!(matches!(check_module(b"\0asm\x01\0\0\0\x99", &[]), Err(CheckError::Invalid(_))));
-        assert!(matches!(check_module(b"not wasm", &[]), Err(CheckError::Invalid(_))));
+        assert!(matches!(
+            check_module(b"\0asm\x01\0\0\0\x99", &[]),
+            Err(CheckError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_module(b"not wasm", &[]),
+            Err(CheckError::Invalid(_))
+        ));
     }
 }

@@ -18,5 +18,7 @@ pub mod profile;
 pub mod trial;
 
 pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
-pub use profile::{host_triple, startup_profile, StartupProfile};
-pub use trial::{run_trial, smoke_equivalent, TrialLimits, TrialRequest, TrialResult, UpstreamStub};
+pub use profile::{StartupProfile, host_triple, startup_profile};
+pub use trial::{
+    TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial, smoke_equivalent,
+};

@@ -32,7 +32,10 @@ struct Snapshot<'a> {
 
 impl InstanceState for Snapshot<'_> {
     async fn global_get(&mut self, name: &str, _hint: wasmparser::ValType) -> SnapshotVal {
-        let global = self.instance.get_global(&mut *self.store, name).expect("wizer names an exported global");
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("wizer names an exported global");
         match global.get(&mut *self.store) {
             Val::I32(x) => SnapshotVal::I32(x),
             Val::I64(x) => SnapshotVal::I64(x),
@@ -44,7 +47,10 @@ impl InstanceState for Snapshot<'_> {
     }
 
     async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
-        let memory = self.instance.get_memory(&mut *self.store, name).expect("wizer names an exported memory");
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("wizer names an exported memory");
         contents(memory.data(&*self.store))
     }
 }
@@ -55,24 +61,42 @@ fn setup(e: impl std::fmt::Display) -> HostError {
 
 /// Runs the module's init function and returns the snapshotted module, or
 /// `None` when it exports none.
-pub fn preinitialize(engine: &HostEngine, wasm: &[u8], limits: &TrialLimits) -> Result<Option<Vec<u8>>, HostError> {
-    let Some(init) = init_export(wasm) else { return Ok(None) };
+pub fn preinitialize(
+    engine: &HostEngine,
+    wasm: &[u8],
+    limits: &TrialLimits,
+) -> Result<Option<Vec<u8>>, HostError> {
+    let Some(init) = init_export(wasm) else {
+        return Ok(None);
+    };
     let mut wizer = Wizer::new();
     wizer.init_func(init);
     let (cx, instrumented) = wizer.instrument(wasm).map_err(setup)?;
     let plugin = engine.compile(&instrumented)?;
-    let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).instances(4).build();
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
+        .instances(4)
+        .build();
     let mut store = Store::new(engine.engine(), HostState::new(store_limits, Vec::new()));
     store.limiter(|s| &mut s.limits);
     store.set_fuel(limits.fuel).map_err(setup)?;
-    store.set_epoch_deadline((limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64);
-    let instance = plugin.instance_pre().instantiate(&mut store).map_err(setup)?;
+    store.set_epoch_deadline(
+        (limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64,
+    );
+    let instance = plugin
+        .instance_pre()
+        .instantiate(&mut store)
+        .map_err(setup)?;
     for name in ["_initialize", init] {
         if let Some(func) = instance.get_func(&mut store, name) {
-            func.call(&mut store, &[], &mut []).map_err(|e| HostError::Trap(format!("{name}: {e:#}")))?;
+            func.call(&mut store, &[], &mut [])
+                .map_err(|e| HostError::Trap(format!("{name}: {e:#}")))?;
         }
     }
-    let mut state = Snapshot { store: &mut store, instance };
+    let mut state = Snapshot {
+        store: &mut store,
+        instance,
+    };
     let snapshot = futures::executor::block_on(wizer.snapshot(&cx, &mut state)).map_err(setup)?;
     Ok(Some(snapshot))
 }

@@ -2,7 +2,7 @@
 //! measured the naive way and kiln's way.
 
 use crate::host::{HostEngine, HostError};
-use crate::trial::{run_trial, TrialLimits, TrialRequest};
+use crate::trial::{TrialLimits, TrialRequest, run_trial};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,12 @@ fn micros(d: Duration) -> u64 {
 
 /// Measures `wasm` over `runs` cold starts (compiling is slow: at most 5
 /// of those are JIT compiles).
-pub fn startup_profile(engine: &HostEngine, wasm: &[u8], conf: &str, runs: u32) -> Result<StartupProfile, HostError> {
+pub fn startup_profile(
+    engine: &HostEngine,
+    wasm: &[u8],
+    conf: &str,
+    runs: u32,
+) -> Result<StartupProfile, HostError> {
     let runs = runs.max(1);
     let mut jit = Vec::new();
     for _ in 0..runs.min(5) {

@@ -30,7 +30,11 @@ fn ok_status() -> u32 {
 
 impl Default for UpstreamStub {
     fn default() -> Self {
-        Self { status: 200, headers: Vec::new(), body: String::new() }
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: String::new(),
+        }
     }
 }
 
@@ -87,7 +91,11 @@ pub struct TrialLimits {
 
 impl Default for TrialLimits {
     fn default() -> Self {
-        Self { fuel: 500_000_000, wall: Duration::from_secs(2), memory_bytes: 64 << 20 }
+        Self {
+            fuel: 500_000_000,
+            wall: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+        }
     }
 }
 
@@ -136,15 +144,19 @@ struct Run<'a> {
 impl Run<'_> {
     /// Calls an export; `None` when the plugin does not export it.
     fn call(&mut self, name: &str, args: &[u32]) -> Result<Option<i32>, HostError> {
-        let Some(func) = self.instance.get_func(&mut self.store, name) else { return Ok(None) };
+        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+            return Ok(None);
+        };
         let args: Vec<Val> = args.iter().map(|&a| Val::I32(a as i32)).collect();
         let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
-        func.call(&mut self.store, &args, &mut results).map_err(|e| trap(e, self.limits))?;
+        func.call(&mut self.store, &args, &mut results)
+            .map_err(|e| trap(e, self.limits))?;
         Ok(results.first().and_then(Val::i32).or(Some(0)))
     }
 
     fn require(&mut self, name: &str, args: &[u32]) -> Result<i32, HostError> {
-        self.call(name, args)?.ok_or_else(|| HostError::MissingExport(name.into()))
+        self.call(name, args)?
+            .ok_or_else(|| HostError::MissingExport(name.into()))
     }
 
     fn state(&mut self) -> &mut HostState {
@@ -163,8 +175,14 @@ impl Run<'_> {
             headers.extend(upstream.headers.iter().cloned());
             let n = headers.len() as u32;
             *self.state().map_mut(MapType::HttpCallResponseHeaders) = headers;
-            self.state().buffers.insert(BufferType::HttpCallResponseBody as u32, upstream.body.clone().into_bytes());
-            self.call("proxy_on_http_call_response", &[call.context, call.token, n, upstream.body.len() as u32, 0])?;
+            self.state().buffers.insert(
+                BufferType::HttpCallResponseBody as u32,
+                upstream.body.clone().into_bytes(),
+            );
+            self.call(
+                "proxy_on_http_call_response",
+                &[call.context, call.token, n, upstream.body.len() as u32, 0],
+            )?;
         }
         Ok(())
     }
@@ -175,7 +193,9 @@ impl Run<'_> {
         self.call("proxy_on_vm_start", &[ROOT_CONTEXT, 0])?;
         let conf_len = request.conf.len() as u32;
         if self.call("proxy_on_configure", &[ROOT_CONTEXT, conf_len])? == Some(0) {
-            return Err(HostError::Trap("the plugin refused its configuration (proxy_on_configure returned false)".into()));
+            return Err(HostError::Trap(
+                "the plugin refused its configuration (proxy_on_configure returned false)".into(),
+            ));
         }
         for _ in 0..request.ticks {
             self.call("proxy_on_tick", &[ROOT_CONTEXT])?;
@@ -183,14 +203,22 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn exchange(&mut self, request: &TrialRequest) -> Result<(Option<Message>, Option<Response>), HostError> {
+    fn exchange(
+        &mut self,
+        request: &TrialRequest,
+    ) -> Result<(Option<Message>, Option<Response>), HostError> {
         let mut headers = vec![
             (":method".to_owned(), request.method.clone()),
             (":path".to_owned(), request.path.clone()),
             (":authority".to_owned(), "kiln.test".to_owned()),
             (":scheme".to_owned(), "http".to_owned()),
         ];
-        headers.extend(request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        headers.extend(
+            request
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+        );
         let n = headers.len() as u32;
         *self.state().map_mut(MapType::HttpRequestHeaders) = headers;
         self.state().current_context = HTTP_CONTEXT;
@@ -202,8 +230,14 @@ impl Run<'_> {
             return Ok((None, None));
         }
         if !request.body.is_empty() {
-            self.state().buffers.insert(BufferType::HttpRequestBody as u32, request.body.clone().into_bytes());
-            self.call("proxy_on_request_body", &[HTTP_CONTEXT, request.body.len() as u32, 1])?;
+            self.state().buffers.insert(
+                BufferType::HttpRequestBody as u32,
+                request.body.clone().into_bytes(),
+            );
+            self.call(
+                "proxy_on_request_body",
+                &[HTTP_CONTEXT, request.body.len() as u32, 1],
+            )?;
             self.deliver_calls(&request.upstream)?;
             if self.answered() {
                 return Ok((None, None));
@@ -216,23 +250,48 @@ impl Run<'_> {
 
         let upstream = &request.upstream;
         let mut headers = vec![(":status".to_owned(), upstream.status.to_string())];
-        headers.extend(upstream.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+        headers.extend(
+            upstream
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+        );
         let n = headers.len() as u32;
         *self.state().map_mut(MapType::HttpResponseHeaders) = headers;
-        self.call("proxy_on_response_headers", &[HTTP_CONTEXT, n, upstream.body.is_empty() as u32])?;
+        self.call(
+            "proxy_on_response_headers",
+            &[HTTP_CONTEXT, n, upstream.body.is_empty() as u32],
+        )?;
         if !upstream.body.is_empty() && !self.answered() {
-            self.state().buffers.insert(BufferType::HttpResponseBody as u32, upstream.body.clone().into_bytes());
-            self.call("proxy_on_response_body", &[HTTP_CONTEXT, upstream.body.len() as u32, 1])?;
+            self.state().buffers.insert(
+                BufferType::HttpResponseBody as u32,
+                upstream.body.clone().into_bytes(),
+            );
+            self.call(
+                "proxy_on_response_body",
+                &[HTTP_CONTEXT, upstream.body.len() as u32, 1],
+            )?;
         }
         self.deliver_calls(upstream)?;
         if self.answered() {
             return Ok((Some(forwarded), None));
         }
         let mut headers = self.state().map_mut(MapType::HttpResponseHeaders).clone();
-        let status = headers.iter().find(|(k, _)| k == ":status").and_then(|(_, v)| v.parse().ok()).unwrap_or(upstream.status);
+        let status = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(upstream.status);
         headers.retain(|(k, _)| k != ":status");
         let body = body_of(self.state(), BufferType::HttpResponseBody);
-        Ok((Some(forwarded), Some(Response { status, headers, body })))
+        Ok((
+            Some(forwarded),
+            Some(Response {
+                status,
+                headers,
+                body,
+            }),
+        ))
     }
 
     fn finish(&mut self) -> Result<(), HostError> {
@@ -244,31 +303,61 @@ impl Run<'_> {
 }
 
 fn body_of(state: &HostState, buffer: BufferType) -> String {
-    String::from_utf8_lossy(state.buffers.get(&(buffer as u32)).map_or(&[][..], Vec::as_slice)).into_owned()
+    String::from_utf8_lossy(
+        state
+            .buffers
+            .get(&(buffer as u32))
+            .map_or(&[][..], Vec::as_slice),
+    )
+    .into_owned()
 }
 
 /// Instantiates `plugin` and runs one exchange through it.
-pub fn run_trial(engine: &HostEngine, plugin: &Plugin, request: &TrialRequest, limits: &TrialLimits) -> Result<TrialResult, HostError> {
-    let store_limits = StoreLimitsBuilder::new().memory_size(limits.memory_bytes).instances(4).build();
+pub fn run_trial(
+    engine: &HostEngine,
+    plugin: &Plugin,
+    request: &TrialRequest,
+    limits: &TrialLimits,
+) -> Result<TrialResult, HostError> {
+    let store_limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory_bytes)
+        .instances(4)
+        .build();
     let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
     state.properties = properties(request);
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limits);
-    store.set_fuel(limits.fuel).map_err(|e| HostError::Setup(format!("{e:#}")))?;
+    store
+        .set_fuel(limits.fuel)
+        .map_err(|e| HostError::Setup(format!("{e:#}")))?;
     let ticks = (limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64;
     store.set_epoch_deadline(ticks);
 
     let started = Instant::now();
-    let instance = plugin.instance_pre().instantiate(&mut store).map_err(|e| trap(e, limits))?;
+    let instance = plugin
+        .instance_pre()
+        .instantiate(&mut store)
+        .map_err(|e| trap(e, limits))?;
     let instantiate_us = started.elapsed().as_micros() as u64;
-    let mut run = Run { store, instance, limits };
+    let mut run = Run {
+        store,
+        instance,
+        limits,
+    };
     let exchange_started = Instant::now();
     run.start(request)?;
     let (forwarded, response) = run.exchange(request)?;
     run.finish()?;
     let exchange_us = exchange_started.elapsed().as_micros() as u64;
     let state = run.store.into_data();
-    Ok(TrialResult { forwarded, local_response: state.local_response, response, logs: state.logs, instantiate_us, exchange_us })
+    Ok(TrialResult {
+        forwarded,
+        local_response: state.local_response,
+        response,
+        logs: state.logs,
+        instantiate_us,
+        exchange_us,
+    })
 }
 
 /// The properties a plugin can read (`get_property`), by dotted path.
@@ -293,12 +382,24 @@ fn properties(request: &TrialRequest) -> std::collections::BTreeMap<String, Vec<
 }
 
 /// Whether two builds of a plugin answer a fixed smoke request the same.
-pub fn smoke_equivalent(engine: &HostEngine, a: &Plugin, b: &Plugin, conf: &str) -> Result<bool, HostError> {
+pub fn smoke_equivalent(
+    engine: &HostEngine,
+    a: &Plugin,
+    b: &Plugin,
+    conf: &str,
+) -> Result<bool, HostError> {
     let mut request = TrialRequest::get("/kiln-smoke");
     request.conf = conf.into();
     let limits = TrialLimits::default();
-    let (mut x, mut y) = (run_trial(engine, a, &request, &limits)?, run_trial(engine, b, &request, &limits)?);
-    (x.instantiate_us, x.exchange_us, y.instantiate_us, y.exchange_us) = (0, 0, 0, 0);
+    let (mut x, mut y) = (
+        run_trial(engine, a, &request, &limits)?,
+        run_trial(engine, b, &request, &limits)?,
+    );
+    (
+        x.instantiate_us,
+        x.exchange_us,
+        y.instantiate_us,
+        y.exchange_us,
+    ) = (0, 0, 0, 0);
     Ok(x == y)
 }
-

@@ -1,7 +1,7 @@
 //! The proxy-wasm host against real filters built from the SDK: the
 //! examples and a misbehaving fixture.
 
-use kiln_wasm::{run_trial, EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest};
+use kiln_wasm::{EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest, run_trial};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -17,13 +17,23 @@ fn build(dir: &str) -> Vec<u8> {
     let manifest = repo().join(dir).join("Cargo.toml");
     let target = repo().join("target/filters");
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--target", "wasm32-wasip1", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building {dir} failed");
-    let name = Path::new(dir).file_name().unwrap().to_string_lossy().replace('-', "_");
+    let name = Path::new(dir)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace('-', "_");
     std::fs::read(target.join(format!("wasm32-wasip1/release/{name}.wasm"))).unwrap()
 }
 
@@ -32,7 +42,10 @@ fn engine() -> HostEngine {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -41,31 +54,58 @@ fn add_header_adds_headers_and_reads_its_configuration() {
     let plugin = engine.compile(&build("examples/add-header")).unwrap();
     let mut request = TrialRequest::get("/hello");
     request.conf = "from-test".into();
-    request.headers.push(("User-Agent".into(), "kiln-test".into()));
+    request
+        .headers
+        .push(("User-Agent".into(), "kiln-test".into()));
     request.upstream.body = "upstream body".into();
     let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
     let forwarded = result.forwarded.expect("the request goes upstream");
-    assert_eq!(header(&forwarded.headers, "x-kiln-filter"), Some("add-header"));
+    assert_eq!(
+        header(&forwarded.headers, "x-kiln-filter"),
+        Some("add-header")
+    );
     assert_eq!(header(&forwarded.headers, "user-agent"), Some("kiln-test"));
     let response = result.response.expect("a response");
     assert_eq!(response.status, 200);
     assert_eq!(header(&response.headers, "x-powered-by"), Some("kiln"));
     assert_eq!(header(&response.headers, "x-kiln-conf"), Some("from-test"));
     assert_eq!(response.body, "upstream body");
-    assert!(result.logs.iter().any(|l| l.level == "info" && l.message.contains("response headers added")), "{:?}", result.logs);
+    assert!(
+        result
+            .logs
+            .iter()
+            .any(|l| l.level == "info" && l.message.contains("response headers added")),
+        "{:?}",
+        result.logs
+    );
 }
 
 #[test]
 fn deny_path_answers_locally() {
     let engine = engine();
     let plugin = engine.compile(&build("examples/deny-path")).unwrap();
-    let result = run_trial(&engine, &plugin, &TrialRequest::get("/admin/users"), &TrialLimits::default()).unwrap();
+    let result = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/admin/users"),
+        &TrialLimits::default(),
+    )
+    .unwrap();
     let local = result.local_response.expect("a local response");
     assert_eq!(local.status, 403);
     assert_eq!(local.body, r#"{"error":"forbidden"}"#);
-    assert_eq!(header(&local.headers, "content-type"), Some("application/json"));
+    assert_eq!(
+        header(&local.headers, "content-type"),
+        Some("application/json")
+    );
     assert!(result.forwarded.is_none() && result.response.is_none());
-    let passed = run_trial(&engine, &plugin, &TrialRequest::get("/public"), &TrialLimits::default()).unwrap();
+    let passed = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/public"),
+        &TrialLimits::default(),
+    )
+    .unwrap();
     assert!(passed.local_response.is_none());
     assert_eq!(passed.response.unwrap().status, 200);
 }
@@ -73,12 +113,21 @@ fn deny_path_answers_locally() {
 #[test]
 fn an_infinite_loop_is_stopped_by_fuel_and_by_time() {
     let engine = engine();
-    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
-    let fuel = TrialLimits { fuel: 50_000_000, ..TrialLimits::default() };
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let fuel = TrialLimits {
+        fuel: 50_000_000,
+        ..TrialLimits::default()
+    };
     let started = Instant::now();
     let err = run_trial(&engine, &plugin, &TrialRequest::get("/loop"), &fuel).unwrap_err();
     assert!(matches!(err, HostError::OutOfFuel(_)), "{err}");
-    let time = TrialLimits { fuel: u64::MAX, wall: Duration::from_millis(200), ..TrialLimits::default() };
+    let time = TrialLimits {
+        fuel: u64::MAX,
+        wall: Duration::from_millis(200),
+        ..TrialLimits::default()
+    };
     let err = run_trial(&engine, &plugin, &TrialRequest::get("/loop"), &time).unwrap_err();
     assert!(matches!(err, HostError::Timeout(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -87,19 +136,46 @@ fn an_infinite_loop_is_stopped_by_fuel_and_by_time() {
 #[test]
 fn an_unimplemented_host_function_is_named() {
     let engine = engine();
-    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
-    let err = run_trial(&engine, &plugin, &TrialRequest::get("/unknown"), &TrialLimits::default()).unwrap_err();
-    assert!(err.to_string().contains("env.proxy_kiln_does_not_exist is not implemented"), "{err}");
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let err = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/unknown"),
+        &TrialLimits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("env.proxy_kiln_does_not_exist is not implemented"),
+        "{err}"
+    );
     // Part of the ABI the SDK links, but not of kiln's host.
-    let err = run_trial(&engine, &plugin, &TrialRequest::get("/grpc"), &TrialLimits::default()).unwrap_err();
-    assert!(err.to_string().contains("env.proxy_grpc_call is not implemented"), "{err}");
+    let err = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/grpc"),
+        &TrialLimits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("env.proxy_grpc_call is not implemented"),
+        "{err}"
+    );
 }
 
 #[test]
 fn memory_is_limited() {
     let engine = engine();
-    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
-    let limits = TrialLimits { memory_bytes: 16 << 20, ..TrialLimits::default() };
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let limits = TrialLimits {
+        memory_bytes: 16 << 20,
+        ..TrialLimits::default()
+    };
     let err = run_trial(&engine, &plugin, &TrialRequest::get("/alloc"), &limits).unwrap_err();
     assert!(matches!(err, HostError::Trap(_)), "{err}");
 }
@@ -107,12 +183,16 @@ fn memory_is_limited() {
 #[test]
 fn http_calls_shared_data_properties_and_stdout() {
     let engine = engine();
-    let plugin = engine.compile(&build("tests/fixtures/filters/misbehaving")).unwrap();
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
     let mut request = TrialRequest::get("/call");
     request.upstream.status = 201;
     request.upstream.body = "auth ok".into();
     let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
-    let local = result.local_response.expect("answered from the call's response");
+    let local = result
+        .local_response
+        .expect("answered from the call's response");
     assert_eq!((local.status, local.body.as_str()), (200, "auth ok"));
     assert_eq!(header(&local.headers, "x-call-status"), Some("201"));
 
@@ -122,7 +202,14 @@ fn http_calls_shared_data_properties_and_stdout() {
     let forwarded = result.forwarded.unwrap();
     assert_eq!(header(&forwarded.headers, "x-count"), Some("1"));
     assert_eq!(header(&forwarded.headers, "x-method"), Some("POST"));
-    assert!(result.logs.iter().any(|l| l.level == "stdout" && l.message == "stdout from the plugin"), "{:?}", result.logs);
+    assert!(
+        result
+            .logs
+            .iter()
+            .any(|l| l.level == "stdout" && l.message == "stdout from the plugin"),
+        "{:?}",
+        result.logs
+    );
 }
 
 #[test]
@@ -131,14 +218,32 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
     let engine = engine();
     let cwasm = engine.precompile(&wasm).unwrap();
     let plugin = engine.load_precompiled(&cwasm).unwrap();
-    let result = run_trial(&engine, &plugin, &TrialRequest::get("/"), &TrialLimits::default()).unwrap();
+    let result = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/"),
+        &TrialLimits::default(),
+    )
+    .unwrap();
     assert!(result.response.is_some());
 
     // Built for another CPU: refused, never loaded.
-    let other = HostEngine::with_settings(&EngineSettings { target: Some("aarch64-unknown-linux-gnu".into()) }, true).unwrap();
+    let other = HostEngine::with_settings(
+        &EngineSettings {
+            target: Some("aarch64-unknown-linux-gnu".into()),
+        },
+        true,
+    )
+    .unwrap();
     let foreign = other.precompile(&wasm).unwrap();
-    assert!(matches!(engine.load_precompiled(&foreign), Err(HostError::Incompatible(_))));
-    assert!(matches!(engine.load_precompiled(&wasm), Err(HostError::Incompatible(_))));
+    assert!(matches!(
+        engine.load_precompiled(&foreign),
+        Err(HostError::Incompatible(_))
+    ));
+    assert!(matches!(
+        engine.load_precompiled(&wasm),
+        Err(HostError::Incompatible(_))
+    ));
     let mut corrupt = cwasm.clone();
     let at = corrupt.len() / 2;
     corrupt.truncate(at);
@@ -151,11 +256,30 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
         std::fs::write(&path, bytes).unwrap();
         path
     };
-    let plugin = engine.load_precompiled_file(&file("ok.cwasm", &cwasm)).unwrap();
-    assert!(run_trial(&engine, &plugin, &TrialRequest::get("/"), &TrialLimits::default()).unwrap().response.is_some());
-    for (name, bytes) in [("foreign.cwasm", &foreign[..]), ("plain.wasm", &wasm[..]), ("empty.cwasm", &[][..])] {
+    let plugin = engine
+        .load_precompiled_file(&file("ok.cwasm", &cwasm))
+        .unwrap();
+    assert!(
+        run_trial(
+            &engine,
+            &plugin,
+            &TrialRequest::get("/"),
+            &TrialLimits::default()
+        )
+        .unwrap()
+        .response
+        .is_some()
+    );
+    for (name, bytes) in [
+        ("foreign.cwasm", &foreign[..]),
+        ("plain.wasm", &wasm[..]),
+        ("empty.cwasm", &[][..]),
+    ] {
         let refused = engine.load_precompiled_file(&file(name, bytes));
-        assert!(matches!(refused, Err(HostError::Incompatible(_))), "{name} was not refused");
+        assert!(
+            matches!(refused, Err(HostError::Incompatible(_))),
+            "{name} was not refused"
+        );
     }
 }
 
@@ -163,17 +287,40 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
 fn preinitialization_snapshots_the_init_work() {
     let engine = engine();
     let wasm = build("tests/fixtures/filters/heavy-init");
-    assert_eq!(kiln_wasm::preinit::init_export(&wasm), Some("wizer.initialize"));
-    let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &TrialLimits::default()).unwrap().expect("a snapshot");
-    let (before, after) = (engine.compile(&wasm).unwrap(), engine.compile(&snapshot).unwrap());
+    assert_eq!(
+        kiln_wasm::preinit::init_export(&wasm),
+        Some("wizer.initialize")
+    );
+    let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &TrialLimits::default())
+        .unwrap()
+        .expect("a snapshot");
+    let (before, after) = (
+        engine.compile(&wasm).unwrap(),
+        engine.compile(&snapshot).unwrap(),
+    );
     let limits = TrialLimits::default();
     let slow = run_trial(&engine, &before, &TrialRequest::get("/"), &limits).unwrap();
     let fast = run_trial(&engine, &after, &TrialRequest::get("/"), &limits).unwrap();
-    let checksum = |r: &kiln_wasm::TrialResult| header(&r.forwarded.as_ref().unwrap().headers, "x-table-checksum").map(str::to_owned);
+    let checksum = |r: &kiln_wasm::TrialResult| {
+        header(&r.forwarded.as_ref().unwrap().headers, "x-table-checksum").map(str::to_owned)
+    };
     assert!(checksum(&slow).is_some());
-    assert_eq!(checksum(&slow), checksum(&fast), "the snapshot answers like the original");
-    assert!(fast.exchange_us * 5 < slow.exchange_us, "the init work is gone: {} µs vs {} µs", fast.exchange_us, slow.exchange_us);
+    assert_eq!(
+        checksum(&slow),
+        checksum(&fast),
+        "the snapshot answers like the original"
+    );
+    assert!(
+        fast.exchange_us * 5 < slow.exchange_us,
+        "the init work is gone: {} µs vs {} µs",
+        fast.exchange_us,
+        slow.exchange_us
+    );
     assert!(kiln_wasm::smoke_equivalent(&engine, &before, &after, "").unwrap());
     // A module without an init export is left alone.
-    assert!(kiln_wasm::preinit::preinitialize(&engine, &build("examples/deny-path"), &limits).unwrap().is_none());
+    assert!(
+        kiln_wasm::preinit::preinitialize(&engine, &build("examples/deny-path"), &limits)
+            .unwrap()
+            .is_none()
+    );
 }

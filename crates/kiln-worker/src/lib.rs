@@ -37,21 +37,38 @@ pub enum Outcome {
 }
 
 /// Claims and runs at most one build. Only the loop around it sleeps.
-pub async fn try_build_next(pipeline: &Pipeline, client: &Client, stop: &CancellationToken, abort: &CancellationToken) -> anyhow::Result<Outcome> {
+pub async fn try_build_next(
+    pipeline: &Pipeline,
+    client: &Client,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) -> anyhow::Result<Outcome> {
     let claim = tokio::select! {
         claim = client.claim(CLAIM_WAIT) => claim?,
         _ = stop.cancelled() => return Ok(Outcome::Empty),
     };
-    let Some(claim) = claim else { return Ok(Outcome::Empty) };
+    let Some(claim) = claim else {
+        return Ok(Outcome::Empty);
+    };
     run_claimed(pipeline, client, claim, abort).await;
     Ok(Outcome::Built)
 }
 
-async fn run_claimed(pipeline: &Pipeline, client: &Client, claim: Claim, abort: &CancellationToken) {
+async fn run_claimed(
+    pipeline: &Pipeline,
+    client: &Client,
+    claim: Claim,
+    abort: &CancellationToken,
+) {
     let build = claim.build.id;
     tracing::info!(%build, attempt = claim.build.attempt, "building");
     let lost = CancellationToken::new();
-    let beat = tokio::spawn(heartbeat(client.clone(), claim.clone(), pipeline.config.heartbeat, lost.clone()));
+    let beat = tokio::spawn(heartbeat(
+        client.clone(),
+        claim.clone(),
+        pipeline.config.heartbeat,
+        lost.clone(),
+    ));
     pipeline.run(client, &claim, &lost, abort).await;
     beat.abort();
 }
@@ -78,23 +95,46 @@ async fn heartbeat(client: Client, claim: Claim, every: Duration, lost: Cancella
 /// Runs `count` builders until `stop` is cancelled. Builds running at that
 /// moment get `grace` to finish; then they are aborted and reported crashed,
 /// so another worker retries them.
-pub async fn run_builders(pipeline: Arc<Pipeline>, client: Client, count: usize, stop: CancellationToken, grace: Duration) {
+pub async fn run_builders(
+    pipeline: Arc<Pipeline>,
+    client: Client,
+    count: usize,
+    stop: CancellationToken,
+    grace: Duration,
+) {
     let abort = CancellationToken::new();
     let mut builders = tokio::task::JoinSet::new();
     for index in 0..count {
-        let (pipeline, client, stop, abort) = (pipeline.clone(), client.clone(), stop.clone(), abort.clone());
+        let (pipeline, client, stop, abort) = (
+            pipeline.clone(),
+            client.clone(),
+            stop.clone(),
+            abort.clone(),
+        );
         builders.spawn(async move { builder_loop(index, &pipeline, &client, &stop, &abort).await });
     }
     stop.cancelled().await;
-    let drained = tokio::time::timeout(grace, async { while builders.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async {
+        while builders.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(?grace, "builds still running after the grace period; aborting them");
+        tracing::warn!(
+            ?grace,
+            "builds still running after the grace period; aborting them"
+        );
         abort.cancel();
         while builders.join_next().await.is_some() {}
     }
 }
 
-async fn builder_loop(index: usize, pipeline: &Pipeline, client: &Client, stop: &CancellationToken, abort: &CancellationToken) {
+async fn builder_loop(
+    index: usize,
+    pipeline: &Pipeline,
+    client: &Client,
+    stop: &CancellationToken,
+    abort: &CancellationToken,
+) {
     tracing::debug!(index, "builder started");
     while !stop.is_cancelled() {
         match try_build_next(pipeline, client, stop, abort).await {

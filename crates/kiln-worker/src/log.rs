@@ -17,7 +17,11 @@ pub struct BuildLog {
 
 impl Default for BuildLog {
     fn default() -> Self {
-        Self { text: String::new(), truncated: false, started: Instant::now() }
+        Self {
+            text: String::new(),
+            truncated: false,
+            started: Instant::now(),
+        }
     }
 }
 
@@ -51,7 +55,10 @@ impl BuildLog {
             cut -= 1;
         }
         self.text.push_str(&text[..cut]);
-        let _ = write!(self.text, "\n[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n");
+        let _ = write!(
+            self.text,
+            "\n[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n"
+        );
         self.truncated = true;
     }
 
@@ -82,7 +89,10 @@ mod tests {
             log.output(&chunk);
         }
         assert!(log.text().len() < MAX_LOG_BYTES + 100);
-        assert!(log.text().ends_with(&format!("[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n")));
+        assert!(
+            log.text()
+                .ends_with(&format!("[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n"))
+        );
         log.kiln("after");
         assert!(!log.text().contains("after"));
     }

@@ -4,13 +4,13 @@
 //! or kiln is (the build is reported crashed and retried).
 
 use crate::client::{Client, ClientError, SuccessReport};
-use crate::log::{millis, BuildLog};
-use kiln_build::archive::{self, ArchiveLimits};
+use crate::log::{BuildLog, millis};
 use kiln_build::Toolchain;
-use kiln_domain::worker_api::Claim;
+use kiln_build::archive::{self, ArchiveLimits};
 use kiln_domain::Language;
-use kiln_sandbox::{RunOutcome, Sandbox, Scratch, Limits};
-use serde_json::{json, Map, Value};
+use kiln_domain::worker_api::Claim;
+use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,9 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("sandbox", &self.sandbox.name()).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("sandbox", &self.sandbox.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,19 +103,35 @@ struct Stages(Map<String, Value>);
 
 impl Stages {
     fn record(&mut self, name: &str, started: Instant) {
-        self.0.insert(name.to_owned(), json!(millis(started.elapsed())));
+        self.0
+            .insert(name.to_owned(), json!(millis(started.elapsed())));
     }
 }
 
 impl Pipeline {
-    pub fn new(config: PipelineConfig, sandbox: Arc<dyn Sandbox>, toolchains: Vec<Arc<dyn Toolchain>>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: PipelineConfig,
+        sandbox: Arc<dyn Sandbox>,
+        toolchains: Vec<Arc<dyn Toolchain>>,
+    ) -> anyhow::Result<Self> {
         let host = kiln_wasm::HostEngine::new()?;
         let mut cross = Vec::new();
         for target in &config.precompile_targets {
-            let settings = kiln_wasm::EngineSettings { target: Some(target.clone()) };
-            cross.push((target.clone(), kiln_wasm::HostEngine::with_settings(&settings, false)?));
+            let settings = kiln_wasm::EngineSettings {
+                target: Some(target.clone()),
+            };
+            cross.push((
+                target.clone(),
+                kiln_wasm::HostEngine::with_settings(&settings, false)?,
+            ));
         }
-        Ok(Self { config, sandbox, toolchains, host, cross })
+        Ok(Self {
+            config,
+            sandbox,
+            toolchains,
+            host,
+            cross,
+        })
     }
 
     fn toolchain(&self, language: Language) -> Option<&Arc<dyn Toolchain>> {
@@ -122,19 +140,29 @@ impl Pipeline {
 
     /// Runs one claimed build to its report. Stops early, without reporting,
     /// when `lost` fires; reports a crash when `abort` fires (shutdown).
-    pub async fn run(&self, client: &Client, claim: &Claim, lost: &CancellationToken, abort: &CancellationToken) {
+    pub async fn run(
+        &self,
+        client: &Client,
+        claim: &Claim,
+        lost: &CancellationToken,
+        abort: &CancellationToken,
+    ) {
         let mut log = BuildLog::default();
         let mut stages = Stages::default();
         log.kiln(format!(
             "build {} of version {} (attempt {}), sandbox: {}",
-            claim.build.id, claim.build.version, claim.build.attempt, self.sandbox.name()
+            claim.build.id,
+            claim.build.version,
+            claim.build.attempt,
+            self.sandbox.name()
         ));
         let result = tokio::select! {
             result = self.build(client, claim, &mut log, &mut stages) => result,
             _ = lost.cancelled() => Err(Failure::LeaseLost),
             _ = abort.cancelled() => Err(Failure::Ours("the worker shut down during the build".into())),
         };
-        let mut profile = json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
+        let mut profile =
+            json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
         let build = claim.build.id;
         let reported = match result {
             Ok(built) => {
@@ -142,8 +170,17 @@ impl Pipeline {
                 if let Some(startup) = &built.startup {
                     profile["startup"] = json!(startup);
                 }
-                let cwasm = built.cwasm.into_iter().map(|(t, b)| (t, b.into())).collect();
-                let report = SuccessReport { binary: built.binary.into(), logs: log.into_text(), profile, cwasm };
+                let cwasm = built
+                    .cwasm
+                    .into_iter()
+                    .map(|(t, b)| (t, b.into()))
+                    .collect();
+                let report = SuccessReport {
+                    binary: built.binary.into(),
+                    logs: log.into_text(),
+                    profile,
+                    cwasm,
+                };
                 client.success(claim, report).await
             }
             Err(Failure::Customer(reason)) => {
@@ -152,23 +189,41 @@ impl Pipeline {
             }
             Err(Failure::Ours(reason)) => {
                 tracing::error!(%build, %reason, "build crashed");
-                log.kiln(format!("crashed (kiln's fault; the build is retried): {reason}"));
+                log.kiln(format!(
+                    "crashed (kiln's fault; the build is retried): {reason}"
+                ));
                 client.crash(claim, log.into_text(), &reason).await
             }
             Err(Failure::LeaseLost) => Ok(()),
         };
         match reported {
             Ok(()) => tracing::info!(%build, "build reported"),
-            Err(ClientError::LeaseLost(_)) => tracing::warn!(%build, "report refused: the lease was lost"),
-            Err(e) => tracing::error!(%build, error = %e, "could not report the build; its lease will expire and it is retried"),
+            Err(ClientError::LeaseLost(_)) => {
+                tracing::warn!(%build, "report refused: the lease was lost")
+            }
+            Err(e) => {
+                tracing::error!(%build, error = %e, "could not report the build; its lease will expire and it is retried")
+            }
         }
     }
 
-    async fn build(&self, client: &Client, claim: &Claim, log: &mut BuildLog, stages: &mut Stages) -> Result<Built, Failure> {
+    async fn build(
+        &self,
+        client: &Client,
+        claim: &Claim,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<Built, Failure> {
         let started = Instant::now();
-        let source = client.source(claim, self.config.archive_limits.max_upload_bytes).await?;
+        let source = client
+            .source(claim, self.config.archive_limits.max_upload_bytes)
+            .await?;
         stages.record("download", started);
-        log.kiln(format!("downloaded the source: {} bytes ({})", source.len(), claim.source_kind));
+        log.kiln(format!(
+            "downloaded the source: {} bytes ({})",
+            source.len(),
+            claim.source_kind
+        ));
 
         let scratch = self
             .sandbox
@@ -182,10 +237,20 @@ impl Pipeline {
         result
     }
 
-    async fn build_in(&self, claim: &Claim, source: &[u8], scratch: &Scratch, log: &mut BuildLog, stages: &mut Stages) -> Result<Built, Failure> {
-        let toolchain = self
-            .toolchain(claim.build.language)
-            .ok_or_else(|| Failure::Ours(format!("this worker has no {} toolchain", claim.build.language)))?;
+    async fn build_in(
+        &self,
+        claim: &Claim,
+        source: &[u8],
+        scratch: &Scratch,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<Built, Failure> {
+        let toolchain = self.toolchain(claim.build.language).ok_or_else(|| {
+            Failure::Ours(format!(
+                "this worker has no {} toolchain",
+                claim.build.language
+            ))
+        })?;
 
         let started = Instant::now();
         let src = scratch.path().join("src");
@@ -200,11 +265,18 @@ impl Pipeline {
         .map_err(|e| Failure::Ours(format!("creating the source directory: {e}")))?
         .map_err(|e| Failure::Customer(format!("the source archive was refused: {e}")))?;
         stages.record("unpack", started);
-        log.kiln(format!("unpacked {} entries, {} bytes", summary.entries, summary.unpacked_bytes));
+        log.kiln(format!(
+            "unpacked {} entries, {} bytes",
+            summary.entries, summary.unpacked_bytes
+        ));
 
         let started = Instant::now();
         let prepared = toolchain.prepare(scratch.path(), &src).await.map_err(|e| {
-            if e.is_customer_error() { Failure::Customer(e.to_string()) } else { Failure::Ours(e.to_string()) }
+            if e.is_customer_error() {
+                Failure::Customer(e.to_string())
+            } else {
+                Failure::Ours(e.to_string())
+            }
         })?;
         log.output(&prepared.log);
         stages.record("dependencies", started);
@@ -222,13 +294,20 @@ impl Pipeline {
         self.check_outcome(&report.outcome)?;
 
         let started = Instant::now();
-        let output = toolchain.find_output(scratch.path(), &prepared).map_err(|e| Failure::Customer(e.to_string()))?;
+        let output = toolchain
+            .find_output(scratch.path(), &prepared)
+            .map_err(|e| Failure::Customer(e.to_string()))?;
         let binary = kiln_sandbox::read_output_file(scratch, &output, self.config.max_output_bytes)
             .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
         let module = kiln_wasm::check::check_module(&binary, claim.build.phases.as_slice())
-            .map_err(|e| Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}")))?;
+            .map_err(|e| {
+                Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}"))
+            })?;
         stages.record("check", started);
-        log.kiln(format!("checked: proxy-wasm ABI {}, sha256 {}", module.abi_version, module.sha256_hex));
+        log.kiln(format!(
+            "checked: proxy-wasm ABI {}, sha256 {}",
+            module.abi_version, module.sha256_hex
+        ));
 
         let started = Instant::now();
         let binary = self.optimize(binary, claim, scratch, log).await;
@@ -240,26 +319,43 @@ impl Pipeline {
 
         let started = Instant::now();
         let (cwasm, startup) = if claim.build.options.precompile {
-            self.precompile_and_profile(&binary, &claim.build.conf, log).await?
+            self.precompile_and_profile(&binary, &claim.build.conf, log)
+                .await?
         } else {
             log.kiln("precompilation and startup profile skipped: turned off for this version");
             (Vec::new(), None)
         };
         stages.record("precompile_and_profile", started);
-        Ok(Built { binary, cwasm, startup })
+        Ok(Built {
+            binary,
+            cwasm,
+            startup,
+        })
     }
 
     /// Runs wasm-opt in the sandbox and keeps its output only if it is a
     /// valid plugin that answers a smoke request like the original.
-    async fn optimize(&self, binary: Vec<u8>, claim: &Claim, scratch: &Scratch, log: &mut BuildLog) -> Vec<u8> {
-        let Some(wasm_opt) = &self.config.wasm_opt else { return binary };
+    async fn optimize(
+        &self,
+        binary: Vec<u8>,
+        claim: &Claim,
+        scratch: &Scratch,
+        log: &mut BuildLog,
+    ) -> Vec<u8> {
+        let Some(wasm_opt) = &self.config.wasm_opt else {
+            return binary;
+        };
         if !claim.build.options.optimize {
             log.kiln("wasm-opt skipped: turned off for this version");
             return binary;
         }
         match self.try_optimize(wasm_opt, &binary, claim, scratch).await {
             Ok(optimized) => {
-                log.kiln(format!("wasm-opt -O3: {} → {} bytes", binary.len(), optimized.len()));
+                log.kiln(format!(
+                    "wasm-opt -O3: {} → {} bytes",
+                    binary.len(),
+                    optimized.len()
+                ));
                 optimized
             }
             Err(reason) => {
@@ -269,26 +365,53 @@ impl Pipeline {
         }
     }
 
-    async fn try_optimize(&self, wasm_opt: &std::path::Path, binary: &[u8], claim: &Claim, scratch: &Scratch) -> Result<Vec<u8>, String> {
+    async fn try_optimize(
+        &self,
+        wasm_opt: &std::path::Path,
+        binary: &[u8],
+        claim: &Claim,
+        scratch: &Scratch,
+    ) -> Result<Vec<u8>, String> {
         let dir = scratch.path().join("optimize");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("in.wasm"), binary).map_err(|e| e.to_string())?;
         let guest = std::path::Path::new(kiln_sandbox::GUEST_SCRATCH).join("optimize");
         let command = kiln_sandbox::SandboxCommand {
             program: wasm_opt.to_owned(),
-            args: kiln_wasm::optimize::wasm_opt_args(&guest.join("in.wasm").display().to_string(), &guest.join("out.wasm").display().to_string()),
+            args: kiln_wasm::optimize::wasm_opt_args(
+                &guest.join("in.wasm").display().to_string(),
+                &guest.join("out.wasm").display().to_string(),
+            ),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: guest,
             mounts: Vec::new(),
         };
-        let report = self.sandbox.run(&command, scratch, &self.config.limits).await.map_err(|e| e.to_string())?;
-        if report.outcome != RunOutcome::Exited(0) {
-            return Err(format!("wasm-opt ended {:?}: {}", report.outcome, report.log.lines().last().unwrap_or_default()));
-        }
-        let optimized = kiln_sandbox::read_output_file(scratch, std::path::Path::new("optimize/out.wasm"), self.config.max_output_bytes)
+        let report = self
+            .sandbox
+            .run(&command, scratch, &self.config.limits)
+            .await
             .map_err(|e| e.to_string())?;
-        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice()).map_err(|e| e.to_string())?;
-        let (engine, a, b, conf) = (self.host.clone(), binary.to_vec(), optimized.clone(), claim.build.conf.clone());
+        if report.outcome != RunOutcome::Exited(0) {
+            return Err(format!(
+                "wasm-opt ended {:?}: {}",
+                report.outcome,
+                report.log.lines().last().unwrap_or_default()
+            ));
+        }
+        let optimized = kiln_sandbox::read_output_file(
+            scratch,
+            std::path::Path::new("optimize/out.wasm"),
+            self.config.max_output_bytes,
+        )
+        .map_err(|e| e.to_string())?;
+        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
+            .map_err(|e| e.to_string())?;
+        let (engine, a, b, conf) = (
+            self.host.clone(),
+            binary.to_vec(),
+            optimized.clone(),
+            claim.build.conf.clone(),
+        );
         let same = tokio::task::spawn_blocking(move || {
             let (a, b) = (engine.compile(&a)?, engine.compile(&b)?);
             kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf)
@@ -307,18 +430,32 @@ impl Pipeline {
     /// one, and keeps the snapshot if it answers a smoke request like the
     /// original.
     async fn preinitialize(&self, binary: Vec<u8>, claim: &Claim, log: &mut BuildLog) -> Vec<u8> {
-        let Some(init) = kiln_wasm::preinit::init_export(&binary) else { return binary };
+        let Some(init) = kiln_wasm::preinit::init_export(&binary) else {
+            return binary;
+        };
         if !claim.build.options.preinit {
-            log.kiln(format!("{init} not run: pre-initialization is turned off for this version"));
+            log.kiln(format!(
+                "{init} not run: pre-initialization is turned off for this version"
+            ));
             return binary;
         }
         let (engine, wasm, conf) = (self.host.clone(), binary.clone(), claim.build.conf.clone());
         let phases = claim.build.phases.clone();
         let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let limits = kiln_wasm::TrialLimits { wall: Duration::from_secs(10), fuel: 10_000_000_000, memory_bytes: 256 << 20 };
-            let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &limits).map_err(|e| e.to_string())?.unwrap_or_default();
-            kiln_wasm::check::check_module(&snapshot, phases.as_slice()).map_err(|e| e.to_string())?;
-            let (a, b) = (engine.compile(&wasm).map_err(|e| e.to_string())?, engine.compile(&snapshot).map_err(|e| e.to_string())?);
+            let limits = kiln_wasm::TrialLimits {
+                wall: Duration::from_secs(10),
+                fuel: 10_000_000_000,
+                memory_bytes: 256 << 20,
+            };
+            let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &limits)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            kiln_wasm::check::check_module(&snapshot, phases.as_slice())
+                .map_err(|e| e.to_string())?;
+            let (a, b) = (
+                engine.compile(&wasm).map_err(|e| e.to_string())?,
+                engine.compile(&snapshot).map_err(|e| e.to_string())?,
+            );
             match kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf) {
                 Ok(true) => Ok(snapshot),
                 Ok(false) => Err("the snapshot answers a smoke request differently".into()),
@@ -328,7 +465,11 @@ impl Pipeline {
         .await;
         match outcome {
             Ok(Ok(snapshot)) => {
-                log.kiln(format!("pre-initialized with {init} (Wizer): {} → {} bytes", binary.len(), snapshot.len()));
+                log.kiln(format!(
+                    "pre-initialized with {init} (Wizer): {} → {} bytes",
+                    binary.len(),
+                    snapshot.len()
+                ));
                 snapshot
             }
             Ok(Err(reason)) => {
@@ -355,7 +496,11 @@ impl Pipeline {
         let cross = self.cross.clone();
         let (artifacts, startup) = tokio::task::spawn_blocking(move || {
             let mut artifacts = vec![(kiln_wasm::host_triple(), engine.precompile(&wasm))];
-            artifacts.extend(cross.iter().map(|(target, engine)| (target.clone(), engine.precompile(&wasm))));
+            artifacts.extend(
+                cross
+                    .iter()
+                    .map(|(target, engine)| (target.clone(), engine.precompile(&wasm))),
+            );
             let startup = kiln_wasm::startup_profile(&engine, &wasm, &conf, PROFILE_RUNS);
             (artifacts, startup)
         })
@@ -363,8 +508,12 @@ impl Pipeline {
         .map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
         let mut cwasm = Vec::new();
         for (triple, artifact) in artifacts {
-            let artifact = artifact.map_err(|e| Failure::Ours(format!("precompiling for {triple}: {e}")))?;
-            log.kiln(format!("precompiled for {triple}: {} bytes", artifact.len()));
+            let artifact =
+                artifact.map_err(|e| Failure::Ours(format!("precompiling for {triple}: {e}")))?;
+            log.kiln(format!(
+                "precompiled for {triple}: {} bytes",
+                artifact.len()
+            ));
             cwasm.push((triple, artifact));
         }
         let startup = match startup {
@@ -387,8 +536,12 @@ impl Pipeline {
         let limits = &self.config.limits;
         match outcome {
             RunOutcome::Exited(0) => Ok(()),
-            RunOutcome::Exited(code) => Err(Failure::Customer(format!("the compiler exited with status {code}"))),
-            RunOutcome::Signaled(signal) => Err(Failure::Customer(format!("the build was killed by signal {signal}"))),
+            RunOutcome::Exited(code) => Err(Failure::Customer(format!(
+                "the compiler exited with status {code}"
+            ))),
+            RunOutcome::Signaled(signal) => Err(Failure::Customer(format!(
+                "the build was killed by signal {signal}"
+            ))),
             RunOutcome::TimedOut => Err(Failure::Customer(format!(
                 "the build exceeded its time limit of {} s",
                 limits.wall_time.as_secs()

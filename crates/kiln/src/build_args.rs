@@ -22,10 +22,18 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_SANDBOX_USER", default_value = "kiln-sandbox")]
     pub sandbox_user: String,
     /// Where per-build scratch directories (size-capped tmpfs) are mounted.
-    #[arg(long, env = "KILN_SANDBOX_ROOT", default_value = "/var/lib/kiln/sandbox")]
+    #[arg(
+        long,
+        env = "KILN_SANDBOX_ROOT",
+        default_value = "/var/lib/kiln/sandbox"
+    )]
     pub sandbox_root: PathBuf,
     /// A Rust toolchain readable by the sandbox user (bin/cargo, bin/rustc, the wasm32-wasip1 target).
-    #[arg(long, env = "KILN_TOOLCHAIN_DIR", default_value = "/opt/kiln/toolchain")]
+    #[arg(
+        long,
+        env = "KILN_TOOLCHAIN_DIR",
+        default_value = "/opt/kiln/toolchain"
+    )]
     pub toolchain_dir: PathBuf,
     /// Shared download cache of dependencies, mounted read-only into builds.
     #[arg(long, env = "KILN_CACHE_DIR", default_value = "/var/lib/kiln/cache")]
@@ -73,7 +81,11 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_WASM_OPT", default_value = "/usr/bin/wasm-opt")]
     pub wasm_opt: std::path::PathBuf,
     /// Also precompile .cwasm artifacts for these target triples (e.g. aarch64-unknown-linux-gnu), besides this host's.
-    #[arg(long = "precompile-target", env = "KILN_PRECOMPILE_TARGETS", value_delimiter = ',')]
+    #[arg(
+        long = "precompile-target",
+        env = "KILN_PRECOMPILE_TARGETS",
+        value_delimiter = ','
+    )]
     pub precompile_targets: Vec<String>,
     /// Seconds running builds get to finish after SIGTERM before they are reported crashed.
     #[arg(long, env = "KILN_GRACE_SECONDS", default_value_t = 30)]

@@ -48,11 +48,14 @@ fn sandbox(args: &BuildArgs) -> anyhow::Result<Arc<dyn Sandbox>> {
                 root: args.sandbox_root.clone(),
                 ..BubblewrapConfig::default()
             };
-            let sandbox = Bubblewrap::new(config).context("the build sandbox is not available, so this node will not build")?;
+            let sandbox = Bubblewrap::new(config)
+                .context("the build sandbox is not available, so this node will not build")?;
             Ok(Arc::new(sandbox))
         }
         SandboxKind::None => {
-            tracing::warn!("--sandbox none: builds run WITHOUT a sandbox; use this only for code you trust");
+            tracing::warn!(
+                "--sandbox none: builds run WITHOUT a sandbox; use this only for code you trust"
+            );
             Ok(Arc::new(Unsandboxed::new(args.sandbox_root.clone())))
         }
     }
@@ -91,7 +94,14 @@ fn optimizer(args: &BuildArgs) -> Option<std::path::PathBuf> {
 }
 
 /// Runs `count` builders against `server` until `stop`, then drains them.
-pub async fn run(pipeline: Pipeline, server: &str, token: &str, count: usize, stop: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+pub async fn run(
+    pipeline: Pipeline,
+    server: &str,
+    token: &str,
+    count: usize,
+    stop: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let client = Client::new(server, token)?;
     tracing::info!(count, server, "builders started");
     kiln_worker::run_builders(Arc::new(pipeline), client, count, stop, grace).await;

@@ -6,10 +6,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "Builds untrusted source into proxy-wasm plugins, in a sandbox.")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Builds untrusted source into proxy-wasm plugins, in a sandbox."
+)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "KILN_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

@@ -3,8 +3,7 @@
 
 use crate::builders;
 use crate::cli::{ServeArgs, StoreArgs};
-use tokio_util::sync::CancellationToken;
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use kiln_server::auth::{hash_token, new_owner_token, new_worker_token};
 use kiln_server::{AppState, Server, ServerConfig};
 use kiln_store::{BlobStore, MetaStore, S3Config};
@@ -12,6 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub async fn open_meta(args: &StoreArgs) -> anyhow::Result<MetaStore> {
     create_private_dir(&args.data_dir)?;
@@ -26,13 +26,16 @@ pub async fn open_meta(args: &StoreArgs) -> anyhow::Result<MetaStore> {
 
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data dir {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting the data dir {}", dir.display()))
 }
@@ -41,7 +44,8 @@ fn open_blobs(args: &ServeArgs) -> anyhow::Result<BlobStore> {
     let default = format!("file://{}", args.store.data_dir.join("blobs").display());
     let url = args.blob_store.clone().unwrap_or(default);
     if let Some(dir) = url.strip_prefix("file://") {
-        return BlobStore::local(Path::new(dir)).with_context(|| format!("opening the blob store {url}"));
+        return BlobStore::local(Path::new(dir))
+            .with_context(|| format!("opening the blob store {url}"));
     }
     if let Some(bucket) = url.strip_prefix("s3://") {
         let bucket = bucket.trim_end_matches('/');
@@ -76,12 +80,17 @@ async fn bootstrap_admin(meta: &MetaStore, data_dir: &Path) -> anyhow::Result<()
     if meta.owner_count().await? > 0 {
         return Ok(());
     }
-    let owner = meta.create_owner("admin").await.context("creating the first owner")?;
+    let owner = meta
+        .create_owner("admin")
+        .await
+        .context("creating the first owner")?;
     let token = new_owner_token();
     let path = data_dir.join("admin.token");
     let _ = std::fs::remove_file(&path);
     write_secret(&path, &token)?;
-    meta.add_token(owner, &hash_token(&token)).await.context("storing the admin token")?;
+    meta.add_token(owner, &hash_token(&token))
+        .await
+        .context("storing the admin token")?;
     tracing::info!(owner = owner.0, path = %path.display(), "created the first owner; its token is in this file");
     Ok(())
 }
@@ -90,7 +99,10 @@ async fn bootstrap_admin(meta: &MetaStore, data_dir: &Path) -> anyhow::Result<()
 /// generated on first start.
 fn worker_token(args: &ServeArgs) -> anyhow::Result<String> {
     if let Some(token) = &args.worker_token {
-        anyhow::ensure!(token.len() >= 16, "--worker-token must be at least 16 characters");
+        anyhow::ensure!(
+            token.len() >= 16,
+            "--worker-token must be at least 16 characters"
+        );
         return Ok(token.clone());
     }
     let path = args.store.data_dir.join("worker.token");
@@ -127,7 +139,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
     let state = AppState::new(meta.clone(), blobs.clone(), config);
 
-    let server = Server::bind(args.listen, state).await.with_context(|| format!("binding {}", args.listen))?;
+    let server = Server::bind(args.listen, state)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = server.local_addr()?;
     // The first line on stdout, for scripts and tests that bind port 0.
     println!("listening on {addr}");
@@ -140,7 +154,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let url = format!("http://{}", loopback(addr));
         let grace = Duration::from_secs(args.build.grace_seconds);
         let stop = stop.clone();
-        tokio::spawn(async move { builders::run(pipeline, &url, &worker_token, workers, stop, grace).await })
+        tokio::spawn(async move {
+            builders::run(pipeline, &url, &worker_token, workers, stop, grace).await
+        })
     });
     let shutdown = async move {
         shutdown_signal().await;
@@ -158,7 +174,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// The address builders in this process use to reach the server.
 fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
     match addr.ip() {
-        ip if ip.is_unspecified() && addr.is_ipv4() => (std::net::Ipv4Addr::LOCALHOST, addr.port()).into(),
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            (std::net::Ipv4Addr::LOCALHOST, addr.port()).into()
+        }
         ip if ip.is_unspecified() => (std::net::Ipv6Addr::LOCALHOST, addr.port()).into(),
         _ => addr,
     }

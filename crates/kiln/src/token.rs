@@ -10,9 +10,13 @@ pub async fn create(args: TokenArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.owner > 0, "--owner must be a positive owner id");
     let meta = open_meta(&args.store).await?;
     let owner = OwnerId(args.owner);
-    meta.ensure_owner(owner, &format!("owner {}", owner.0)).await.context("creating the owner")?;
+    meta.ensure_owner(owner, &format!("owner {}", owner.0))
+        .await
+        .context("creating the owner")?;
     let token = new_owner_token();
-    meta.add_token(owner, &hash_token(&token)).await.context("storing the token")?;
+    meta.add_token(owner, &hash_token(&token))
+        .await
+        .context("storing the token")?;
     eprintln!("created a token for owner {}; it is shown once:", owner.0);
     println!("{token}");
     Ok(())

@@ -3,47 +3,78 @@
 //! server (its binary and configuration are downloaded).
 
 use crate::cli::TryArgs;
-use anyhow::{bail, Context};
-use kiln_wasm::{run_trial, startup_profile, HostEngine, TrialLimits, TrialRequest, TrialResult};
+use anyhow::{Context, bail};
+use kiln_wasm::{HostEngine, TrialLimits, TrialRequest, TrialResult, run_trial, startup_profile};
 use std::fmt::Write;
 use std::time::Duration;
 
 fn parse_header(raw: &str) -> anyhow::Result<(String, String)> {
-    let (name, value) = raw.split_once(':').with_context(|| format!("header {raw:?} must look like 'name: value'"))?;
+    let (name, value) = raw
+        .split_once(':')
+        .with_context(|| format!("header {raw:?} must look like 'name: value'"))?;
     Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
 }
 
 /// The plugin's bytes and its stored configuration, if it is a version.
 async fn load(args: &TryArgs) -> anyhow::Result<(Vec<u8>, Option<String>)> {
     if std::path::Path::new(&args.plugin).exists() {
-        return Ok((std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin))?, None));
+        return Ok((
+            std::fs::read(&args.plugin).with_context(|| format!("reading {}", args.plugin))?,
+            None,
+        ));
     }
-    let id = kiln_domain::BuildId::parse(&args.plugin).map_err(|_| anyhow::anyhow!("{} is neither a file nor a version id", args.plugin))?;
-    let token = args.token.as_deref().context("a version id needs --token (or KILN_TOKEN)")?;
+    let id = kiln_domain::BuildId::parse(&args.plugin)
+        .map_err(|_| anyhow::anyhow!("{} is neither a file nor a version id", args.plugin))?;
+    let token = args
+        .token
+        .as_deref()
+        .context("a version id needs --token (or KILN_TOKEN)")?;
     let http = reqwest::Client::new();
     let base = args.server.trim_end_matches('/');
     let get = |path: String| http.get(format!("{base}{path}")).bearer_auth(token).send();
     let version = get(format!("/version/{id}")).await?;
     if !version.status().is_success() {
-        bail!("the server answered {} for version {id}: {}", version.status(), version.text().await.unwrap_or_default());
+        bail!(
+            "the server answered {} for version {id}: {}",
+            version.status(),
+            version.text().await.unwrap_or_default()
+        );
     }
     let version: serde_json::Value = version.json().await?;
-    let binary = get(format!("/version/{id}/binary")).await?.error_for_status()?.bytes().await?;
+    let binary = get(format!("/version/{id}/binary"))
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
     Ok((binary.to_vec(), version["conf"].as_str().map(str::to_owned)))
 }
 
 fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialRequest> {
-    let (method, path) = args.request.trim().split_once(' ').context("--request must look like 'GET /path'")?;
+    let (method, path) = args
+        .request
+        .trim()
+        .split_once(' ')
+        .context("--request must look like 'GET /path'")?;
     let mut request = TrialRequest::get(path.trim());
     request.method = method.to_ascii_uppercase();
-    request.headers = args.headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?;
+    request.headers = args
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<anyhow::Result<_>>()?;
     request.body = args.body.clone().unwrap_or_default();
     request.upstream.status = args.upstream_status;
-    request.upstream.headers = args.upstream_headers.iter().map(|h| parse_header(h)).collect::<anyhow::Result<_>>()?;
+    request.upstream.headers = args
+        .upstream_headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<anyhow::Result<_>>()?;
     request.upstream.body = args.upstream_body.clone().unwrap_or_default();
     request.ticks = args.ticks;
     request.conf = match &args.conf {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => stored_conf.unwrap_or_default(),
     };
     Ok(request)
@@ -52,12 +83,20 @@ fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialR
 pub async fn run(args: TryArgs) -> anyhow::Result<()> {
     let (wasm, conf) = load(&args).await?;
     let request = request(&args, conf)?;
-    let limits = TrialLimits { wall: Duration::from_millis(args.timeout_ms), fuel: args.fuel, ..TrialLimits::default() };
+    let limits = TrialLimits {
+        wall: Duration::from_millis(args.timeout_ms),
+        fuel: args.fuel,
+        ..TrialLimits::default()
+    };
     let profile = args.profile;
     let (result, profile) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let engine = HostEngine::new()?;
         // A .cwasm (from ?format=cwasm) loads only if it matches this engine.
-        let plugin = if kiln_wasm::host::is_precompiled(&wasm) { engine.load_precompiled(&wasm)? } else { engine.compile(&wasm)? };
+        let plugin = if kiln_wasm::host::is_precompiled(&wasm) {
+            engine.load_precompiled(&wasm)?
+        } else {
+            engine.compile(&wasm)?
+        };
         let result = run_trial(&engine, &plugin, &request, &limits)?;
         let profile = (profile && !kiln_wasm::host::is_precompiled(&wasm))
             .then(|| startup_profile(&engine, &wasm, &request.conf, 50))
@@ -94,9 +133,16 @@ fn render(args: &TryArgs, result: &TrialResult) -> String {
     match (&result.local_response, &result.forwarded) {
         (Some(local), forwarded) => {
             if forwarded.is_some() {
-                let _ = writeln!(out, "request forwarded upstream; the plugin then answered itself:");
+                let _ = writeln!(
+                    out,
+                    "request forwarded upstream; the plugin then answered itself:"
+                );
             } else {
-                let _ = writeln!(out, "the plugin answered {} itself (not forwarded):", args.request);
+                let _ = writeln!(
+                    out,
+                    "the plugin answered {} itself (not forwarded):",
+                    args.request
+                );
             }
             let _ = writeln!(out, "  status {}", local.status);
             headers(&mut out, &local.headers);

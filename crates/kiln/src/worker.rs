@@ -16,5 +16,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         signal.cancel();
     });
     let grace = Duration::from_secs(args.build.grace_seconds);
-    builders::run(pipeline, &args.server, &args.worker_token, count, stop, grace).await
+    builders::run(
+        pipeline,
+        &args.server,
+        &args.worker_token,
+        count,
+        stop,
+        grace,
+    )
+    .await
 }

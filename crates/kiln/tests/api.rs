@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{small_crate, zip, Db, Kiln};
+use common::{Db, Kiln, small_crate, zip};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -14,12 +14,19 @@ const PHASES: &str = r#"["request_headers","response_headers"]"#;
 async fn error_of(r: reqwest::Response, status: StatusCode) -> Value {
     assert_eq!(r.status(), status);
     let body: Value = r.json().await.expect("error bodies are JSON");
-    assert!(body["error"].is_string() && body["message"].is_string(), "{body}");
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
     body
 }
 
 async fn claim(kiln: &Kiln) -> Option<Value> {
-    let r = kiln.worker(Method::POST, "/internal/builds/claim").send().await.unwrap();
+    let r = kiln
+        .worker(Method::POST, "/internal/builds/claim")
+        .send()
+        .await
+        .unwrap();
     match r.status() {
         StatusCode::NO_CONTENT => None,
         StatusCode::OK => Some(r.json().await.unwrap()),
@@ -35,7 +42,13 @@ fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
-async fn report(kiln: &Kiln, kind: &str, build: &str, lease: &str, form: reqwest::multipart::Form) -> reqwest::Response {
+async fn report(
+    kiln: &Kiln,
+    kind: &str,
+    build: &str,
+    lease: &str,
+    form: reqwest::multipart::Form,
+) -> reqwest::Response {
     kiln.worker(Method::POST, &format!("/{kind}/{build}"))
         .header("x-kiln-lease", lease)
         .multipart(form)
@@ -46,21 +59,46 @@ async fn report(kiln: &Kiln, kind: &str, build: &str, lease: &str, form: reqwest
 
 fn success_form(binary: &[u8]) -> reqwest::multipart::Form {
     reqwest::multipart::Form::new()
-        .part("binary", reqwest::multipart::Part::bytes(binary.to_vec()).file_name("plugin.wasm"))
-        .part("logs", reqwest::multipart::Part::text("compiled fine\n").file_name("build.log"))
+        .part(
+            "binary",
+            reqwest::multipart::Part::bytes(binary.to_vec()).file_name("plugin.wasm"),
+        )
+        .part(
+            "logs",
+            reqwest::multipart::Part::text("compiled fine\n").file_name("build.log"),
+        )
         .text("profile", r#"{"stages_ms":{"compile":5}}"#)
 }
 
 const WASM: &[u8] = b"\0asm\x01\0\0\0";
 
 async fn auth_is_required(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
-    let r = kiln.http.get(kiln.url("/application")).send().await.unwrap();
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
+    let r = kiln
+        .http
+        .get(kiln.url("/application"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNAUTHORIZED).await;
-    let r = kiln.http.get(kiln.url("/application")).bearer_auth("kiln_nope").send().await.unwrap();
+    let r = kiln
+        .http
+        .get(kiln.url("/application"))
+        .bearer_auth("kiln_nope")
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNAUTHORIZED).await;
     // The worker token is not an owner token, and the other way round.
-    let r = kiln.http.get(kiln.url("/application")).bearer_auth(&kiln.worker_token).send().await.unwrap();
+    let r = kiln
+        .http
+        .get(kiln.url("/application"))
+        .bearer_auth(&kiln.worker_token)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNAUTHORIZED).await;
     let r = kiln.post("/internal/builds/claim").send().await.unwrap();
     error_of(r, StatusCode::UNAUTHORIZED).await;
@@ -69,145 +107,396 @@ async fn auth_is_required(db: Db) {
 }
 
 async fn applications_crud_and_tenancy(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = kiln.create_app("edge-auth").await;
     assert_eq!(app["name"], "edge-auth");
     assert_eq!(app["owner_id"], 1);
     let app_id = id(&app);
 
-    let listed: Value = kiln.get("/application").send().await.unwrap().json().await.unwrap();
+    let listed: Value = kiln
+        .get("/application")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed, json!([app.clone()]));
-    let got: Value = kiln.get(&format!("/application/{app_id}")).send().await.unwrap().json().await.unwrap();
+    let got: Value = kiln
+        .get(&format!("/application/{app_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got, app);
 
-    let r = kiln.patch(&format!("/application/{app_id}")).json(&json!({"notes": "v2"})).send().await.unwrap();
+    let r = kiln
+        .patch(&format!("/application/{app_id}"))
+        .json(&json!({"notes": "v2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let patched: Value = r.json().await.unwrap();
-    assert_eq!((patched["name"].as_str(), patched["notes"].as_str()), (Some("edge-auth"), Some("v2")));
+    assert_eq!(
+        (patched["name"].as_str(), patched["notes"].as_str()),
+        (Some("edge-auth"), Some("v2"))
+    );
 
     // Another owner sees none of it: 404, exactly like a missing id.
     let other = kiln.token_for_owner(2);
     let as_other = |m: Method, p: &str| kiln.http.request(m, kiln.url(p)).bearer_auth(&other);
-    let listed: Value = as_other(Method::GET, "/application").send().await.unwrap().json().await.unwrap();
+    let listed: Value = as_other(Method::GET, "/application")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed, json!([]));
     for method in [Method::GET, Method::DELETE] {
-        let r = as_other(method, &format!("/application/{app_id}")).send().await.unwrap();
+        let r = as_other(method, &format!("/application/{app_id}"))
+            .send()
+            .await
+            .unwrap();
         let foreign = error_of(r, StatusCode::NOT_FOUND).await;
         let missing_id = uuid::Uuid::new_v4();
-        let r = kiln.get(&format!("/application/{missing_id}")).send().await.unwrap();
+        let r = kiln
+            .get(&format!("/application/{missing_id}"))
+            .send()
+            .await
+            .unwrap();
         let missing = error_of(r, StatusCode::NOT_FOUND).await;
         assert_eq!(foreign["error"], missing["error"]);
     }
-    let r = as_other(Method::PATCH, &format!("/application/{app_id}")).json(&json!({"name": "x"})).send().await.unwrap();
+    let r = as_other(Method::PATCH, &format!("/application/{app_id}"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 
-    let r = kiln.delete(&format!("/application/{app_id}")).send().await.unwrap();
+    let r = kiln
+        .delete(&format!("/application/{app_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = kiln.get(&format!("/application/{app_id}")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/application/{app_id}"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 }
 
 async fn bad_application_input(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
-    let r = kiln.post("/application").json(&json!({"name": "  "})).send().await.unwrap();
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
+    let r = kiln
+        .post("/application")
+        .json(&json!({"name": "  "}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let r = kiln.post("/application").json(&json!({"notes": "no name"})).send().await.unwrap();
+    let r = kiln
+        .post("/application")
+        .json(&json!({"notes": "no name"}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let r = kiln.post("/application").json(&json!({"name": "a", "colour": "red"})).send().await.unwrap();
+    let r = kiln
+        .post("/application")
+        .json(&json!({"name": "a", "colour": "red"}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let r = kiln.post("/application").header("content-type", "application/json").body("{nope").send().await.unwrap();
+    let r = kiln
+        .post("/application")
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::BAD_REQUEST).await;
-    let r = kiln.post("/application").body(r#"{"name":"a"}"#).send().await.unwrap();
+    let r = kiln
+        .post("/application")
+        .body(r#"{"name":"a"}"#)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
     let r = kiln.get("/application/not-a-uuid").send().await.unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
     let r = kiln.get("/no/such/endpoint").send().await.unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
-    let listed: Value = kiln.get("/application").send().await.unwrap().json().await.unwrap();
+    let listed: Value = kiln
+        .get("/application")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed, json!([]), "a refused request created nothing");
 }
 
 async fn upload_queues_a_build_with_its_source_stored(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let build = kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
     assert_eq!(build["state"], "queued");
     assert_eq!(build["version"], "1.0.0");
     assert_eq!(build["language"], "rust");
-    assert_eq!(build["phases"], json!(["request_headers", "response_headers"]));
+    assert_eq!(
+        build["phases"],
+        json!(["request_headers", "response_headers"])
+    );
     assert_eq!(build["conf"], "hello");
-    assert_eq!(build["options"], json!({"optimize": true, "precompile": true, "preinit": true}));
-    assert_eq!(kiln.blob_files().len(), 1, "the source is stored before the 201");
+    assert_eq!(
+        build["options"],
+        json!({"optimize": true, "precompile": true, "preinit": true})
+    );
+    assert_eq!(
+        kiln.blob_files().len(),
+        1,
+        "the source is stored before the 201"
+    );
     assert_eq!(kiln.build(&id(&build)).await["state"], "queued");
 
     // A zip is as good as a tar.gz.
-    let zipped = zip(&[("Cargo.toml", b"[package]\nname=\"z\"\nversion=\"0.1.0\"\n"), ("src/lib.rs", b"")]);
-    let fields = [("plugin_id", app.as_str()), ("version", "1.1.0"), ("plugin_language", "rust"), ("phases", PHASES)];
-    let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.zip", zipped))).await;
+    let zipped = zip(&[
+        ("Cargo.toml", b"[package]\nname=\"z\"\nversion=\"0.1.0\"\n"),
+        ("src/lib.rs", b""),
+    ]);
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "1.1.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ];
+    let r = kiln
+        .upload(&kiln.admin_token, &fields, Some(("src.zip", zipped)))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
     // The post-build steps can be turned off per version.
-    let fields = [("plugin_id", app.as_str()), ("version", "1.2.0"), ("plugin_language", "rust"), ("phases", PHASES), ("options", r#"{"optimize": false}"#)];
-    let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.tar.gz", small_crate()))).await;
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "1.2.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+        ("options", r#"{"optimize": false}"#),
+    ];
+    let r = kiln
+        .upload(
+            &kiln.admin_token,
+            &fields,
+            Some(("src.tar.gz", small_crate())),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let build: Value = r.json().await.unwrap();
-    assert_eq!(build["options"], json!({"optimize": false, "precompile": true, "preinit": true}));
-    let fields = [("plugin_id", app.as_str()), ("version", "1.3.0"), ("plugin_language", "rust"), ("phases", PHASES), ("options", r#"{"turbo": true}"#)];
-    let r = kiln.upload(&kiln.admin_token, &fields, Some(("src.tar.gz", small_crate()))).await;
+    assert_eq!(
+        build["options"],
+        json!({"optimize": false, "precompile": true, "preinit": true})
+    );
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "1.3.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+        ("options", r#"{"turbo": true}"#),
+    ];
+    let r = kiln
+        .upload(
+            &kiln.admin_token,
+            &fields,
+            Some(("src.tar.gz", small_crate())),
+        )
+        .await;
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
 async fn bad_uploads_are_refused_and_store_nothing(db: Db) {
-    let Some(kiln) = Kiln::start(db, &["--max-upload-mib", "1"]).await else { return };
+    let Some(kiln) = Kiln::start(db, &["--max-upload-mib", "1"]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
     let blobs_before = kiln.blob_files();
     let other = kiln.token_for_owner(2);
     let missing_app = uuid::Uuid::new_v4().to_string();
 
-    let good: Vec<(&str, &str)> = vec![("plugin_id", &app), ("version", "2.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let good: Vec<(&str, &str)> = vec![
+        ("plugin_id", &app),
+        ("version", "2.0.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ];
     let with = |key: &str, value: &'static str| -> Vec<(String, String)> {
-        good.iter().map(|(k, v)| (k.to_string(), if *k == key { value.to_string() } else { v.to_string() })).collect()
+        good.iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    if *k == key {
+                        value.to_string()
+                    } else {
+                        v.to_string()
+                    },
+                )
+            })
+            .collect()
     };
     let without = |key: &str| -> Vec<(String, String)> {
-        good.iter().filter(|(k, _)| *k != key).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        good.iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     // (what, form fields, uploaded file, expected status, expected error code)
-    type Case<'a> = (&'a str, Vec<(String, String)>, Option<(&'a str, Vec<u8>)>, StatusCode, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Vec<(String, String)>,
+        Option<(&'a str, Vec<u8>)>,
+        StatusCode,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
-        ("bad semver", with("version", "1.0"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        ("unknown language", with("plugin_language", "cobol"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        ("unknown phase", with("phases", r#"["request_trailers"]"#), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        ("phases not JSON", with("phases", "request_headers"), Some(("s.tar.gz", small_crate())), StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
-        ("missing version", without("version"), Some(("s.tar.gz", small_crate())), StatusCode::BAD_REQUEST, "missing_field"),
-        ("missing source", good.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), None, StatusCode::BAD_REQUEST, "missing_field"),
-        ("not an archive", with("version", "2.0.0"), Some(("s.tar.gz", b"#!/bin/sh\necho hi\n".to_vec())), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive"),
-        ("truncated gzip", with("version", "2.0.0"), Some(("s.tar.gz", small_crate()[..20].to_vec())), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive"),
-        ("unknown application", with("plugin_id", "00000000-0000-4000-8000-000000000000"), Some(("s.tar.gz", small_crate())), StatusCode::NOT_FOUND, "not_found"),
-        ("duplicate version", with("version", "1.0.0"), Some(("s.tar.gz", small_crate())), StatusCode::CONFLICT, "duplicate_version"),
+        (
+            "bad semver",
+            with("version", "1.0"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            "unknown language",
+            with("plugin_language", "cobol"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            "unknown phase",
+            with("phases", r#"["request_trailers"]"#),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            "phases not JSON",
+            with("phases", "request_headers"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+        ),
+        (
+            "missing version",
+            without("version"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+        ),
+        (
+            "missing source",
+            good.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            None,
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+        ),
+        (
+            "not an archive",
+            with("version", "2.0.0"),
+            Some(("s.tar.gz", b"#!/bin/sh\necho hi\n".to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_archive",
+        ),
+        (
+            "truncated gzip",
+            with("version", "2.0.0"),
+            Some(("s.tar.gz", small_crate()[..20].to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_archive",
+        ),
+        (
+            "unknown application",
+            with("plugin_id", "00000000-0000-4000-8000-000000000000"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "duplicate version",
+            with("version", "1.0.0"),
+            Some(("s.tar.gz", small_crate())),
+            StatusCode::CONFLICT,
+            "duplicate_version",
+        ),
     ];
     for (name, fields, file, status, code) in cases {
-        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let r = kiln.upload(&kiln.admin_token, &fields, file).await;
         assert_eq!(r.status(), status, "{name}");
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], code, "{name}: {body}");
     }
     // A foreign application is as unknown as a missing one.
-    let fields = [("plugin_id", app.as_str()), ("version", "3.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
-    let r = kiln.upload(&other, &fields, Some(("s.tar.gz", small_crate()))).await;
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "3.0.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ];
+    let r = kiln
+        .upload(&other, &fields, Some(("s.tar.gz", small_crate())))
+        .await;
     error_of(r, StatusCode::NOT_FOUND).await;
-    let fields = [("plugin_id", missing_app.as_str()), ("version", "3.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
-    let r = kiln.upload(&kiln.admin_token, &fields, Some(("s.tar.gz", small_crate()))).await;
+    let fields = [
+        ("plugin_id", missing_app.as_str()),
+        ("version", "3.0.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ];
+    let r = kiln
+        .upload(
+            &kiln.admin_token,
+            &fields,
+            Some(("s.tar.gz", small_crate())),
+        )
+        .await;
     error_of(r, StatusCode::NOT_FOUND).await;
     // Over the limit: refused from the declared length, before the body is read...
     let boundary = "kilnboundary";
-    let fields = [("plugin_id", app.as_str()), ("version", "4.0.0"), ("plugin_language", "rust"), ("phases", PHASES)];
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "4.0.0"),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ];
     let big = vec![0x1f; 4 * 1024 * 1024];
     let body = common::multipart_body(boundary, &fields, ("source_code", &big));
     let headers = [
         ("Authorization", format!("Bearer {}", kiln.admin_token)),
-        ("Content-Type", format!("multipart/form-data; boundary={boundary}")),
+        (
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        ),
         ("Content-Length", body.len().to_string()),
     ];
     let (status, answer) = common::raw_post(&kiln.base, "/version", &headers, body);
@@ -216,26 +505,56 @@ async fn bad_uploads_are_refused_and_store_nothing(db: Db) {
     // ...and, without a declared length, while streaming: the file field
     // is cut at the limit.
     let body = common::multipart_body(boundary, &fields, ("source_code", &big[..1536 * 1024]));
-    let chunked = format!("{:x}\r\n", body.len()).into_bytes().into_iter().chain(body).chain(b"\r\n0\r\n\r\n".iter().copied()).collect();
+    let chunked = format!("{:x}\r\n", body.len())
+        .into_bytes()
+        .into_iter()
+        .chain(body)
+        .chain(b"\r\n0\r\n\r\n".iter().copied())
+        .collect();
     let headers = [
         ("Authorization", format!("Bearer {}", kiln.admin_token)),
-        ("Content-Type", format!("multipart/form-data; boundary={boundary}")),
+        (
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        ),
         ("Transfer-Encoding", "chunked".to_owned()),
     ];
     let (status, answer) = common::raw_post(&kiln.base, "/version", &headers, chunked);
     assert_eq!(status, 413, "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
     // Not multipart at all.
-    let r = kiln.post("/version").json(&json!({"plugin_id": app})).send().await.unwrap();
+    let r = kiln
+        .post("/version")
+        .json(&json!({"plugin_id": app}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
 
-    assert_eq!(kiln.blob_files(), blobs_before, "a refused upload left a blob");
-    let builds: Value = kiln.get("/version_build").send().await.unwrap().json().await.unwrap();
-    assert_eq!(builds.as_array().unwrap().len(), 1, "a refused upload left a build");
+    assert_eq!(
+        kiln.blob_files(),
+        blobs_before,
+        "a refused upload left a blob"
+    );
+    let builds: Value = kiln
+        .get("/version_build")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        builds.as_array().unwrap().len(),
+        1,
+        "a refused upload left a build"
+    );
 }
 
 async fn a_worker_builds_and_the_version_is_served(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     assert!(claim(&kiln).await.is_none(), "an empty queue answers 204");
     let build = kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
@@ -246,33 +565,80 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     assert_eq!(claimed["build"]["state"], "running");
     assert_eq!(claimed["build"]["attempt"], 1);
     let lease = lease(&claimed);
-    assert!(claim(&kiln).await.is_none(), "a running build is not claimed twice");
+    assert!(
+        claim(&kiln).await.is_none(),
+        "a running build is not claimed twice"
+    );
     assert_eq!(kiln.build(&build_id).await["state"], "running");
 
     // Source download and heartbeat need the lease.
     let source_path = claimed["source_path"].as_str().unwrap();
-    let r = kiln.worker(Method::GET, source_path).header("x-kiln-lease", &lease).send().await.unwrap();
+    let r = kiln
+        .worker(Method::GET, source_path)
+        .header("x-kiln-lease", &lease)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate_bytes_of(&kiln, &build_id).await);
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        small_crate_bytes_of(&kiln, &build_id).await
+    );
     let stale = uuid::Uuid::new_v4().to_string();
-    let r = kiln.worker(Method::GET, source_path).header("x-kiln-lease", &stale).send().await.unwrap();
+    let r = kiln
+        .worker(Method::GET, source_path)
+        .header("x-kiln-lease", &stale)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::CONFLICT).await;
     let hb = format!("/internal/builds/{build_id}/heartbeat");
-    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", &lease).send().await.unwrap();
+    let r = kiln
+        .worker(Method::POST, &hb)
+        .header("x-kiln-lease", &lease)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", &stale).send().await.unwrap();
+    let r = kiln
+        .worker(Method::POST, &hb)
+        .header("x-kiln-lease", &stale)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::CONFLICT).await;
 
     // A report under a stale lease changes nothing and stores nothing.
     let blobs_before = kiln.blob_files();
-    let r = report(&kiln, "build_success", &build_id, &stale, success_form(WASM)).await;
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &stale,
+        success_form(WASM),
+    )
+    .await;
     error_of(r, StatusCode::CONFLICT).await;
     assert_eq!(kiln.blob_files(), blobs_before);
     assert_eq!(kiln.build(&build_id).await["state"], "running");
-    let r = report(&kiln, "build_success", &build_id, &lease, success_form(b"not wasm")).await;
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &lease,
+        success_form(b"not wasm"),
+    )
+    .await;
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
 
-    let r = report(&kiln, "build_success", &build_id, &lease, success_form(WASM)).await;
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &lease,
+        success_form(WASM),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let version: Value = r.json().await.unwrap();
     let sha = hex::encode(Sha256::digest(WASM));
@@ -284,36 +650,92 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["profile"]["stages_ms"]["compile"], 5);
     // The same report again: the lease is spent.
-    let r = report(&kiln, "build_success", &build_id, &lease, success_form(WASM)).await;
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &lease,
+        success_form(WASM),
+    )
+    .await;
     error_of(r, StatusCode::CONFLICT).await;
 
-    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/binary"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/wasm");
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag, format!("\"{sha}\""));
     assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
-    let r = kiln.get(&format!("/version/{build_id}/binary")).header("if-none-match", &etag).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/binary"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-    let r = kiln.get(&format!("/version/{build_id}/logs")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/logs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "compiled fine\n");
-    let r = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version_build/{build_id}/logs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "compiled fine\n");
-    let r = kiln.get(&format!("/version/{build_id}/source")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/source"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], "application/gzip");
-    assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate_bytes_of(&kiln, &build_id).await);
-    let listed: Value = kiln.get(&format!("/version?application_id={app}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        small_crate_bytes_of(&kiln, &build_id).await
+    );
+    let listed: Value = kiln
+        .get(&format!("/version?application_id={app}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    let r = kiln.get(&format!("/version/{build_id}/binary?format=cwasm&target=x86_64-unknown-linux-gnu")).send().await.unwrap();
+    let r = kiln
+        .get(&format!(
+            "/version/{build_id}/binary?format=cwasm&target=x86_64-unknown-linux-gnu"
+        ))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 
     // Another owner cannot read any of it.
     let other = kiln.token_for_owner(2);
     for path in ["", "/binary", "/source", "/logs"] {
-        let r = kiln.http.get(kiln.url(&format!("/version/{build_id}{path}"))).bearer_auth(&other).send().await.unwrap();
+        let r = kiln
+            .http
+            .get(kiln.url(&format!("/version/{build_id}{path}")))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
         error_of(r, StatusCode::NOT_FOUND).await;
     }
-    let r = kiln.http.get(kiln.url(&format!("/version_build/{build_id}"))).bearer_auth(&other).send().await.unwrap();
+    let r = kiln
+        .http
+        .get(kiln.url(&format!("/version_build/{build_id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 }
 
@@ -324,30 +746,53 @@ async fn small_crate_bytes_of(_kiln: &Kiln, _build: &str) -> Vec<u8> {
 }
 
 async fn a_failed_build_keeps_logs_and_makes_no_version(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
-    let r = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version_build/{build_id}/logs"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
     let claimed = claim(&kiln).await.unwrap();
     let form = reqwest::multipart::Form::new()
-        .part("logs", reqwest::multipart::Part::text("error[E0308]: mismatched types\n").file_name("build.log"))
+        .part(
+            "logs",
+            reqwest::multipart::Part::text("error[E0308]: mismatched types\n")
+                .file_name("build.log"),
+        )
         .text("error", "the compiler exited with status 101");
     let r = report(&kiln, "build_fail", &build_id, &lease(&claimed), form).await;
     assert_eq!(r.status(), StatusCode::OK);
     let build = kiln.build(&build_id).await;
     assert_eq!(build["state"], "failed");
     assert_eq!(build["error"], "the compiler exited with status 101");
-    let logs = kiln.get(&format!("/version_build/{build_id}/logs")).send().await.unwrap().text().await.unwrap();
+    let logs = kiln
+        .get(&format!("/version_build/{build_id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(logs.contains("E0308"));
-    let r = kiln.get(&format!("/version/{build_id}")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
     // A failed version number can be uploaded again.
     kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
 }
 
 async fn crashes_are_retried_then_final(db: Db) {
-    let Some(kiln) = Kiln::start(db, &["--max-attempts", "2"]).await else { return };
+    let Some(kiln) = Kiln::start(db, &["--max-attempts", "2"]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
     for (attempt, expected) in [(1, "queued"), (2, "crashed")] {
@@ -362,65 +807,142 @@ async fn crashes_are_retried_then_final(db: Db) {
 }
 
 async fn an_expired_lease_is_requeued(db: Db) {
-    let Some(kiln) = Kiln::start(db, &["--lease-seconds", "1", "--reap-interval-seconds", "1"]).await else { return };
+    let Some(kiln) = Kiln::start(
+        db,
+        &["--lease-seconds", "1", "--reap-interval-seconds", "1"],
+    )
+    .await
+    else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
     let first = claim(&kiln).await.unwrap();
     // The worker goes silent; the reaper puts the build back.
-    let build = kiln.wait_for_state(&build_id, &["queued"], Duration::from_secs(20)).await;
+    let build = kiln
+        .wait_for_state(&build_id, &["queued"], Duration::from_secs(20))
+        .await;
     assert_eq!(build["attempt"], 1);
     let second = claim(&kiln).await.expect("the build is claimable again");
     assert_eq!(second["build"]["attempt"], 2);
-    let r = report(&kiln, "build_success", &build_id, &lease(&first), success_form(WASM)).await;
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &lease(&first),
+        success_form(WASM),
+    )
+    .await;
     error_of(r, StatusCode::CONFLICT).await;
 }
 
 async fn cancel_stops_queued_and_running_builds(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let queued = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
-    let r = kiln.post(&format!("/version_build/{queued}/cancel")).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version_build/{queued}/cancel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
-    let r = kiln.post(&format!("/version_build/{queued}/cancel")).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version_build/{queued}/cancel"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::CONFLICT).await;
 
     let running = id(&kiln.upload_ok(&app, "1.1.0", PHASES, small_crate()).await);
     let claimed = claim(&kiln).await.unwrap();
-    let r = kiln.post(&format!("/version_build/{running}/cancel")).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version_build/{running}/cancel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let hb = format!("/internal/builds/{running}/heartbeat");
-    let r = kiln.worker(Method::POST, &hb).header("x-kiln-lease", lease(&claimed)).send().await.unwrap();
+    let r = kiln
+        .worker(Method::POST, &hb)
+        .header("x-kiln-lease", lease(&claimed))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::CONFLICT).await;
     let other = kiln.token_for_owner(2);
-    let r = kiln.http.post(kiln.url(&format!("/version_build/{running}/cancel"))).bearer_auth(&other).send().await.unwrap();
+    let r = kiln
+        .http
+        .post(kiln.url(&format!("/version_build/{running}/cancel")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 }
 
 async fn build_listing_filters_and_pages(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let other_app = id(&kiln.create_app("b").await);
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(id(&kiln.upload_ok(&app, &format!("1.0.{i}"), PHASES, small_crate()).await));
+        ids.push(id(&kiln
+            .upload_ok(&app, &format!("1.0.{i}"), PHASES, small_crate())
+            .await));
     }
-    kiln.upload_ok(&other_app, "1.0.0", PHASES, small_crate()).await;
-    kiln.post(&format!("/version_build/{}/cancel", ids[0])).send().await.unwrap();
+    kiln.upload_ok(&other_app, "1.0.0", PHASES, small_crate())
+        .await;
+    kiln.post(&format!("/version_build/{}/cancel", ids[0]))
+        .send()
+        .await
+        .unwrap();
 
-    let r = kiln.get(&format!("/version_build?application_id={app}&limit=2")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version_build?application_id={app}&limit=2"))
+        .send()
+        .await
+        .unwrap();
     let next = r.headers()["link"].to_str().unwrap().to_owned();
     let page: Value = r.json().await.unwrap();
     let got: Vec<_> = page.as_array().unwrap().iter().map(id).collect();
     assert_eq!(got, vec![ids[2].clone(), ids[1].clone()], "newest first");
     assert!(next.contains("offset=2"), "{next}");
-    let r = kiln.get(&format!("/version_build?application_id={app}&limit=2&offset=2")).send().await.unwrap();
+    let r = kiln
+        .get(&format!(
+            "/version_build?application_id={app}&limit=2&offset=2"
+        ))
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("link").is_none());
     let page: Value = r.json().await.unwrap();
-    assert_eq!(page.as_array().unwrap().iter().map(id).collect::<Vec<_>>(), vec![ids[0].clone()]);
+    assert_eq!(
+        page.as_array().unwrap().iter().map(id).collect::<Vec<_>>(),
+        vec![ids[0].clone()]
+    );
 
-    let cancelled: Value = kiln.get("/version_build?state=cancelled").send().await.unwrap().json().await.unwrap();
-    assert_eq!(cancelled.as_array().unwrap().iter().map(id).collect::<Vec<_>>(), vec![ids[0].clone()]);
+    let cancelled: Value = kiln
+        .get("/version_build?state=cancelled")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(id)
+            .collect::<Vec<_>>(),
+        vec![ids[0].clone()]
+    );
     let r = kiln.get("/version_build?state=done").send().await.unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     let r = kiln.get("/version_build?limit=0").send().await.unwrap();
@@ -432,22 +954,46 @@ async fn build_listing_filters_and_pages(db: Db) {
 async fn succeed(kiln: &Kiln, app: &str, version: &str) -> String {
     let build_id = id(&kiln.upload_ok(app, version, PHASES, small_crate()).await);
     let claimed = claim(kiln).await.unwrap();
-    let r = report(kiln, "build_success", &build_id, &lease(&claimed), success_form(WASM)).await;
+    let r = report(
+        kiln,
+        "build_success",
+        &build_id,
+        &lease(&claimed),
+        success_form(WASM),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     build_id
 }
 
 async fn versions_patch_and_delete_with_their_blobs(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let v1 = succeed(&kiln, &app, "1.0.0").await;
     let v2 = succeed(&kiln, &app, "1.1.0").await;
 
-    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"version": "1.1.0"})).send().await.unwrap();
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"version": "1.1.0"}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::CONFLICT).await;
-    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"version": "one"})).send().await.unwrap();
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"version": "one"}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let r = kiln.patch(&format!("/version/{v1}")).json(&json!({"phases": ["body"]})).send().await.unwrap();
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"phases": ["body"]}))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     let r = kiln
         .patch(&format!("/version/{v1}"))
@@ -464,25 +1010,50 @@ async fn versions_patch_and_delete_with_their_blobs(db: Db) {
     let blobs_before = kiln.blob_files().len();
     let r = kiln.delete(&format!("/version/{v1}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(kiln.blob_files().len(), blobs_before - 3, "source, binary and logs are deleted");
+    assert_eq!(
+        kiln.blob_files().len(),
+        blobs_before - 3,
+        "source, binary and logs are deleted"
+    );
     let r = kiln.get(&format!("/version/{v1}")).send().await.unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
-    let r = kiln.get(&format!("/version_build/{v1}")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version_build/{v1}"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 
     // Deleting the application takes everything else with it.
     kiln.upload_ok(&app, "2.0.0", PHASES, small_crate()).await;
-    let r = kiln.delete(&format!("/application/{app}")).send().await.unwrap();
+    let r = kiln
+        .delete(&format!("/application/{app}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(kiln.blob_files().is_empty(), "blobs left: {:?}", kiln.blob_files());
+    assert!(
+        kiln.blob_files().is_empty(),
+        "blobs left: {:?}",
+        kiln.blob_files()
+    );
     let r = kiln.get(&format!("/version/{v2}")).send().await.unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
-    let builds: Value = kiln.get("/version_build").send().await.unwrap().json().await.unwrap();
+    let builds: Value = kiln
+        .get("/version_build")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(builds, json!([]));
 }
 
 async fn queued_builds_survive_a_restart(db: Db) {
-    let Some(mut kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(mut kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
     let admin = kiln.admin_token.clone();
@@ -494,25 +1065,78 @@ async fn queued_builds_survive_a_restart(db: Db) {
 }
 
 async fn health_metrics_and_openapi(db: Db) {
-    let Some(kiln) = Kiln::start(db, &[]).await else { return };
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
     let app = id(&kiln.create_app("a").await);
     kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
-    let health: Value = kiln.http.get(kiln.url("/healthz")).send().await.unwrap().json().await.unwrap();
+    let health: Value = kiln
+        .http
+        .get(kiln.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = kiln.http.get(kiln.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("kiln_builds{state=\"queued\"} 1"), "{metrics}");
+    let metrics = kiln
+        .http
+        .get(kiln.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kiln_builds{state=\"queued\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kiln_queue_depth 1"), "{metrics}");
-    assert!(metrics.contains("kiln_http_requests_total{method=\"POST\",route=\"/application\",status=\"201\"} 1"), "{metrics}");
-    assert!(metrics.contains("kiln_http_request_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "kiln_http_requests_total{method=\"POST\",route=\"/application\",status=\"201\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kiln_http_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
 
-    let doc: Value = kiln.http.get(kiln.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = kiln
+        .http
+        .get(kiln.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for path in [
-        "/application", "/application/{id}", "/version", "/version/{id}", "/version/{id}/binary",
-        "/version/{id}/source", "/version/{id}/logs", "/version/{id}/try", "/version_build", "/version_build/{id}",
-        "/version_build/{id}/logs", "/version_build/{id}/cancel", "/internal/builds/claim",
-        "/internal/builds/{id}/heartbeat", "/internal/builds/{id}/source", "/build_success/{id}",
-        "/build_fail/{id}", "/build_crash/{id}", "/healthz", "/metrics", "/openapi.json",
+        "/application",
+        "/application/{id}",
+        "/version",
+        "/version/{id}",
+        "/version/{id}/binary",
+        "/version/{id}/source",
+        "/version/{id}/logs",
+        "/version/{id}/try",
+        "/version_build",
+        "/version_build/{id}",
+        "/version_build/{id}/logs",
+        "/version_build/{id}/cancel",
+        "/internal/builds/claim",
+        "/internal/builds/{id}/heartbeat",
+        "/internal/builds/{id}/source",
+        "/build_success/{id}",
+        "/build_fail/{id}",
+        "/build_crash/{id}",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
@@ -552,25 +1176,50 @@ on_both_databases!(
 #[tokio::test]
 async fn s3_blob_store_end_to_end() {
     let Ok(endpoint) = std::env::var("KILN_TEST_S3_ENDPOINT") else {
-        assert!(!common::services_required(), "KILN_TEST_S3_ENDPOINT is required");
+        assert!(
+            !common::services_required(),
+            "KILN_TEST_S3_ENDPOINT is required"
+        );
         eprintln!("skipped: KILN_TEST_S3_ENDPOINT is not set (scripts/test sets it)");
         return;
     };
     let bucket = std::env::var("KILN_TEST_S3_BUCKET").unwrap();
     let kiln = Kiln::start_with(vec![
-        "--workers".into(), "0".into(),
-        "--blob-store".into(), format!("s3://{bucket}"),
-        "--s3-endpoint".into(), endpoint,
+        "--workers".into(),
+        "0".into(),
+        "--blob-store".into(),
+        format!("s3://{bucket}"),
+        "--s3-endpoint".into(),
+        endpoint,
     ]);
     let app = id(&kiln.create_app("a").await);
     let build_id = succeed(&kiln, &app, "1.0.0").await;
-    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/binary"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
-    let r = kiln.get(&format!("/version/{build_id}/source")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/source"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().to_vec(), small_crate());
-    assert!(kiln.blob_files().is_empty(), "nothing goes to the local directory");
-    let r = kiln.delete(&format!("/application/{app}")).send().await.unwrap();
+    assert!(
+        kiln.blob_files().is_empty(),
+        "nothing goes to the local directory"
+    );
+    let r = kiln
+        .delete(&format!("/application/{app}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = kiln.get(&format!("/version/{build_id}/binary")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{build_id}/binary"))
+        .send()
+        .await
+        .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{repo_root, tar_gz_dir, Kiln};
+use common::{Kiln, repo_root, tar_gz_dir};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
@@ -14,7 +14,14 @@ const BUILD_DEADLINE: Duration = Duration::from_secs(900);
 /// An example packed as the README does: `tar -czf - -C examples/NAME --exclude target .`
 fn example(name: &str) -> Vec<u8> {
     let dir = repo_root().join("examples").join(name);
-    let out = std::process::Command::new("tar").arg("-czf").arg("-").arg("-C").arg(&dir).args(["--exclude", "target", "."]).output().unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg("-")
+        .arg("-C")
+        .arg(&dir)
+        .args(["--exclude", "target", "."])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     out.stdout
 }
@@ -33,115 +40,340 @@ fn exports(wasm: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn an_example_filter_builds_and_a_type_error_fails() {
-    let kiln = Kiln::start_with(vec!["--workers".into(), "1".into(), "--precompile-target".into(), "aarch64-unknown-linux-gnu".into()]);
-    let app = kiln.create_app("examples").await["id"].as_str().unwrap().to_owned();
+    let kiln = Kiln::start_with(vec![
+        "--workers".into(),
+        "1".into(),
+        "--precompile-target".into(),
+        "aarch64-unknown-linux-gnu".into(),
+    ]);
+    let app = kiln.create_app("examples").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    let good = kiln.upload_ok(&app, "1.0.0", r#"["request_headers","response_headers"]"#, example("add-header")).await;
-    let bad = kiln.upload_ok(&app, "1.0.1", r#"["request_headers"]"#, example("type-error")).await;
+    let good = kiln
+        .upload_ok(
+            &app,
+            "1.0.0",
+            r#"["request_headers","response_headers"]"#,
+            example("add-header"),
+        )
+        .await;
+    let bad = kiln
+        .upload_ok(
+            &app,
+            "1.0.1",
+            r#"["request_headers"]"#,
+            example("type-error"),
+        )
+        .await;
     let good_id = good["id"].as_str().unwrap();
     let bad_id = bad["id"].as_str().unwrap();
 
     let built = kiln.wait_for_build(good_id, BUILD_DEADLINE).await;
-    let logs = kiln.get(&format!("/version_build/{good_id}/logs")).send().await.unwrap().text().await.unwrap();
+    let logs = kiln
+        .get(&format!("/version_build/{good_id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(built["state"], "succeeded", "{built}\n{logs}");
-    assert!(built["profile"]["stages_ms"]["compile"].as_u64().is_some(), "{built}");
+    assert!(
+        built["profile"]["stages_ms"]["compile"].as_u64().is_some(),
+        "{built}"
+    );
     assert!(logs.contains("sandbox: bubblewrap"), "{logs}");
-    assert!(logs.contains("wasm-opt -O3:"), "the optimized module was kept:\n{logs}");
+    assert!(
+        logs.contains("wasm-opt -O3:"),
+        "the optimized module was kept:\n{logs}"
+    );
 
-    let r = kiln.get(&format!("/version/{good_id}/binary")).send().await.unwrap();
+    let r = kiln
+        .get(&format!("/version/{good_id}/binary"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let wasm = r.bytes().await.unwrap();
     let names = exports(&wasm);
-    for export in ["proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers"] {
-        assert!(names.iter().any(|n| n == export), "{export} missing from {names:?}");
+    for export in [
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_response_headers",
+    ] {
+        assert!(
+            names.iter().any(|n| n == export),
+            "{export} missing from {names:?}"
+        );
     }
-    assert!(names.iter().any(|n| n.starts_with("proxy_abi_version_0_2")), "{names:?}");
-    let version: Value = kiln.get(&format!("/version/{good_id}")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        names.iter().any(|n| n.starts_with("proxy_abi_version_0_2")),
+        "{names:?}"
+    );
+    let version: Value = kiln
+        .get(&format!("/version/{good_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(version["binary_size"], wasm.len());
 
     // Precompiled for this host, with a startup profile.
     let startup = &built["profile"]["startup"];
-    assert!(startup["cwasm_load_us"].as_u64().is_some() && startup["jit_compile_us"].as_u64().is_some(), "{built}");
+    assert!(
+        startup["cwasm_load_us"].as_u64().is_some() && startup["jit_compile_us"].as_u64().is_some(),
+        "{built}"
+    );
     let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
+    let r = kiln
+        .get(&format!(
+            "/version/{good_id}/binary?format=cwasm&target={triple}"
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.bytes().await.unwrap().starts_with(b"\x7fELF"), "a .cwasm is wasmtime's ELF artifact");
+    assert!(
+        r.bytes().await.unwrap().starts_with(b"\x7fELF"),
+        "a .cwasm is wasmtime's ELF artifact"
+    );
     // The downloaded .cwasm loads and runs in kiln try.
-    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target={triple}")).send().await.unwrap();
+    let r = kiln
+        .get(&format!(
+            "/version/{good_id}/binary?format=cwasm&target={triple}"
+        ))
+        .send()
+        .await
+        .unwrap();
     let cwasm_file = kiln.data_dir().join("plugin.cwasm");
     std::fs::write(&cwasm_file, r.bytes().await.unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).arg("try").arg(&cwasm_file).args(["--request", "GET /x"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("x-powered-by: kiln"), "{}", String::from_utf8_lossy(&out.stdout));
-    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=aarch64-unknown-linux-gnu")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "cross-compiled for the configured target");
-    let r = kiln.get(&format!("/version/{good_id}/binary?format=cwasm&target=riscv64gc-unknown-linux-gnu")).send().await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("try")
+        .arg(&cwasm_file)
+        .args(["--request", "GET /x"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("x-powered-by: kiln"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r = kiln
+        .get(&format!(
+            "/version/{good_id}/binary?format=cwasm&target=aarch64-unknown-linux-gnu"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "cross-compiled for the configured target"
+    );
+    let r = kiln
+        .get(&format!(
+            "/version/{good_id}/binary?format=cwasm&target=riscv64gc-unknown-linux-gnu"
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     // kiln try on the fresh version shows what the plugin really does.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["try", good_id, "--request", "GET /hello", "--json", "--server", &kiln.base, "--token", &kiln.admin_token])
+        .args([
+            "try",
+            good_id,
+            "--request",
+            "GET /hello",
+            "--json",
+            "--server",
+            &kiln.base,
+            "--token",
+            &kiln.admin_token,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tried: Value = serde_json::from_slice(&out.stdout).unwrap();
     let forwarded = tried["forwarded"]["headers"].as_array().unwrap();
-    assert!(forwarded.iter().any(|h| h[0] == "x-kiln-filter" && h[1] == "add-header"), "{tried}");
+    assert!(
+        forwarded
+            .iter()
+            .any(|h| h[0] == "x-kiln-filter" && h[1] == "add-header"),
+        "{tried}"
+    );
     let response = tried["response"]["headers"].as_array().unwrap();
-    assert!(response.iter().any(|h| h[0] == "x-powered-by" && h[1] == "kiln"), "{tried}");
-    assert!(response.iter().any(|h| h[0] == "x-kiln-conf" && h[1] == "hello"), "the version's conf: {tried}");
+    assert!(
+        response
+            .iter()
+            .any(|h| h[0] == "x-powered-by" && h[1] == "kiln"),
+        "{tried}"
+    );
+    assert!(
+        response
+            .iter()
+            .any(|h| h[0] == "x-kiln-conf" && h[1] == "hello"),
+        "the version's conf: {tried}"
+    );
 
     let failed = kiln.wait_for_build(bad_id, BUILD_DEADLINE).await;
     assert_eq!(failed["state"], "failed", "{failed}");
-    let logs = kiln.get(&format!("/version_build/{bad_id}/logs")).send().await.unwrap().text().await.unwrap();
-    assert!(logs.contains("E0308"), "rustc's error is in the log:\n{logs}");
-    let r = kiln.get(&format!("/version/{bad_id}")).send().await.unwrap();
+    let logs = kiln
+        .get(&format!("/version_build/{bad_id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        logs.contains("E0308"),
+        "rustc's error is in the log:\n{logs}"
+    );
+    let r = kiln
+        .get(&format!("/version/{bad_id}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let kiln = Kiln::start_with(vec!["--workers".into(), "1".into()]);
-    let app = kiln.create_app("try").await["id"].as_str().unwrap().to_owned();
+    let app = kiln.create_app("try").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let phases = r#"["request_headers"]"#;
-    let fields = [("plugin_id", app.as_str()), ("version", "1.0.0"), ("plugin_language", "rust"), ("phases", phases), ("options", r#"{"optimize": false, "precompile": false}"#)];
-    let r = kiln.upload(&kiln.admin_token, &fields, Some(("deny.tar.gz", example("deny-path")))).await;
+    let fields = [
+        ("plugin_id", app.as_str()),
+        ("version", "1.0.0"),
+        ("plugin_language", "rust"),
+        ("phases", phases),
+        ("options", r#"{"optimize": false, "precompile": false}"#),
+    ];
+    let r = kiln
+        .upload(
+            &kiln.admin_token,
+            &fields,
+            Some(("deny.tar.gz", example("deny-path"))),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let deny = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let deny = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let fixture = tar_gz_dir(&repo_root().join("tests/fixtures/filters/misbehaving"));
-    let looping = kiln.upload_ok(&app, "2.0.0", phases, fixture).await["id"].as_str().unwrap().to_owned();
+    let looping = kiln.upload_ok(&app, "2.0.0", phases, fixture).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let heavy = tar_gz_dir(&repo_root().join("tests/fixtures/filters/heavy-init"));
-    let heavy = kiln.upload_ok(&app, "3.0.0", phases, heavy).await["id"].as_str().unwrap().to_owned();
+    let heavy = kiln.upload_ok(&app, "3.0.0", phases, heavy).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for id in [&deny, &looping, &heavy] {
         let build = kiln.wait_for_build(id, BUILD_DEADLINE).await;
         assert_eq!(build["state"], "succeeded", "{build}");
     }
 
     // Its post-build steps were turned off for this version.
-    let logs = kiln.get(&format!("/version_build/{deny}/logs")).send().await.unwrap().text().await.unwrap();
-    assert!(logs.contains("wasm-opt skipped") && logs.contains("precompilation and startup profile skipped"), "{logs}");
-    let r = kiln.get(&format!("/version/{deny}/binary?format=cwasm&target={}-unknown-linux-gnu", std::env::consts::ARCH)).send().await.unwrap();
+    let logs = kiln
+        .get(&format!("/version_build/{deny}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        logs.contains("wasm-opt skipped")
+            && logs.contains("precompilation and startup profile skipped"),
+        "{logs}"
+    );
+    let r = kiln
+        .get(&format!(
+            "/version/{deny}/binary?format=cwasm&target={}-unknown-linux-gnu",
+            std::env::consts::ARCH
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
-    let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/admin"})).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version/{deny}/try"))
+        .json(&serde_json::json!({"path": "/admin"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let tried: Value = r.json().await.unwrap();
     assert_eq!(tried["local_response"]["status"], 403, "{tried}");
     assert_eq!(tried["local_response"]["body"], r#"{"error":"forbidden"}"#);
     assert!(tried["forwarded"].is_null());
-    let r = kiln.post(&format!("/version/{deny}/try")).json(&serde_json::json!({"path": "/public"})).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version/{deny}/try"))
+        .json(&serde_json::json!({"path": "/public"}))
+        .send()
+        .await
+        .unwrap();
     let tried: Value = r.json().await.unwrap();
     assert_eq!(tried["response"]["status"], 200, "{tried}");
 
     // A module with wizer.initialize is pre-initialized at build time.
-    let logs = kiln.get(&format!("/version_build/{heavy}/logs")).send().await.unwrap().text().await.unwrap();
-    assert!(logs.contains("pre-initialized with wizer.initialize"), "{logs}");
-    let r = kiln.post(&format!("/version/{heavy}/try")).json(&serde_json::json!({})).send().await.unwrap();
+    let logs = kiln
+        .get(&format!("/version_build/{heavy}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        logs.contains("pre-initialized with wizer.initialize"),
+        "{logs}"
+    );
+    let r = kiln
+        .post(&format!("/version/{heavy}/try"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
     let tried: Value = r.json().await.unwrap();
-    assert!(tried["forwarded"]["headers"].as_array().unwrap().iter().any(|h| h[0] == "x-table-checksum"), "{tried}");
+    assert!(
+        tried["forwarded"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-table-checksum"),
+        "{tried}"
+    );
 
     let started = std::time::Instant::now();
-    let r = kiln.post(&format!("/version/{looping}/try")).json(&serde_json::json!({"path": "/loop"})).send().await.unwrap();
+    let r = kiln
+        .post(&format!("/version/{looping}/try"))
+        .json(&serde_json::json!({"path": "/loop"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"], "plugin_error", "{error}");
@@ -149,7 +381,14 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the server stays up");
     let other = kiln.token_for_owner(2);
-    let r = kiln.http.post(kiln.url(&format!("/version/{deny}/try"))).bearer_auth(&other).json(&serde_json::json!({})).send().await.unwrap();
+    let r = kiln
+        .http
+        .post(kiln.url(&format!("/version/{deny}/try")))
+        .bearer_auth(&other)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -157,21 +396,41 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
 /// then report them crashed, so they are queued again for another worker.
 #[tokio::test]
 async fn a_stopping_worker_hands_its_build_back() {
-    let mut kiln = Kiln::start_with(vec!["--workers".into(), "1".into(), "--grace-seconds".into(), "2".into()]);
-    let app = kiln.create_app("stop").await["id"].as_str().unwrap().to_owned();
+    let mut kiln = Kiln::start_with(vec![
+        "--workers".into(),
+        "1".into(),
+        "--grace-seconds".into(),
+        "2".into(),
+    ]);
+    let app = kiln.create_app("stop").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let sleeper = tar_gz_dir(&repo_root().join("tests/hostile/sleep-forever"));
-    let id = kiln.upload_ok(&app, "1.0.0", r#"["request_headers"]"#, sleeper).await["id"].as_str().unwrap().to_owned();
+    let id = kiln
+        .upload_ok(&app, "1.0.0", r#"["request_headers"]"#, sleeper)
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     kiln.wait_for_state(&id, &["running"], BUILD_DEADLINE).await;
     let started = std::time::Instant::now();
     kiln.stop();
-    assert!(started.elapsed() < Duration::from_secs(20), "stopped after the grace period: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped after the grace period: {:?}",
+        started.elapsed()
+    );
     // Back up with no builders: the build waits in the queue for a worker.
     let args = vec!["--workers".to_owned(), "0".to_owned()];
     let mut restarted = kiln.restart_with(args).await;
     let build = restarted.build(&id).await;
     assert_eq!(build["state"], "queued", "{build}");
     assert_eq!(build["attempt"], 1);
-    assert!(build["error"].as_str().unwrap().contains("shut down"), "{build}");
+    assert!(
+        build["error"].as_str().unwrap().contains("shut down"),
+        "{build}"
+    );
     restarted.stop();
 }
 
@@ -180,8 +439,21 @@ async fn a_stopping_worker_hands_its_build_back() {
 #[tokio::test]
 async fn a_remote_worker_builds_over_http() {
     let kiln = Kiln::start_with(vec!["--workers".into(), "0".into()]);
-    let app = kiln.create_app("remote").await["id"].as_str().unwrap().to_owned();
-    let id = kiln.upload_ok(&app, "1.0.0", r#"["request_headers"]"#, example("deny-path")).await["id"].as_str().unwrap().to_owned();
+    let app = kiln.create_app("remote").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = kiln
+        .upload_ok(
+            &app,
+            "1.0.0",
+            r#"["request_headers"]"#,
+            example("deny-path"),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let workdir = tempfile::tempdir().unwrap();
     let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["worker", "--server", &kiln.base, "--workers", "1"])
@@ -196,8 +468,15 @@ async fn a_remote_worker_builds_over_http() {
     unsafe { libc_kill(worker.id() as i32, 15) };
     let status = worker.wait().unwrap();
     assert_eq!(build["state"], "succeeded", "{build}");
-    assert!(status.success(), "the worker stops cleanly on SIGTERM: {status}");
-    let r = kiln.get(&format!("/version/{id}/binary")).send().await.unwrap();
+    assert!(
+        status.success(),
+        "the worker stops cleanly on SIGTERM: {status}"
+    );
+    let r = kiln
+        .get(&format!("/version/{id}/binary"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 

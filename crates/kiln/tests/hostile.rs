@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{repo_root, tar_gz_dir, Kiln};
+use common::{Kiln, repo_root, tar_gz_dir};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -32,13 +32,24 @@ impl Hostile {
         std::fs::create_dir_all("/var/lib/kiln").unwrap();
         let sandbox_root = tempfile::tempdir_in("/var/lib/kiln").unwrap();
         let kiln = Kiln::start_with(vec![
-            "--workers".into(), "1".into(),
-            "--build-timeout".into(), "45".into(),
-            "--build-memory-mib".into(), "1024".into(),
-            "--sandbox-root".into(), sandbox_root.path().display().to_string(),
+            "--workers".into(),
+            "1".into(),
+            "--build-timeout".into(),
+            "45".into(),
+            "--build-memory-mib".into(),
+            "1024".into(),
+            "--sandbox-root".into(),
+            sandbox_root.path().display().to_string(),
         ]);
-        let app = kiln.create_app("hostile").await["id"].as_str().unwrap().to_owned();
-        Hostile { kiln, app, sandbox_root }
+        let app = kiln.create_app("hostile").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Hostile {
+            kiln,
+            app,
+            sandbox_root,
+        }
     }
 
     /// Uploads a case with its parameters and waits for its build to end.
@@ -47,13 +58,44 @@ impl Hostile {
         copy_dir(&repo_root().join("tests/hostile").join(case), dir.path());
         let text: String = params.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(dir.path().join("kiln-hostile.txt"), text).unwrap();
-        let version = format!("1.0.{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros());
-        let queued = self.kiln.upload_ok(&self.app, &version, r#"["request_headers"]"#, tar_gz_dir(dir.path())).await;
+        let version = format!(
+            "1.0.{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+        );
+        let queued = self
+            .kiln
+            .upload_ok(
+                &self.app,
+                &version,
+                r#"["request_headers"]"#,
+                tar_gz_dir(dir.path()),
+            )
+            .await;
         let id = queued["id"].as_str().unwrap().to_owned();
         let build = self.kiln.wait_for_build(&id, DEADLINE).await;
-        let log = self.kiln.get(&format!("/version_build/{id}/logs")).send().await.unwrap().text().await.unwrap();
+        let log = self
+            .kiln
+            .get(&format!("/version_build/{id}/logs"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let binary = match build["state"].as_str() {
-            Some("succeeded") => self.kiln.get(&format!("/version/{id}/binary")).send().await.unwrap().bytes().await.unwrap().to_vec(),
+            Some("succeeded") => self
+                .kiln
+                .get(&format!("/version/{id}/binary"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec(),
             _ => Vec::new(),
         };
         Outcome { build, log, binary }
@@ -61,9 +103,19 @@ impl Hostile {
 
     /// What must hold after every attack.
     async fn assert_contained(&self) {
-        let r = self.kiln.http.get(self.kiln.url("/healthz")).send().await.unwrap();
+        let r = self
+            .kiln
+            .http
+            .get(self.kiln.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "the server answers");
-        let left: Vec<_> = std::fs::read_dir(self.sandbox_root.path()).unwrap().flatten().map(|e| e.path()).collect();
+        let left: Vec<_> = std::fs::read_dir(self.sandbox_root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "scratch directories left: {left:?}");
         assert_no_sandbox_processes();
         assert_no_build_cgroups();
@@ -86,30 +138,54 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn sandbox_uid() -> String {
-    let out = std::process::Command::new("id").args(["-u", "kiln-sandbox"]).output().unwrap();
+    let out = std::process::Command::new("id")
+        .args(["-u", "kiln-sandbox"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn assert_no_sandbox_processes() {
     let uid = sandbox_uid();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
-        let owned = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str()));
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains("zombie"));
-        assert!(!owned || zombie, "a build process is still running: {status}");
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let owned = status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(uid.as_str()));
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("zombie"));
+        assert!(
+            !owned || zombie,
+            "a build process is still running: {status}"
+        );
     }
 }
 
 fn assert_no_build_cgroups() {
-    for dir in ["/sys/fs/cgroup/memory/kiln", "/sys/fs/cgroup/pids/kiln", "/sys/fs/cgroup/kiln"] {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        let runs: Vec<_> = entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("run-")).map(|e| e.path()).collect();
+    for dir in [
+        "/sys/fs/cgroup/memory/kiln",
+        "/sys/fs/cgroup/pids/kiln",
+        "/sys/fs/cgroup/kiln",
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let runs: Vec<_> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+            .map(|e| e.path())
+            .collect();
         assert!(runs.is_empty(), "build cgroups left: {runs:?}");
     }
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 #[tokio::test]
@@ -119,11 +195,22 @@ async fn network_is_unreachable() {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let out = h.build("net-connect", &[("port", port)]).await;
-    assert!(out.log.contains("hostile: connect 127.0.0.1"), "the attack ran:\n{}", out.log);
+    assert!(
+        out.log.contains("hostile: connect 127.0.0.1"),
+        "the attack ran:\n{}",
+        out.log
+    );
     for marker in ["HOSTILE-CONNECTED", "HOSTILE-RESOLVED"] {
-        assert!(!out.log.contains(marker) && !contains(&out.binary, marker), "{marker}:\n{}", out.log);
+        assert!(
+            !out.log.contains(marker) && !contains(&out.binary, marker),
+            "{marker}:\n{}",
+            out.log
+        );
     }
-    assert!(listener.accept().is_err(), "the host listener saw a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener saw a connection"
+    );
     h.assert_contained().await;
 }
 
@@ -139,20 +226,52 @@ async fn secrets_stay_secret() {
     std::fs::write(&public, &marker).unwrap();
     std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let data = h.kiln.data_dir();
-    let reads = [private.clone(), public.clone(), data.join("worker.token"), data.join("admin.token"), data.join("kiln.db")];
-    let params: Vec<_> = reads.iter().map(|p| ("read", p.display().to_string())).collect();
+    let reads = [
+        private.clone(),
+        public.clone(),
+        data.join("worker.token"),
+        data.join("admin.token"),
+        data.join("kiln.db"),
+    ];
+    let params: Vec<_> = reads
+        .iter()
+        .map(|p| ("read", p.display().to_string()))
+        .collect();
     let out = h.build("read-secrets", &params).await;
     let _ = std::fs::remove_file(&private);
     let _ = std::fs::remove_file(&public);
-    assert_eq!(out.build["state"], "succeeded", "{}\n{}", out.build, out.log);
-    assert!(out.log.contains("hostile: read"), "the attack ran:\n{}", out.log);
+    assert_eq!(
+        out.build["state"], "succeeded",
+        "{}\n{}",
+        out.build, out.log
+    );
+    assert!(
+        out.log.contains("hostile: read"),
+        "the attack ran:\n{}",
+        out.log
+    );
     assert!(!out.binary.is_empty());
-    for secret in [marker.as_str(), h.kiln.worker_token.as_str(), h.kiln.admin_token.as_str()] {
-        assert!(!out.log.contains(secret), "a secret leaked into the log:\n{}", out.log);
-        assert!(!contains(&out.binary, secret), "a secret leaked into the binary");
+    for secret in [
+        marker.as_str(),
+        h.kiln.worker_token.as_str(),
+        h.kiln.admin_token.as_str(),
+    ] {
+        assert!(
+            !out.log.contains(secret),
+            "a secret leaked into the log:\n{}",
+            out.log
+        );
+        assert!(
+            !contains(&out.binary, secret),
+            "a secret leaked into the binary"
+        );
     }
     for leak in ["READ /etc/shadow", "READ /root", "KILN_", "AWS_"] {
-        assert!(!out.log.contains(leak) && !contains(&out.binary, leak), "{leak} leaked:\n{}", out.log);
+        assert!(
+            !out.log.contains(leak) && !contains(&out.binary, leak),
+            "{leak} leaked:\n{}",
+            out.log
+        );
     }
     h.assert_contained().await;
 }
@@ -167,14 +286,25 @@ async fn nothing_outside_the_build_is_written() {
         h.kiln.data_dir().join(format!("escape-{marker}")),
         PathBuf::from("/var/lib/kiln/cache").join(format!("escape-{marker}")),
     ];
-    let params: Vec<_> = targets.iter().map(|p| ("write", p.display().to_string())).collect();
+    let params: Vec<_> = targets
+        .iter()
+        .map(|p| ("write", p.display().to_string()))
+        .collect();
     let out = h.build("write-outside", &params).await;
-    assert!(out.log.contains("hostile: write"), "the attack ran:\n{}", out.log);
+    assert!(
+        out.log.contains("hostile: write"),
+        "the attack ran:\n{}",
+        out.log
+    );
     // Only the sandbox's own /tmp (a private tmpfs) is writable.
     for line in out.log.lines().filter(|l| l.contains("WROTE")) {
         assert!(line.contains("WROTE /tmp/"), "{line}");
     }
-    for path in targets.iter().map(PathBuf::as_path).chain([Path::new("/etc/kiln-escape"), Path::new("/usr/kiln-escape"), Path::new("/opt/kiln/toolchain/kiln-escape")]) {
+    for path in targets.iter().map(PathBuf::as_path).chain([
+        Path::new("/etc/kiln-escape"),
+        Path::new("/usr/kiln-escape"),
+        Path::new("/opt/kiln/toolchain/kiln-escape"),
+    ]) {
         assert!(!path.exists(), "{} was written", path.display());
     }
     h.assert_contained().await;
@@ -193,8 +323,16 @@ async fn memory_is_capped() {
     let h = Hostile::start().await;
     let out = h.build("memory-hog", &[]).await;
     assert_eq!(out.build["state"], "failed", "{}", out.build);
-    assert!(out.build["error"].as_str().unwrap().contains("memory"), "{}", out.build);
-    assert!(out.log.contains("hostile: touched"), "the attack ran:\n{}", out.log);
+    assert!(
+        out.build["error"].as_str().unwrap().contains("memory"),
+        "{}",
+        out.build
+    );
+    assert!(
+        out.log.contains("hostile: touched"),
+        "the attack ran:\n{}",
+        out.log
+    );
     h.assert_contained().await;
 }
 
@@ -203,7 +341,11 @@ async fn time_is_capped() {
     let h = Hostile::start().await;
     let out = h.build("sleep-forever", &[]).await;
     assert_eq!(out.build["state"], "failed", "{}", out.build);
-    assert!(out.build["error"].as_str().unwrap().contains("time limit"), "{}", out.build);
+    assert!(
+        out.build["error"].as_str().unwrap().contains("time limit"),
+        "{}",
+        out.build
+    );
     h.assert_contained().await;
 }
 
@@ -213,7 +355,11 @@ async fn the_log_is_capped() {
     let out = h.build("log-flood", &[]).await;
     assert_eq!(out.build["state"], "failed", "{}", out.build);
     assert!(out.log.contains("hostile flood"), "the attack ran");
-    assert!(out.log.contains("[kiln: log truncated"), "{}", &out.log[out.log.len().saturating_sub(500)..]);
+    assert!(
+        out.log.contains("[kiln: log truncated"),
+        "{}",
+        &out.log[out.log.len().saturating_sub(500)..]
+    );
     assert!(out.log.len() < 3 << 20, "log of {} bytes", out.log.len());
     h.assert_contained().await;
 }
@@ -223,20 +369,43 @@ async fn hostile_archives_are_refused_at_upload() {
     let h = Hostile::start().await;
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("dotdot", raw_tar(&[(&format!("../escape-{marker}"), b'0', "", b"x")])),
-        ("absolute", raw_tar(&[(&format!("/tmp/kiln-abs-{marker}"), b'0', "", b"x")])),
-        ("symlink escape", raw_tar(&[("link", b'2', "/tmp", b""), (&format!("link/escaped-{marker}"), b'0', "", b"x")])),
+        (
+            "dotdot",
+            raw_tar(&[(&format!("../escape-{marker}"), b'0', "", b"x")]),
+        ),
+        (
+            "absolute",
+            raw_tar(&[(&format!("/tmp/kiln-abs-{marker}"), b'0', "", b"x")]),
+        ),
+        (
+            "symlink escape",
+            raw_tar(&[
+                ("link", b'2', "/tmp", b""),
+                (&format!("link/escaped-{marker}"), b'0', "", b"x"),
+            ]),
+        ),
         ("gzip bomb", gzip_bomb(1 << 30)),
         ("not an archive", b"MZ\x90\0 not an archive".to_vec()),
     ];
     let before = h.kiln.blob_files();
     for (name, archive) in cases {
-        let fields = [("plugin_id", h.app.as_str()), ("version", "9.9.9"), ("plugin_language", "rust"), ("phases", r#"["request_headers"]"#)];
-        let r = h.kiln.upload(&h.kiln.admin_token, &fields, Some(("x.tar.gz", archive))).await;
+        let fields = [
+            ("plugin_id", h.app.as_str()),
+            ("version", "9.9.9"),
+            ("plugin_language", "rust"),
+            ("phases", r#"["request_headers"]"#),
+        ];
+        let r = h
+            .kiln
+            .upload(&h.kiln.admin_token, &fields, Some(("x.tar.gz", archive)))
+            .await;
         let status = r.status();
         let body: Value = r.json().await.unwrap();
         assert!(status.is_client_error(), "{name}: {status} {body}");
-        assert!(body["message"].as_str().unwrap().len() > 10, "{name}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().len() > 10,
+            "{name}: {body}"
+        );
     }
     assert_eq!(h.kiln.blob_files(), before, "a refused archive was stored");
     assert!(!Path::new(&format!("/tmp/kiln-abs-{marker}")).exists());

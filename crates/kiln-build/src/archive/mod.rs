@@ -77,7 +77,9 @@ pub enum ArchiveError {
     TooManyEntries { limit: u64 },
     #[error("{path} is larger than the limit of {limit} bytes for one file")]
     FileTooLarge { path: String, limit: u64 },
-    #[error("the archive expands more than {limit} times its compressed size (a compression bomb?)")]
+    #[error(
+        "the archive expands more than {limit} times its compressed size (a compression bomb?)"
+    )]
     RatioExceeded { limit: u64 },
     #[error("{path:?} is an absolute path; archive paths must be relative")]
     AbsolutePath { path: String },
@@ -120,14 +122,31 @@ pub fn inspect(bytes: &[u8], limits: &ArchiveLimits) -> Result<ArchiveSummary, A
 
 /// Unpacks into `dest`, an existing empty directory. On error `dest` may
 /// hold part of the archive; the caller discards it.
-pub fn unpack(bytes: &[u8], dest: &Path, limits: &ArchiveLimits) -> Result<ArchiveSummary, ArchiveError> {
-    walk(bytes, limits, &mut Writer { root: dest.to_path_buf() })
+pub fn unpack(
+    bytes: &[u8],
+    dest: &Path,
+    limits: &ArchiveLimits,
+) -> Result<ArchiveSummary, ArchiveError> {
+    walk(
+        bytes,
+        limits,
+        &mut Writer {
+            root: dest.to_path_buf(),
+        },
+    )
 }
 
-fn walk(bytes: &[u8], limits: &ArchiveLimits, sink: &mut dyn Sink) -> Result<ArchiveSummary, ArchiveError> {
+fn walk(
+    bytes: &[u8],
+    limits: &ArchiveLimits,
+    sink: &mut dyn Sink,
+) -> Result<ArchiveSummary, ArchiveError> {
     let size = bytes.len() as u64;
     if size > limits.max_upload_bytes {
-        return Err(ArchiveError::UploadTooLarge { size, limit: limits.max_upload_bytes });
+        return Err(ArchiveError::UploadTooLarge {
+            size,
+            limit: limits.max_upload_bytes,
+        });
     }
     let kind = detect(bytes).ok_or(ArchiveError::NotAnArchive)?;
     let mut budget = Budget::new(limits, size);
@@ -135,7 +154,11 @@ fn walk(bytes: &[u8], limits: &ArchiveLimits, sink: &mut dyn Sink) -> Result<Arc
         ArchiveKind::TarGz => tar_gz::walk(bytes, &mut budget, sink)?,
         ArchiveKind::Zip => zip_file::walk(bytes, &mut budget, sink)?,
     }
-    Ok(ArchiveSummary { kind, entries: budget.entries, unpacked_bytes: budget.unpacked })
+    Ok(ArchiveSummary {
+        kind,
+        entries: budget.entries,
+        unpacked_bytes: budget.unpacked,
+    })
 }
 
 /// The limits, counted down as entries are read.
@@ -148,13 +171,20 @@ struct Budget<'a> {
 
 impl<'a> Budget<'a> {
     fn new(limits: &'a ArchiveLimits, compressed: u64) -> Self {
-        Self { limits, compressed: compressed.max(1), entries: 0, unpacked: 0 }
+        Self {
+            limits,
+            compressed: compressed.max(1),
+            entries: 0,
+            unpacked: 0,
+        }
     }
 
     fn entry(&mut self) -> Result<(), ArchiveError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries { limit: self.limits.max_entries });
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
         }
         Ok(())
     }
@@ -163,17 +193,24 @@ impl<'a> Budget<'a> {
     fn bytes(&mut self, path: &str, file: u64, n: u64) -> Result<(), ArchiveError> {
         self.unpacked += n;
         if file > self.limits.max_file_bytes {
-            return Err(ArchiveError::FileTooLarge { path: path.to_owned(), limit: self.limits.max_file_bytes });
+            return Err(ArchiveError::FileTooLarge {
+                path: path.to_owned(),
+                limit: self.limits.max_file_bytes,
+            });
         }
         if self.unpacked > self.limits.max_unpacked_bytes {
-            return Err(ArchiveError::TooLarge { limit: self.limits.max_unpacked_bytes });
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_unpacked_bytes,
+            });
         }
         self.check_ratio(self.unpacked)
     }
 
     fn check_ratio(&self, expanded: u64) -> Result<(), ArchiveError> {
         if expanded > self.compressed.saturating_mul(self.limits.max_ratio) {
-            return Err(ArchiveError::RatioExceeded { limit: self.limits.max_ratio });
+            return Err(ArchiveError::RatioExceeded {
+                limit: self.limits.max_ratio,
+            });
         }
         Ok(())
     }
@@ -181,24 +218,40 @@ impl<'a> Budget<'a> {
 
 /// Streams one file's content into the sink, enforcing the limits on the
 /// bytes actually read.
-fn copy_file(path: &str, reader: &mut dyn Read, budget: &mut Budget<'_>, out: &mut dyn Write) -> Result<(), ArchiveError> {
+fn copy_file(
+    path: &str,
+    reader: &mut dyn Read,
+    budget: &mut Budget<'_>,
+    out: &mut dyn Write,
+) -> Result<(), ArchiveError> {
     let mut buf = [0u8; 64 * 1024];
     let mut file = 0u64;
     loop {
-        let n = reader.read(&mut buf).map_err(|e| ArchiveError::Corrupt(format!("{path}: {e}")))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| ArchiveError::Corrupt(format!("{path}: {e}")))?;
         if n == 0 {
             return Ok(());
         }
         file += n as u64;
         budget.bytes(path, file, n as u64)?;
-        out.write_all(&buf[..n]).map_err(|source| ArchiveError::Io { path: path.to_owned(), source })?;
+        out.write_all(&buf[..n])
+            .map_err(|source| ArchiveError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
     }
 }
 
 /// Where entries go: nowhere (inspect) or a directory (unpack).
 trait Sink {
     fn dir(&mut self, path: &Path, display: &str) -> Result<(), ArchiveError>;
-    fn file(&mut self, path: &Path, display: &str, executable: bool) -> Result<Box<dyn Write>, ArchiveError>;
+    fn file(
+        &mut self,
+        path: &Path,
+        display: &str,
+        executable: bool,
+    ) -> Result<Box<dyn Write>, ArchiveError>;
     fn symlink(&mut self, path: &Path, display: &str, target: &Path) -> Result<(), ArchiveError>;
 }
 
@@ -237,8 +290,12 @@ impl Writer {
     fn real_dir(&self, at: &Path, display: &str) -> Result<(), ArchiveError> {
         match fs::symlink_metadata(at) {
             Ok(meta) if meta.file_type().is_dir() => Ok(()),
-            Ok(meta) if meta.file_type().is_symlink() => Err(ArchiveError::ThroughLink { path: display.to_owned() }),
-            Ok(_) => Err(ArchiveError::Duplicate { path: display.to_owned() }),
+            Ok(meta) if meta.file_type().is_symlink() => Err(ArchiveError::ThroughLink {
+                path: display.to_owned(),
+            }),
+            Ok(_) => Err(ArchiveError::Duplicate {
+                path: display.to_owned(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir(at).map_err(|source| io_error(display, source))
             }
@@ -248,7 +305,10 @@ impl Writer {
 }
 
 fn io_error(path: &str, source: io::Error) -> ArchiveError {
-    ArchiveError::Io { path: path.to_owned(), source }
+    ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl Sink for Writer {
@@ -257,7 +317,12 @@ impl Sink for Writer {
         self.real_dir(&full, display)
     }
 
-    fn file(&mut self, path: &Path, display: &str, executable: bool) -> Result<Box<dyn Write>, ArchiveError> {
+    fn file(
+        &mut self,
+        path: &Path,
+        display: &str,
+        executable: bool,
+    ) -> Result<Box<dyn Write>, ArchiveError> {
         let full = self.parents(path, display)?;
         let mode = if executable { 0o755 } else { 0o644 };
         // create_new + O_NOFOLLOW: never replaces an entry, never follows a link.
@@ -268,17 +333,22 @@ impl Sink for Writer {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&full)
             .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => ArchiveError::Duplicate { path: display.to_owned() },
+                io::ErrorKind::AlreadyExists => ArchiveError::Duplicate {
+                    path: display.to_owned(),
+                },
                 _ => io_error(display, e),
             })?;
-        file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| io_error(display, e))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| io_error(display, e))?;
         Ok(Box::new(file))
     }
 
     fn symlink(&mut self, path: &Path, display: &str, target: &Path) -> Result<(), ArchiveError> {
         let full = self.parents(path, display)?;
         std::os::unix::fs::symlink(target, &full).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => ArchiveError::Duplicate { path: display.to_owned() },
+            io::ErrorKind::AlreadyExists => ArchiveError::Duplicate {
+                path: display.to_owned(),
+            },
             _ => io_error(display, e),
         })
     }

@@ -7,27 +7,42 @@ use std::path::{Component, Path, PathBuf};
 /// components (`./` dropped), or refuses it. The archive root itself (`.`,
 /// `./`, as `tar -C dir .` writes it) is the empty path.
 pub fn safe_relative_path(raw: &str) -> Result<PathBuf, ArchiveError> {
-    let invalid = || ArchiveError::InvalidPath { path: raw.to_owned() };
+    let invalid = || ArchiveError::InvalidPath {
+        path: raw.to_owned(),
+    };
     if raw.is_empty() || raw.contains('\0') || raw.contains('\\') {
         return Err(invalid());
     }
     if raw.starts_with('/') {
-        return Err(ArchiveError::AbsolutePath { path: raw.to_owned() });
+        return Err(ArchiveError::AbsolutePath {
+            path: raw.to_owned(),
+        });
     }
     let mut out = PathBuf::new();
     for component in Path::new(raw).components() {
         match component {
             Component::Normal(part) => {
                 // A drive prefix such as `C:` means an absolute Windows path.
-                if part.to_str().is_some_and(|p| p.len() == 2 && p.ends_with(':')) {
-                    return Err(ArchiveError::AbsolutePath { path: raw.to_owned() });
+                if part
+                    .to_str()
+                    .is_some_and(|p| p.len() == 2 && p.ends_with(':'))
+                {
+                    return Err(ArchiveError::AbsolutePath {
+                        path: raw.to_owned(),
+                    });
                 }
                 out.push(part)
             }
             Component::CurDir => {}
-            Component::ParentDir => return Err(ArchiveError::ParentTraversal { path: raw.to_owned() }),
+            Component::ParentDir => {
+                return Err(ArchiveError::ParentTraversal {
+                    path: raw.to_owned(),
+                });
+            }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(ArchiveError::AbsolutePath { path: raw.to_owned() });
+                return Err(ArchiveError::AbsolutePath {
+                    path: raw.to_owned(),
+                });
             }
         }
     }
@@ -36,9 +51,20 @@ pub fn safe_relative_path(raw: &str) -> Result<PathBuf, ArchiveError> {
 
 /// Checks that a symlink at `link` (relative to the root) pointing to
 /// `target` resolves inside the tree, judged lexically.
-pub fn check_link_target(link: &Path, display: &str, target: &str) -> Result<PathBuf, ArchiveError> {
-    let escapes = || ArchiveError::LinkEscapes { path: display.to_owned(), target: target.to_owned() };
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') || target.contains('\\') {
+pub fn check_link_target(
+    link: &Path,
+    display: &str,
+    target: &str,
+) -> Result<PathBuf, ArchiveError> {
+    let escapes = || ArchiveError::LinkEscapes {
+        path: display.to_owned(),
+        target: target.to_owned(),
+    };
+    if target.is_empty()
+        || target.starts_with('/')
+        || target.contains('\0')
+        || target.contains('\\')
+    {
         return Err(escapes());
     }
     let mut depth = link.components().count() as i64 - 1;

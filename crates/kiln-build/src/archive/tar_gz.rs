@@ -2,7 +2,7 @@
 //! every rule of the module applies.
 
 use super::path::{check_link_target, safe_relative_path};
-use super::{copy_file, ArchiveError, Budget, Sink};
+use super::{ArchiveError, Budget, Sink, copy_file};
 use flate2::read::MultiGzDecoder;
 use std::cell::Cell;
 use std::io::Read;
@@ -23,9 +23,16 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -> Result<(), ArchiveError> {
+pub(super) fn walk(
+    bytes: &[u8],
+    budget: &mut Budget<'_>,
+    sink: &mut dyn Sink,
+) -> Result<(), ArchiveError> {
     let total = Rc::new(Cell::new(0));
-    let reader = Counting { inner: MultiGzDecoder::new(bytes), total: total.clone() };
+    let reader = Counting {
+        inner: MultiGzDecoder::new(bytes),
+        total: total.clone(),
+    };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(corrupt)?;
     for entry in entries {
@@ -36,8 +43,11 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
             continue;
         }
         budget.entry()?;
-        let raw = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| ArchiveError::InvalidPath { path: "<not UTF-8>".into() })?;
+        let raw = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| {
+            ArchiveError::InvalidPath {
+                path: "<not UTF-8>".into(),
+            }
+        })?;
         let path = safe_relative_path(&raw)?;
         if path.as_os_str().is_empty() {
             // The archive root: nothing to create, and nothing else may be it.
@@ -62,7 +72,12 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
                 sink.symlink(&path, &raw, &target)?;
             }
             EntryType::Link => return Err(ArchiveError::HardLink { path: raw }),
-            other => return Err(ArchiveError::SpecialFile { path: raw, kind: describe(other) }),
+            other => {
+                return Err(ArchiveError::SpecialFile {
+                    path: raw,
+                    kind: describe(other),
+                });
+            }
         }
         budget.check_ratio(total.get())?;
     }

@@ -1,7 +1,7 @@
 //! `.zip`: stored and deflated entries only; encrypted ones are refused.
 
 use super::path::{check_link_target, safe_relative_path};
-use super::{copy_file, ArchiveError, Budget, Sink};
+use super::{ArchiveError, Budget, Sink, copy_file};
 use std::io::{Cursor, Read};
 
 /// Longest symlink target read from an entry.
@@ -11,16 +11,26 @@ const S_IFLNK: u32 = 0o120000;
 const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
 
-pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -> Result<(), ArchiveError> {
+pub(super) fn walk(
+    bytes: &[u8],
+    budget: &mut Budget<'_>,
+    sink: &mut dyn Sink,
+) -> Result<(), ArchiveError> {
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(corrupt)?;
     if archive.len() as u64 > budget.limits.max_entries {
-        return Err(ArchiveError::TooManyEntries { limit: budget.limits.max_entries });
+        return Err(ArchiveError::TooManyEntries {
+            limit: budget.limits.max_entries,
+        });
     }
     for index in 0..archive.len() {
         let mut file = match archive.by_index(index) {
             Ok(file) => file,
-            Err(zip::result::ZipError::UnsupportedArchive(m)) if m.contains("assword") || m.contains("ncrypt") => {
-                return Err(ArchiveError::Encrypted { path: format!("entry {index}") });
+            Err(zip::result::ZipError::UnsupportedArchive(m))
+                if m.contains("assword") || m.contains("ncrypt") =>
+            {
+                return Err(ArchiveError::Encrypted {
+                    path: format!("entry {index}"),
+                });
             }
             Err(e) => return Err(corrupt(e)),
         };
@@ -41,7 +51,10 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
             _ if file.is_dir() => sink.dir(&path, &raw)?,
             S_IFLNK => {
                 let mut target = String::new();
-                (&mut file).take(MAX_LINK_TARGET).read_to_string(&mut target).map_err(|e| corrupt(e.into()))?;
+                (&mut file)
+                    .take(MAX_LINK_TARGET)
+                    .read_to_string(&mut target)
+                    .map_err(|e| corrupt(e.into()))?;
                 let target = check_link_target(&path, &raw, &target)?;
                 sink.symlink(&path, &raw, &target)?;
             }
@@ -50,7 +63,12 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
                 copy_file(&raw, &mut file, budget, &mut out)?;
             }
             S_IFDIR => sink.dir(&path, &raw)?,
-            _ => return Err(ArchiveError::SpecialFile { path: raw, kind: "special file" }),
+            _ => {
+                return Err(ArchiveError::SpecialFile {
+                    path: raw,
+                    kind: "special file",
+                });
+            }
         }
     }
     Ok(())
@@ -58,7 +76,9 @@ pub(super) fn walk(bytes: &[u8], budget: &mut Budget<'_>, sink: &mut dyn Sink) -
 
 fn corrupt(e: zip::result::ZipError) -> ArchiveError {
     match e {
-        zip::result::ZipError::UnsupportedArchive(m) => ArchiveError::Corrupt(format!("unsupported zip feature: {m}")),
+        zip::result::ZipError::UnsupportedArchive(m) => {
+            ArchiveError::Corrupt(format!("unsupported zip feature: {m}"))
+        }
         e => ArchiveError::Corrupt(e.to_string()),
     }
 }

@@ -20,15 +20,24 @@ const MAX_FETCH_LOG: usize = 64 * 1024;
 pub(super) fn create_cache(dir: &Path) -> Result<(), ToolchainError> {
     for sub in ["cargo-home", "vendor", "home"] {
         let path = dir.join(sub);
-        std::fs::create_dir_all(&path).map_err(|e| ToolchainError::io(format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| ToolchainError::io(format!("creating {}", path.display()), e))?;
     }
     let mut at = Some(dir);
     while let Some(d) = at.filter(|d| *d != Path::new("/")) {
-        let mode = std::fs::metadata(d).map(|m| m.permissions().mode()).unwrap_or(0);
+        let mode = std::fs::metadata(d)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
         if mode & 0o005 != 0o005 && d.starts_with(dir) {
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode & 0o7777) | 0o755));
+            let _ = std::fs::set_permissions(
+                d,
+                std::fs::Permissions::from_mode((mode & 0o7777) | 0o755),
+            );
         } else if mode & 0o001 == 0 {
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode & 0o7777) | 0o711));
+            let _ = std::fs::set_permissions(
+                d,
+                std::fs::Permissions::from_mode((mode & 0o7777) | 0o711),
+            );
         }
         at = d.parent();
     }
@@ -58,7 +67,12 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
     let run = tokio::time::timeout(config.fetch_timeout, command.output());
     let output = run
         .await
-        .map_err(|_| ToolchainError::Fetch(format!("fetching dependencies took longer than {} s", config.fetch_timeout.as_secs())))?
+        .map_err(|_| {
+            ToolchainError::Fetch(format!(
+                "fetching dependencies took longer than {} s",
+                config.fetch_timeout.as_secs()
+            ))
+        })?
         .map_err(|e| ToolchainError::io("running cargo to fetch dependencies", e))?;
     let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
     text.truncate(MAX_FETCH_LOG.min(text.len()));
@@ -67,11 +81,23 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
     }
     log.push_str(&text);
     if !output.status.success() {
-        if let Some(line) = text.lines().find(|l| NETWORK_ERRORS.iter().any(|e| l.contains(e))) {
-            return Err(ToolchainError::RegistryUnavailable(format!("the package registry could not be reached: {}", line.trim())));
+        if let Some(line) = text
+            .lines()
+            .find(|l| NETWORK_ERRORS.iter().any(|e| l.contains(e)))
+        {
+            return Err(ToolchainError::RegistryUnavailable(format!(
+                "the package registry could not be reached: {}",
+                line.trim()
+            )));
         }
-        let last = text.lines().rfind(|l| l.contains("error")).unwrap_or("cargo failed").trim();
-        return Err(ToolchainError::Fetch(format!("fetching dependencies failed: {last}")));
+        let last = text
+            .lines()
+            .rfind(|l| l.contains("error"))
+            .unwrap_or("cargo failed")
+            .trim();
+        return Err(ToolchainError::Fetch(format!(
+            "fetching dependencies failed: {last}"
+        )));
     }
     Ok(())
 }
@@ -92,15 +118,25 @@ const NETWORK_ERRORS: [&str; 9] = [
 
 /// Resolves (if needed) and vendors the project's dependencies into the
 /// shared cache, keyed by the lock file. `None` when there are none.
-pub(super) async fn vendor(config: &RustConfig, project: &Path, log: &mut String) -> Result<Option<PathBuf>, ToolchainError> {
+pub(super) async fn vendor(
+    config: &RustConfig,
+    project: &Path,
+    log: &mut String,
+) -> Result<Option<PathBuf>, ToolchainError> {
     let manifest = project.join("Cargo.toml");
     let manifest_arg = manifest.display().to_string();
     let lock_path = project.join("Cargo.lock");
     if !lock_path.exists() {
         log.push_str("[kiln] no Cargo.lock: resolving dependencies\n");
-        cargo(config, &["generate-lockfile", "--manifest-path", &manifest_arg], log).await?;
+        cargo(
+            config,
+            &["generate-lockfile", "--manifest-path", &manifest_arg],
+            log,
+        )
+        .await?;
     }
-    let lock = std::fs::read(&lock_path).map_err(|e| ToolchainError::io("reading Cargo.lock", e))?;
+    let lock =
+        std::fs::read(&lock_path).map_err(|e| ToolchainError::io("reading Cargo.lock", e))?;
     if !String::from_utf8_lossy(&lock).contains("source = ") {
         log.push_str("[kiln] no dependencies to fetch\n");
         return Ok(None);
@@ -108,14 +144,32 @@ pub(super) async fn vendor(config: &RustConfig, project: &Path, log: &mut String
     let key = hex::encode(Sha256::digest(&lock));
     let dir = config.cache_dir.join("vendor").join(&key);
     if dir.is_dir() {
-        log.push_str(&format!("[kiln] dependencies already vendored ({})\n", &key[..12]));
+        log.push_str(&format!(
+            "[kiln] dependencies already vendored ({})\n",
+            &key[..12]
+        ));
         return Ok(Some(dir));
     }
     // Vendored into a temporary name, then renamed: a half-done tree is
     // never used.
-    let staging = config.cache_dir.join("vendor").join(format!(".tmp-{}", uuid_like()));
+    let staging = config
+        .cache_dir
+        .join("vendor")
+        .join(format!(".tmp-{}", uuid_like()));
     let staging_arg = staging.display().to_string();
-    let result = cargo(config, &["vendor", "--locked", "--versioned-dirs", "--manifest-path", &manifest_arg, &staging_arg], log).await;
+    let result = cargo(
+        config,
+        &[
+            "vendor",
+            "--locked",
+            "--versioned-dirs",
+            "--manifest-path",
+            &manifest_arg,
+            &staging_arg,
+        ],
+        log,
+    )
+    .await;
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -129,7 +183,10 @@ pub(super) async fn vendor(config: &RustConfig, project: &Path, log: &mut String
 }
 
 fn uuid_like() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{}-{nanos}", std::process::id())
 }
 
@@ -137,8 +194,10 @@ fn uuid_like() -> String {
 /// source replacement is passed on cargo's command line).
 pub(super) fn write_build_home(scratch: &Path) -> Result<(), ToolchainError> {
     for sub in ["home", "tmp", "cargo-home", "target"] {
-        std::fs::create_dir_all(scratch.join(sub)).map_err(|e| ToolchainError::io("preparing the build directory", e))?;
+        std::fs::create_dir_all(scratch.join(sub))
+            .map_err(|e| ToolchainError::io("preparing the build directory", e))?;
     }
     let config = "[net]\noffline = true\n";
-    std::fs::write(scratch.join("cargo-home/config.toml"), config).map_err(|e| ToolchainError::io("writing the cargo configuration", e))
+    std::fs::write(scratch.join("cargo-home/config.toml"), config)
+        .map_err(|e| ToolchainError::io("writing the cargo configuration", e))
 }

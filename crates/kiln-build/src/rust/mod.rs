@@ -7,7 +7,7 @@ mod policy;
 
 use crate::toolchain::{Prepared, Toolchain, ToolchainError};
 use kiln_domain::Language;
-use kiln_sandbox::{Mount, MountKind, SandboxCommand, GUEST_SCRATCH};
+use kiln_sandbox::{GUEST_SCRATCH, Mount, MountKind, SandboxCommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,17 +92,30 @@ impl Toolchain for RustToolchain {
         if let Some(vendor) = vendor {
             mounts.push((vendor, PathBuf::from(GUEST_DEPS)));
         }
-        Ok(Prepared { project: relative(scratch, &project), mounts, log })
+        Ok(Prepared {
+            project: relative(scratch, &project),
+            mounts,
+            log,
+        })
     }
 
     fn build_command(&self, prepared: &Prepared) -> SandboxCommand {
         let toolchain = Path::new(GUEST_TOOLCHAIN);
         let scratch = Path::new(GUEST_SCRATCH);
         let env = [
-            ("PATH", format!("{}:/usr/bin:/bin", toolchain.join("bin").display())),
+            (
+                "PATH",
+                format!("{}:/usr/bin:/bin", toolchain.join("bin").display()),
+            ),
             ("HOME", scratch.join("home").display().to_string()),
-            ("CARGO_HOME", scratch.join("cargo-home").display().to_string()),
-            ("CARGO_TARGET_DIR", scratch.join("target").display().to_string()),
+            (
+                "CARGO_HOME",
+                scratch.join("cargo-home").display().to_string(),
+            ),
+            (
+                "CARGO_TARGET_DIR",
+                scratch.join("target").display().to_string(),
+            ),
             ("RUSTC", toolchain.join("bin/rustc").display().to_string()),
             ("TMPDIR", scratch.join("tmp").display().to_string()),
             ("CARGO_TERM_COLOR", "never".into()),
@@ -119,7 +132,16 @@ impl Toolchain for RustToolchain {
             guest: guest.clone(),
             kind: MountKind::ReadOnly,
         }));
-        let mut args: Vec<String> = ["build", "--release", "--target", TARGET, "--offline", "--locked"].map(String::from).to_vec();
+        let mut args: Vec<String> = [
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "--offline",
+            "--locked",
+        ]
+        .map(String::from)
+        .to_vec();
         if !prepared.mounts.is_empty() {
             // Crates come from the read-only vendored tree. Given as
             // arguments (not a file) so every sandbox can map the path.
@@ -141,8 +163,9 @@ impl Toolchain for RustToolchain {
 
     fn find_output(&self, scratch: &Path, _prepared: &Prepared) -> Result<PathBuf, ToolchainError> {
         let dir = Path::new("target").join(TARGET).join("release");
-        let entries = std::fs::read_dir(scratch.join(&dir))
-            .map_err(|_| ToolchainError::Output("the build produced no WebAssembly module".into()))?;
+        let entries = std::fs::read_dir(scratch.join(&dir)).map_err(|_| {
+            ToolchainError::Output("the build produced no WebAssembly module".into())
+        })?;
         let mut found: Vec<String> = entries
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -165,5 +188,7 @@ impl Toolchain for RustToolchain {
 }
 
 fn relative(base: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(base).map(Path::to_owned).unwrap_or_else(|_| path.to_owned())
+    path.strip_prefix(base)
+        .map(Path::to_owned)
+        .unwrap_or_else(|_| path.to_owned())
 }

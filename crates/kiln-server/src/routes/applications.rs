@@ -1,13 +1,13 @@
 //! `/application`: the customer's plugins.
 
+use crate::AppState;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
-use crate::AppState;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
-use kiln_domain::{validate_name, validate_notes, AppId, Application};
+use kiln_domain::{AppId, Application, validate_name, validate_notes};
 use kiln_store::keys;
 use serde::Deserialize;
 
@@ -52,7 +52,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/application", tag = "applications",
     responses((status = 200, body = [Application]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, Owner(owner): Owner) -> ApiResult<Json<Vec<Application>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+) -> ApiResult<Json<Vec<Application>>> {
     let apps = state
         .meta
         .list_applications(owner)

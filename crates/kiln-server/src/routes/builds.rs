@@ -2,14 +2,14 @@
 
 use super::applications::parse_app_id;
 use super::versions::{blob_response, fetch_blob, parse_build_id};
+use crate::AppState;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::AppState;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
 use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use kiln_domain::{BuildState, VersionBuild};
 use kiln_store::{BuildFilter, Page};
 use serde::Deserialize;
@@ -43,16 +43,29 @@ pub async fn list(
     let limit = query.limit.unwrap_or(50);
     let offset = query.offset.unwrap_or(0);
     if !(1..=MAX_PAGE).contains(&limit) || offset < 0 {
-        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE} and offset at least 0")));
+        return Err(ApiError::invalid(format!(
+            "limit must be 1 to {MAX_PAGE} and offset at least 0"
+        )));
     }
     let filter = BuildFilter {
-        application_id: query.application_id.as_deref().map(parse_app_id).transpose()?,
+        application_id: query
+            .application_id
+            .as_deref()
+            .map(parse_app_id)
+            .transpose()?,
         state: query.state.as_deref().map(BuildState::parse).transpose()?,
     };
     // One extra row tells whether a next page exists.
     let mut builds = state
         .meta
-        .list_builds(owner, &filter, Page { limit: limit + 1, offset })
+        .list_builds(
+            owner,
+            &filter,
+            Page {
+                limit: limit + 1,
+                offset,
+            },
+        )
         .await
         .map_err(|e| ApiError::internal("listing builds failed", e))?;
     let more = builds.len() as i64 > limit;
@@ -82,9 +95,17 @@ fn next_link(query: &BuildQuery, limit: i64, offset: i64) -> String {
     params(("id" = String, Path, description = "build id")),
     responses((status = 200, body = VersionBuild), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Json<VersionBuild>> {
+pub async fn get(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VersionBuild>> {
     let build_id = parse_build_id(&id, "build")?;
-    let build = state.meta.get_build(owner, build_id).await.map_err(|e| ApiError::from_store(e, "build", &id))?;
+    let build = state
+        .meta
+        .get_build(owner, build_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "build", &id))?;
     Ok(Json(build))
 }
 
@@ -93,9 +114,17 @@ pub async fn get(State(state): State<AppState>, Owner(owner): Owner, Path(id): P
     params(("id" = String, Path, description = "build id")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn logs(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn logs(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let build_id = parse_build_id(&id, "build")?;
-    let build = state.meta.get_build(owner, build_id).await.map_err(|e| ApiError::from_store(e, "build", &id))?;
+    let build = state
+        .meta
+        .get_build(owner, build_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "build", &id))?;
     let Some(location) = build.logs_location else {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
@@ -112,12 +141,22 @@ pub async fn logs(State(state): State<AppState>, Owner(owner): Owner, Path(id): 
     params(("id" = String, Path, description = "build id")),
     responses((status = 200, body = VersionBuild), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn cancel(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<Json<VersionBuild>> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Json<VersionBuild>> {
     let build_id = parse_build_id(&id, "build")?;
-    let build = state.meta.cancel_build(owner, build_id).await.map_err(|e| match e {
-        kiln_store::StoreError::Conflict(message) => ApiError::conflict("not_cancellable", message),
-        e => ApiError::from_store(e, "build", &id),
-    })?;
+    let build = state
+        .meta
+        .cancel_build(owner, build_id)
+        .await
+        .map_err(|e| match e {
+            kiln_store::StoreError::Conflict(message) => {
+                ApiError::conflict("not_cancellable", message)
+            }
+            e => ApiError::from_store(e, "build", &id),
+        })?;
     tracing::info!(build = %build.id, "build cancelled");
     Ok(Json(build))
 }

@@ -3,20 +3,20 @@
 //! claim, so a stale or forged report changes nothing (409).
 
 use super::versions::{cwasm_name, parse_build_id, source_response};
+use crate::AppState;
 use crate::auth::Worker;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::upload::{read_form, Form, FormSpec};
-use crate::AppState;
+use crate::upload::{Form, FormSpec, read_form};
+use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
-use kiln_domain::worker_api::{fields, Claim, Heartbeat, LEASE_HEADER};
+use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, fields};
 use kiln_domain::{BuildId, Version, VersionBuild};
-use kiln_store::{keys, ClaimedBuild, NewVersion, StoreError};
+use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -30,8 +30,14 @@ fn lease_from(headers: &HeaderMap, form: Option<&Form>) -> ApiResult<Uuid> {
         .get(LEASE_HEADER)
         .and_then(|v| v.to_str().ok())
         .or_else(|| form.and_then(|f| f.text("lease_id")))
-        .ok_or_else(|| ApiError::bad_request("missing_lease", format!("the {LEASE_HEADER} header is required")))?;
-    Uuid::parse_str(raw.trim()).map_err(|_| ApiError::conflict("lease_lost", "the lease id is not valid"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_lease",
+                format!("the {LEASE_HEADER} header is required"),
+            )
+        })?;
+    Uuid::parse_str(raw.trim())
+        .map_err(|_| ApiError::conflict("lease_lost", "the lease id is not valid"))
 }
 
 fn lease_error(e: StoreError, id: BuildId) -> ApiError {
@@ -40,7 +46,11 @@ fn lease_error(e: StoreError, id: BuildId) -> ApiError {
 
 fn claim_answer(claimed: ClaimedBuild) -> Claim {
     let id = claimed.build.id;
-    let kind = if claimed.source_location.ends_with(".zip") { "zip" } else { "tar.gz" };
+    let kind = if claimed.source_location.ends_with(".zip") {
+        "zip"
+    } else {
+        "tar.gz"
+    };
     Claim {
         build: claimed.build,
         lease_id: claimed.lease_id,
@@ -61,8 +71,13 @@ pub struct ClaimQuery {
     params(ClaimQuery),
     responses((status = 200, body = Claim), (status = 204), (status = 401, body = ErrorBody)),
     security(("worker" = [])))]
-pub async fn claim(State(state): State<AppState>, _: Worker, ApiQuery(query): ApiQuery<ClaimQuery>) -> ApiResult<Response> {
-    let wait = Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(crate::config::MAX_CLAIM_WAIT);
+pub async fn claim(
+    State(state): State<AppState>,
+    _: Worker,
+    ApiQuery(query): ApiQuery<ClaimQuery>,
+) -> ApiResult<Response> {
+    let wait =
+        Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(crate::config::MAX_CLAIM_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Registered before the claim, so a build queued in between still wakes us.
@@ -93,21 +108,42 @@ pub async fn claim(State(state): State<AppState>, _: Worker, ApiQuery(query): Ap
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
     responses((status = 200, body = Heartbeat), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
-pub async fn heartbeat(State(state): State<AppState>, _: Worker, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Heartbeat>> {
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    _: Worker,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Heartbeat>> {
     let build_id = parse_build_id(&id, "build")?;
     let lease = lease_from(&headers, None)?;
-    let expires = state.meta.heartbeat(build_id, lease, state.config.lease).await.map_err(|e| lease_error(e, build_id))?;
-    Ok(Json(Heartbeat { build_id, lease_expires: expires }))
+    let expires = state
+        .meta
+        .heartbeat(build_id, lease, state.config.lease)
+        .await
+        .map_err(|e| lease_error(e, build_id))?;
+    Ok(Json(Heartbeat {
+        build_id,
+        lease_expires: expires,
+    }))
 }
 
 #[utoipa::path(get, path = "/internal/builds/{id}/source", tag = "worker",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
     responses((status = 200, body = Vec<u8>), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
-pub async fn source(State(state): State<AppState>, _: Worker, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+pub async fn source(
+    State(state): State<AppState>,
+    _: Worker,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let build_id = parse_build_id(&id, "build")?;
     let lease = lease_from(&headers, None)?;
-    let claimed = state.meta.leased_build(build_id, lease).await.map_err(|e| lease_error(e, build_id))?;
+    let claimed = state
+        .meta
+        .leased_build(build_id, lease)
+        .await
+        .map_err(|e| lease_error(e, build_id))?;
     source_response(&state, &claimed.source_location).await
 }
 
@@ -122,7 +158,11 @@ async fn report_form(
     let build_id = parse_build_id(id, "build")?;
     let form = read_form(multipart, spec).await?;
     let lease = lease_from(headers, Some(&form))?;
-    let claimed = state.meta.leased_build(build_id, lease).await.map_err(|e| lease_error(e, build_id))?;
+    let claimed = state
+        .meta
+        .leased_build(build_id, lease)
+        .await
+        .map_err(|e| lease_error(e, build_id))?;
     Ok((claimed, lease, form))
 }
 
@@ -153,7 +193,10 @@ pub async fn build_success(
 ) -> ApiResult<(StatusCode, Json<Version>)> {
     let config = &state.config;
     let spec = FormSpec {
-        files: &[(fields::BINARY, config.max_binary_bytes), (fields::LOGS, config.max_report_log_bytes)],
+        files: &[
+            (fields::BINARY, config.max_binary_bytes),
+            (fields::LOGS, config.max_report_log_bytes),
+        ],
         file_prefixes: &[(fields::CWASM_PREFIX, config.max_binary_bytes * 4)],
         max_prefixed: MAX_ARTIFACTS,
     };
@@ -179,7 +222,10 @@ pub async fn build_success(
         logs_location: keys::logs(build.application_id, build.id),
         profile,
     };
-    let mut written = vec![(new.binary_location.clone(), binary), (new.logs_location.clone(), logs)];
+    let mut written = vec![
+        (new.binary_location.clone(), binary),
+        (new.logs_location.clone(), logs),
+    ];
     for (name, bytes) in artifacts {
         written.push((keys::artifact(build.application_id, build.id, &name), bytes));
     }
@@ -272,7 +318,13 @@ pub async fn build_crash(
     };
     let updated = state
         .meta
-        .report_crash(build.id, lease, logs_key.as_deref(), &error, state.config.max_attempts)
+        .report_crash(
+            build.id,
+            lease,
+            logs_key.as_deref(),
+            &error,
+            state.config.max_attempts,
+        )
         .await
         .map_err(|e| lease_error(e, build.id))?;
     tracing::warn!(build = %build.id, %error, state = %updated.state, "build crashed");

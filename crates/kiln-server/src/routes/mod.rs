@@ -8,13 +8,13 @@ pub mod ops;
 pub mod trial;
 pub mod versions;
 
-use crate::error::ApiError;
-use crate::upload::{refuse_declared_oversize, FORM_OVERHEAD_BYTES};
 use crate::AppState;
+use crate::error::ApiError;
+use crate::upload::{FORM_OVERHEAD_BYTES, refuse_declared_oversize};
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
-use axum::Router;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
@@ -24,26 +24,41 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let upload_limit = config.archive_limits.max_upload_bytes + FORM_OVERHEAD_BYTES;
-    let report_limit = config.max_binary_bytes * (4 * 8 + 1) + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
+    let report_limit =
+        config.max_binary_bytes * (4 * 8 + 1) + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
 
     let upload = Router::new()
         .route("/version", post(versions::upload).get(versions::list))
         .layer(DefaultBodyLimit::max(upload_limit as usize))
-        .layer(middleware::from_fn(move |req, next| refuse_declared_oversize(upload_limit, req, next)));
+        .layer(middleware::from_fn(move |req, next| {
+            refuse_declared_oversize(upload_limit, req, next)
+        }));
     let reports = Router::new()
         .route("/build_success/{id}", post(internal::build_success))
         .route("/build_fail/{id}", post(internal::build_fail))
         .route("/build_crash/{id}", post(internal::build_crash))
         .layer(DefaultBodyLimit::max(report_limit as usize))
-        .layer(middleware::from_fn(move |req, next| refuse_declared_oversize(report_limit, req, next)));
+        .layer(middleware::from_fn(move |req, next| {
+            refuse_declared_oversize(report_limit, req, next)
+        }));
 
     Router::new()
-        .route("/application", post(applications::create).get(applications::list))
+        .route(
+            "/application",
+            post(applications::create).get(applications::list),
+        )
         .route(
             "/application/{id}",
-            get(applications::get).patch(applications::update).delete(applications::delete),
+            get(applications::get)
+                .patch(applications::update)
+                .delete(applications::delete),
         )
-        .route("/version/{id}", get(versions::get).patch(versions::update).delete(versions::delete))
+        .route(
+            "/version/{id}",
+            get(versions::get)
+                .patch(versions::update)
+                .delete(versions::delete),
+        )
         .route("/version/{id}/binary", get(versions::binary))
         .route("/version/{id}/source", get(versions::source))
         .route("/version/{id}/logs", get(versions::logs))
@@ -60,11 +75,24 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi_json))
         .merge(upload)
         .merge(reports)
-        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )
         })
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::track))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

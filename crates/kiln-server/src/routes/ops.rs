@@ -1,12 +1,12 @@
 //! Health, metrics and the API description.
 
+use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::openapi::ApiDoc;
-use crate::AppState;
+use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::Json;
 use serde::Serialize;
 use utoipa::OpenApi;
 
@@ -20,11 +20,21 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "ops",
     responses((status = 200, body = Health), (status = 500, body = ErrorBody)))]
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    state.meta.ping().await.map_err(|e| ApiError::internal("health check: database unreachable", e))?;
+    state
+        .meta
+        .ping()
+        .await
+        .map_err(|e| ApiError::internal("health check: database unreachable", e))?;
     Ok(Json(Health {
         status: "ok",
         database: state.meta.backend_name(),
-        blobs: state.blobs.describe().split("://").next().unwrap_or_default().to_owned(),
+        blobs: state
+            .blobs
+            .describe()
+            .split("://")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     }))
 }
 
@@ -32,10 +42,17 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     description = "Prometheus text format: builds by state, queue depth, request counts and latencies.",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let counts = state.meta.queue_counts().await.map_err(|e| ApiError::internal("metrics: counting builds failed", e))?;
+    let counts = state
+        .meta
+        .queue_counts()
+        .await
+        .map_err(|e| ApiError::internal("metrics: counting builds failed", e))?;
     state.metrics.set_builds(&counts.by_state);
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     ))
 }

@@ -3,14 +3,16 @@
 //! each trial has fuel, time and memory limits and only a few run at once.
 
 use super::versions::{fetch_blob, parse_build_id};
+use crate::AppState;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
-use crate::AppState;
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
-use kiln_wasm::{run_trial, HostEngine, HostError, TrialLimits, TrialRequest, TrialResult, UpstreamStub};
+use kiln_wasm::{
+    HostEngine, HostError, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
+};
 use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -31,7 +33,11 @@ impl Default for TrialHost {
         Self {
             engine: OnceLock::new(),
             permits: Semaphore::new(CONCURRENT_TRIALS),
-            limits: TrialLimits { fuel: 200_000_000, wall: Duration::from_secs(1), memory_bytes: 64 << 20 },
+            limits: TrialLimits {
+                fuel: 200_000_000,
+                wall: Duration::from_secs(1),
+                memory_bytes: 64 << 20,
+            },
         }
     }
 }
@@ -76,9 +82,14 @@ fn root() -> String {
 
 fn plugin_error(e: HostError) -> ApiError {
     match e {
-        HostError::OutOfFuel(_) | HostError::Timeout(_) | HostError::Trap(_) | HostError::MissingExport(_) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "plugin_error", e.to_string())
-        }
+        HostError::OutOfFuel(_)
+        | HostError::Timeout(_)
+        | HostError::Trap(_)
+        | HostError::MissingExport(_) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_error",
+            e.to_string(),
+        ),
         e => ApiError::internal("running a trial failed", e),
     }
 }
@@ -96,7 +107,11 @@ pub async fn try_version(
     ApiJson(body): ApiJson<TryBody>,
 ) -> ApiResult<Json<TrialResult>> {
     let build_id = parse_build_id(&id, "version")?;
-    let version = state.meta.get_version(owner, build_id).await.map_err(|e| ApiError::from_store(e, "version", &id))?;
+    let version = state
+        .meta
+        .get_version(owner, build_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "version", &id))?;
     let wasm = fetch_blob(&state, &version.binary_location).await?;
     let request = TrialRequest {
         method: body.method,
@@ -108,7 +123,11 @@ pub async fn try_version(
         ticks: 0,
     };
     let host: Arc<TrialHost> = state.trials.clone();
-    let _permit = host.permits.acquire().await.map_err(|e| ApiError::internal("trial admission", e))?;
+    let _permit = host
+        .permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("trial admission", e))?;
     let engine = host.engine()?;
     let limits = host.limits;
     let result = tokio::task::spawn_blocking(move || {

@@ -2,22 +2,23 @@
 //! successful builds produced.
 
 use super::applications::parse_app_id;
+use crate::AppState;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
-use crate::upload::{read_form, FormSpec};
-use crate::AppState;
+use crate::upload::{FormSpec, read_form};
+use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use kiln_build::archive::{self, ArchiveKind};
 use kiln_domain::{
-    parse_version, validate_conf, validate_notes, BuildId, BuildOptions, Language, Phases, Version, VersionBuild,
+    BuildId, BuildOptions, Language, Phases, Version, VersionBuild, parse_version, validate_conf,
+    validate_notes,
 };
-use kiln_store::{keys, NewBuild, StoreError, VersionPatch};
+use kiln_store::{NewBuild, StoreError, VersionPatch, keys};
 use serde::Deserialize;
 
 /// The `multipart/form-data` body of `POST /version`.
@@ -47,7 +48,11 @@ pub(crate) fn parse_build_id(raw: &str, what: &str) -> ApiResult<BuildId> {
 }
 
 fn unsupported_archive(message: String) -> ApiError {
-    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_archive", message)
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_archive",
+        message,
+    )
 }
 
 /// Refuses an archive that is not a `.tar.gz` or `.zip`, or that breaks the
@@ -58,7 +63,9 @@ fn check_archive(state: &AppState, bytes: &[u8]) -> ApiResult<ArchiveKind> {
     })?;
     archive::inspect(bytes, &state.config.archive_limits).map_err(|e| match e {
         archive::ArchiveError::NotAnArchive | archive::ArchiveError::Corrupt(_) => {
-            unsupported_archive(format!("source_code is not a readable .tar.gz or .zip archive: {e}"))
+            unsupported_archive(format!(
+                "source_code is not a readable .tar.gz or .zip archive: {e}"
+            ))
         }
         e => ApiError::invalid(format!("source_code was refused: {e}")),
     })?;
@@ -94,7 +101,11 @@ pub async fn upload(
     let phases = Phases::parse_json(form.required_text("phases")?)?;
     let conf = validate_conf(form.text("conf").unwrap_or_default())?;
     let notes = validate_notes(form.text("notes").unwrap_or_default())?;
-    let options = form.text("options").map(BuildOptions::parse_json).transpose()?.unwrap_or_default();
+    let options = form
+        .text("options")
+        .map(BuildOptions::parse_json)
+        .transpose()?
+        .unwrap_or_default();
     let source = form.required_file("source_code")?;
 
     let app_id = parse_app_id(&plugin_id)?;
@@ -159,7 +170,11 @@ pub async fn list(
     let app = match query.application_id.as_deref() {
         Some(raw) => {
             let id = parse_app_id(raw)?;
-            state.meta.get_application(owner, id).await.map_err(|e| ApiError::from_store(e, "application", raw))?;
+            state
+                .meta
+                .get_application(owner, id)
+                .await
+                .map_err(|e| ApiError::from_store(e, "application", raw))?;
             Some(id)
         }
         None => None,
@@ -174,14 +189,22 @@ pub async fn list(
 
 async fn load(state: &AppState, owner: Owner, raw: &str) -> ApiResult<Version> {
     let id = parse_build_id(raw, "version")?;
-    state.meta.get_version(owner.0, id).await.map_err(|e| ApiError::from_store(e, "version", raw))
+    state
+        .meta
+        .get_version(owner.0, id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "version", raw))
 }
 
 #[utoipa::path(get, path = "/version/{id}", tag = "versions",
     params(("id" = String, Path, description = "version id (the id of the build that made it)")),
     responses((status = 200, body = Version), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn get(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Json<Version>> {
+pub async fn get(
+    State(state): State<AppState>,
+    owner: Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Version>> {
     Ok(Json(load(&state, owner, &id).await?))
 }
 
@@ -213,10 +236,14 @@ pub async fn update(
         conf: body.conf.as_deref().map(validate_conf).transpose()?,
         notes: body.notes.as_deref().map(validate_notes).transpose()?,
     };
-    let version = state.meta.update_version(owner, build_id, &patch).await.map_err(|e| match e {
-        StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
-        e => ApiError::from_store(e, "version", &id),
-    })?;
+    let version = state
+        .meta
+        .update_version(owner, build_id, &patch)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
+            e => ApiError::from_store(e, "version", &id),
+        })?;
     Ok(Json(version))
 }
 
@@ -225,7 +252,11 @@ pub async fn update(
     params(("id" = String, Path, description = "version id")),
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn delete(State(state): State<AppState>, Owner(owner): Owner, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let build_id = parse_build_id(&id, "version")?;
     let version = state
         .meta
@@ -265,7 +296,11 @@ pub async fn binary(
     match query.format.as_deref().unwrap_or("wasm") {
         "wasm" => {
             let etag = format!("\"{}\"", version.binary_sha256);
-            if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+            if headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                == Some(etag.as_str())
+            {
                 return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
             }
             let bytes = fetch_blob(&state, &version.binary_location).await?;
@@ -286,7 +321,10 @@ pub async fn binary(
             })?;
             Ok(blob_response(bytes, "application/octet-stream", None))
         }
-        other => Err(ApiError::bad_request("invalid_format", format!("unknown format {other:?}; use wasm or cwasm"))),
+        other => Err(ApiError::bad_request(
+            "invalid_format",
+            format!("unknown format {other:?}; use wasm or cwasm"),
+        )),
     }
 }
 
@@ -295,9 +333,14 @@ pub async fn binary(
 pub fn cwasm_name(target: &str) -> ApiResult<String> {
     let valid = !target.is_empty()
         && target.len() <= 100
-        && target.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        && target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if !valid {
-        return Err(ApiError::bad_request("invalid_target", format!("{target:?} is not a target triple")));
+        return Err(ApiError::bad_request(
+            "invalid_target",
+            format!("{target:?} is not a target triple"),
+        ));
     }
     Ok(format!("{target}.cwasm"))
 }
@@ -306,13 +349,21 @@ pub fn cwasm_name(target: &str) -> ApiResult<String> {
     params(("id" = String, Path, description = "version id")),
     responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn source(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn source(
+    State(state): State<AppState>,
+    owner: Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let version = load(&state, owner, &id).await?;
     source_response(&state, &version.source_location).await
 }
 
 pub(crate) async fn source_response(state: &AppState, location: &str) -> ApiResult<Response> {
-    let content_type = if location.ends_with(".zip") { "application/zip" } else { "application/gzip" };
+    let content_type = if location.ends_with(".zip") {
+        "application/zip"
+    } else {
+        "application/gzip"
+    };
     let bytes = fetch_blob(state, location).await?;
     Ok(blob_response(bytes, content_type, None))
 }
@@ -321,17 +372,29 @@ pub(crate) async fn source_response(state: &AppState, location: &str) -> ApiResu
     params(("id" = String, Path, description = "version id")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
-pub async fn logs(State(state): State<AppState>, owner: Owner, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn logs(
+    State(state): State<AppState>,
+    owner: Owner,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let version = load(&state, owner, &id).await?;
     let bytes = fetch_blob(&state, &version.logs_location).await?;
     Ok(blob_response(bytes, "text/plain; charset=utf-8", None))
 }
 
 pub(crate) async fn fetch_blob(state: &AppState, key: &str) -> ApiResult<Bytes> {
-    state.blobs.get(key).await.map_err(|e| ApiError::internal("reading a blob failed", format!("{key}: {e}")))
+    state
+        .blobs
+        .get(key)
+        .await
+        .map_err(|e| ApiError::internal("reading a blob failed", format!("{key}: {e}")))
 }
 
-pub(crate) fn blob_response(bytes: Bytes, content_type: &'static str, etag: Option<String>) -> Response {
+pub(crate) fn blob_response(
+    bytes: Bytes,
+    content_type: &'static str,
+    etag: Option<String>,
+) -> Response {
     let mut response = (StatusCode::OK, bytes).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use kiln_domain::{
     AppId, Application, BuildId, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
 };
-use rows::{to_us, AppRow, BuildRow, VersionRow};
+use rows::{AppRow, BuildRow, VersionRow, to_us};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -104,7 +104,10 @@ pub struct Page {
 
 impl Default for Page {
     fn default() -> Self {
-        Self { limit: 50, offset: 0 }
+        Self {
+            limit: 50,
+            offset: 0,
+        }
     }
 }
 
@@ -116,7 +119,9 @@ pub struct QueueCounts {
 
 fn conflict_on_unique(e: sqlx::Error, message: impl Into<String>) -> StoreError {
     match &e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message.into()),
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(message.into())
+        }
         _ => StoreError::Database(e),
     }
 }
@@ -145,7 +150,9 @@ impl MetaStore {
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            Ok(Self { backend: Backend::Sqlite(pool) })
+            Ok(Self {
+                backend: Backend::Sqlite(pool),
+            })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Self::connect_postgres(PgConnectOptions::from_str(url)?).await
         } else {
@@ -160,7 +167,10 @@ impl MetaStore {
     /// if missing. Tests use one schema each.
     pub async fn connect_postgres_schema(url: &str, schema: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
-        let pool = PgPoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
             .execute(&pool)
             .await?;
@@ -175,7 +185,9 @@ impl MetaStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { backend: Backend::Postgres(pool) })
+        Ok(Self {
+            backend: Backend::Postgres(pool),
+        })
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -267,7 +279,12 @@ impl MetaStore {
 
     // ---- applications ------------------------------------------------------
 
-    pub async fn create_application(&self, owner: OwnerId, name: &str, notes: &str) -> Result<Application> {
+    pub async fn create_application(
+        &self,
+        owner: OwnerId,
+        name: &str,
+        notes: &str,
+    ) -> Result<Application> {
         let app = Application {
             id: AppId::new(),
             owner_id: owner,
@@ -407,7 +424,9 @@ impl MetaStore {
     }
 
     async fn build_row(&self, owner: Option<OwnerId>, id: BuildId) -> Result<BuildRow> {
-        let sql = format!("SELECT {BUILD_COLS} FROM builds WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)");
+        let sql = format!(
+            "SELECT {BUILD_COLS} FROM builds WHERE id = $1 AND ($2 IS NULL OR owner_id = $2)"
+        );
         let row: Option<BuildRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(id.0)
@@ -419,7 +438,12 @@ impl MetaStore {
     }
 
     /// The owner's builds, newest first.
-    pub async fn list_builds(&self, owner: OwnerId, filter: &BuildFilter, page: Page) -> Result<Vec<VersionBuild>> {
+    pub async fn list_builds(
+        &self,
+        owner: OwnerId,
+        filter: &BuildFilter,
+        page: Page,
+    ) -> Result<Vec<VersionBuild>> {
         let sql = format!(
             "SELECT {BUILD_COLS} FROM builds WHERE owner_id = $1 \
              AND ($2 IS NULL OR application_id = $2) AND ($3 IS NULL OR state = $3) \
@@ -509,7 +533,12 @@ impl MetaStore {
 
     /// Extends a lease. `LeaseLost` when the build is no longer running
     /// under it (cancelled, re-queued, finished).
-    pub async fn heartbeat(&self, id: BuildId, lease_id: Uuid, lease: Duration) -> Result<DateTime<Utc>> {
+    pub async fn heartbeat(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        lease: Duration,
+    ) -> Result<DateTime<Utc>> {
         let expires = now_us() + lease.as_micros() as i64;
         let changed = with_pool!(self, pool => {
             sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND state = 'running'")
@@ -545,7 +574,12 @@ impl MetaStore {
     }
 
     /// Marks a build succeeded and creates its version, in one transaction.
-    pub async fn complete_success(&self, id: BuildId, lease_id: Uuid, new: &NewVersion) -> Result<Version> {
+    pub async fn complete_success(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        new: &NewVersion,
+    ) -> Result<Version> {
         let now = now_us();
         let profile = new.profile.as_ref().map(|p| p.to_string());
         let result: std::result::Result<Option<BuildRow>, sqlx::Error> = with_pool!(self, pool => {
@@ -576,7 +610,9 @@ impl MetaStore {
                 Ok(Some(row))
             }.await
         });
-        match result.map_err(|e| conflict_on_unique(e, "this version already exists for the application"))? {
+        match result
+            .map_err(|e| conflict_on_unique(e, "this version already exists for the application"))?
+        {
             None => Err(StoreError::LeaseLost(id)),
             Some(row) => self.get_version(OwnerId(row.owner_id), id).await,
         }
@@ -591,7 +627,15 @@ impl MetaStore {
         error: &str,
         profile: Option<&serde_json::Value>,
     ) -> Result<VersionBuild> {
-        self.finish(id, lease_id, BuildState::Failed, Some(logs_location), error, profile).await
+        self.finish(
+            id,
+            lease_id,
+            BuildState::Failed,
+            Some(logs_location),
+            error,
+            profile,
+        )
+        .await
     }
 
     /// Reports a crash (kiln's own fault). The build is queued again unless
@@ -604,7 +648,10 @@ impl MetaStore {
         error: &str,
         max_attempts: i32,
     ) -> Result<VersionBuild> {
-        let row = self.build_row(None, id).await.map_err(|_| StoreError::LeaseLost(id))?;
+        let row = self
+            .build_row(None, id)
+            .await
+            .map_err(|_| StoreError::LeaseLost(id))?;
         if row.attempt < max_attempts {
             let changed = with_pool!(self, pool => {
                 sqlx::query(
@@ -619,7 +666,15 @@ impl MetaStore {
             }
             return self.build_row(None, id).await?.try_into();
         }
-        self.finish(id, lease_id, BuildState::Crashed, logs_location, error, None).await
+        self.finish(
+            id,
+            lease_id,
+            BuildState::Crashed,
+            logs_location,
+            error,
+            None,
+        )
+        .await
     }
 
     async fn finish(
@@ -703,10 +758,19 @@ impl MetaStore {
 
     /// Changes a version's metadata; its build row follows, so the version
     /// number stays unique across both.
-    pub async fn update_version(&self, owner: OwnerId, id: BuildId, patch: &VersionPatch) -> Result<Version> {
+    pub async fn update_version(
+        &self,
+        owner: OwnerId,
+        id: BuildId,
+        patch: &VersionPatch,
+    ) -> Result<Version> {
         let current = self.get_version(owner, id).await?;
         let version = patch.version.clone().unwrap_or(current.version.clone());
-        let phases = patch.phases.clone().unwrap_or(current.phases.clone()).to_json();
+        let phases = patch
+            .phases
+            .clone()
+            .unwrap_or(current.phases.clone())
+            .to_json();
         let conf = patch.conf.clone().unwrap_or(current.conf.clone());
         let notes = patch.notes.clone().unwrap_or(current.notes.clone());
         let version_text = version.to_string();

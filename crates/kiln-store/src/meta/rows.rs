@@ -4,7 +4,8 @@
 use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use kiln_domain::{
-    AppId, Application, BuildId, BuildOptions, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
+    AppId, Application, BuildId, BuildOptions, BuildState, Language, OwnerId, Phases, Version,
+    VersionBuild,
 };
 use uuid::Uuid;
 

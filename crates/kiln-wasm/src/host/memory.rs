@@ -11,7 +11,11 @@ fn memory(caller: &mut Caller<'_, HostState>) -> wasmtime::Result<Memory> {
     }
 }
 
-pub(crate) fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<Vec<u8>> {
+pub(crate) fn read(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
     let data = memory.data(&caller);
     let (start, end) = (ptr as usize, ptr as usize + len as usize);
@@ -21,13 +25,24 @@ pub(crate) fn read(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> wa
     }
 }
 
-pub(crate) fn read_string(caller: &mut Caller<'_, HostState>, ptr: u32, len: u32) -> wasmtime::Result<String> {
+pub(crate) fn read_string(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<String> {
     Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
 }
 
-pub(crate) fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> wasmtime::Result<()> {
+pub(crate) fn write(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    bytes: &[u8],
+) -> wasmtime::Result<()> {
     let memory = memory(caller)?;
-    match memory.data_mut(caller).get_mut(ptr as usize..ptr as usize + bytes.len()) {
+    match memory
+        .data_mut(caller)
+        .get_mut(ptr as usize..ptr as usize + bytes.len())
+    {
         Some(target) => {
             target.copy_from_slice(bytes);
             Ok(())
@@ -36,13 +51,22 @@ pub(crate) fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) 
     }
 }
 
-pub(crate) fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> wasmtime::Result<()> {
+pub(crate) fn write_u32(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    value: u32,
+) -> wasmtime::Result<()> {
     write(caller, ptr, &value.to_le_bytes())
 }
 
 /// Copies `bytes` into memory the guest allocates itself, and stores the
 /// address and length at the two return pointers, as the SDK expects.
-pub(crate) fn return_bytes(caller: &mut Caller<'_, HostState>, bytes: &[u8], data_ptr: u32, size_ptr: u32) -> wasmtime::Result<()> {
+pub(crate) fn return_bytes(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    data_ptr: u32,
+    size_ptr: u32,
+) -> wasmtime::Result<()> {
     let alloc = ["proxy_on_memory_allocate", "malloc"]
         .iter()
         .find_map(|name| caller.get_export(name).and_then(Extern::into_func))

@@ -79,15 +79,23 @@ impl std::fmt::Debug for HostEngine {
 
 fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError> {
     let mut config = Config::new();
-    config.consume_fuel(true).epoch_interruption(true).cranelift_opt_level(OptLevel::Speed);
+    config
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(OptLevel::Speed);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_memories(256).total_tables(256).total_core_instances(256).max_memory_size(256 << 20);
+        pool.total_memories(256)
+            .total_tables(256)
+            .total_core_instances(256)
+            .max_memory_size(256 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config.memory_init_cow(true);
     if let Some(target) = &settings.target {
-        config.target(target).map_err(|e| HostError::Setup(format!("target {target}: {e}")))?;
+        config
+            .target(target)
+            .map_err(|e| HostError::Setup(format!("target {target}: {e}")))?;
     }
     Ok(config)
 }
@@ -101,7 +109,8 @@ impl HostEngine {
     /// `pooling: false` gives wasmtime's default on-demand allocator (the
     /// naive baseline of the cold-start benchmark).
     pub fn with_settings(settings: &EngineSettings, pooling: bool) -> Result<Self, HostError> {
-        let engine = Engine::new(&config(settings, pooling)?).map_err(|e| HostError::Setup(e.to_string()))?;
+        let engine = Engine::new(&config(settings, pooling)?)
+            .map_err(|e| HostError::Setup(e.to_string()))?;
         let ticking = Arc::new(AtomicBool::new(true));
         if settings.target.is_none() {
             let (engine, ticking) = (engine.clone(), ticking.clone());
@@ -115,7 +124,11 @@ impl HostEngine {
                 })
                 .map_err(|e| HostError::Setup(e.to_string()))?;
         }
-        Ok(Self { engine, ticking, base: Arc::new(OnceLock::new()) })
+        Ok(Self {
+            engine,
+            ticking,
+            base: Arc::new(OnceLock::new()),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -124,27 +137,33 @@ impl HostEngine {
 
     /// Compiles a `.wasm` (just-in-time).
     pub fn compile(&self, wasm: &[u8]) -> Result<Plugin, HostError> {
-        let module = Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| HostError::Compile(format!("{e:#}")))?;
         self.link(module)
     }
 
     /// Compiles ahead of time into a `.cwasm`; the artifact records the
     /// wasmtime version and engine settings it was made for.
     pub fn precompile(&self, wasm: &[u8]) -> Result<Vec<u8>, HostError> {
-        self.engine.precompile_module(wasm).map_err(|e| HostError::Compile(format!("{e:#}")))
+        self.engine
+            .precompile_module(wasm)
+            .map_err(|e| HostError::Compile(format!("{e:#}")))
     }
 
     /// Loads a `.cwasm` made by [`HostEngine::precompile`] with the same
     /// wasmtime and settings, and refuses any other.
     pub fn load_precompiled(&self, cwasm: &[u8]) -> Result<Plugin, HostError> {
         if Engine::detect_precompiled(cwasm).is_none() {
-            return Err(HostError::Incompatible("the file is not a precompiled wasmtime module".into()));
+            return Err(HostError::Incompatible(
+                "the file is not a precompiled wasmtime module".into(),
+            ));
         }
         // SAFETY: `deserialize` trusts its input to be wasmtime's own
         // output. kiln only loads artifacts its workers produced and its
         // blob store kept; wasmtime itself checks the version and settings
         // recorded in the artifact and refuses a mismatch.
-        let module = unsafe { Module::deserialize(&self.engine, cwasm) }.map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
+        let module = unsafe { Module::deserialize(&self.engine, cwasm) }
+            .map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
         self.link(module)
     }
 
@@ -155,7 +174,8 @@ impl HostEngine {
         // while it is mapped, which holds for kiln's immutable artifacts.
         // wasmtime refuses a file that is not one of its artifacts (a cold
         // start should not read the header twice to say so first).
-        let module = unsafe { Module::deserialize_file(&self.engine, path) }.map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
+        let module = unsafe { Module::deserialize_file(&self.engine, path) }
+            .map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
         self.link(module)
     }
 
@@ -194,7 +214,9 @@ impl Plugin {
             .imports()
             .filter(|import| !base.defined.contains(&(import.module(), import.name())))
             .filter_map(|import| match import.ty() {
-                ExternType::Func(ty) => Some((import.module().to_owned(), import.name().to_owned(), ty)),
+                ExternType::Func(ty) => {
+                    Some((import.module().to_owned(), import.name().to_owned(), ty))
+                }
                 _ => None,
             })
             .collect();
@@ -206,12 +228,16 @@ impl Plugin {
             let mut linker = base.linker.clone();
             for (module_name, name, ty) in unknown {
                 linker
-                    .func_new(&module_name.clone(), &name.clone(), ty, move |_, _, _| Err(not_implemented(&module_name, &name)))
+                    .func_new(&module_name.clone(), &name.clone(), ty, move |_, _, _| {
+                        Err(not_implemented(&module_name, &name))
+                    })
                     .map_err(|e| HostError::Setup(format!("{e:#}")))?;
             }
             linker.instantiate_pre(&module)
         };
-        Ok(Self { pre: pre.map_err(|e| HostError::Compile(format!("{e:#}")))? })
+        Ok(Self {
+            pre: pre.map_err(|e| HostError::Compile(format!("{e:#}")))?,
+        })
     }
 
     pub fn module(&self) -> &Module {
@@ -293,7 +319,10 @@ impl HostState {
 
     pub(crate) fn log(&mut self, level: &str, message: String) {
         if self.logs.len() < self.max_log_lines {
-            self.logs.push(LogLine { level: level.into(), message });
+            self.logs.push(LogLine {
+                level: level.into(),
+                message,
+            });
         }
     }
 }

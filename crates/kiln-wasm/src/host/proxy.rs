@@ -3,7 +3,7 @@
 
 use super::memory::{read, read_string, return_bytes, write_u32};
 use super::{HostState, LocalResponse, PendingCall};
-use crate::abi::{deserialize_map, log_level_name, BufferType, MapType, Status};
+use crate::abi::{BufferType, MapType, Status, deserialize_map, log_level_name};
 use std::collections::{HashSet, VecDeque};
 use wasmtime::{Caller, FuncType, Linker, ValType};
 
@@ -33,10 +33,17 @@ fn map_type(raw: u32) -> Option<MapType> {
 
 /// A property path arrives as NUL-separated segments; kiln keys it with dots.
 fn property_key(raw: &[u8]) -> String {
-    raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(".")
+    raw.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(&'static str, &'static str)>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    defined: &mut HashSet<(&'static str, &'static str)>,
+) -> wasmtime::Result<()> {
     macro_rules! host {
         ($name:literal, $f:expr) => {{
             linker.func_wrap("env", $name, $f)?;
@@ -44,7 +51,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         }};
     }
 
-    host!("proxy_log", |mut c: C, level: u32, ptr: u32, len: u32| -> R {
+    host!("proxy_log", |mut c: C,
+                        level: u32,
+                        ptr: u32,
+                        len: u32|
+     -> R {
         let message = read_string(&mut c, ptr, len)?;
         c.data_mut().log(log_level_name(level), message);
         OK
@@ -53,22 +64,39 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         write_u32(&mut c, ret, 0)?;
         OK
     });
-    host!("proxy_get_current_time_nanoseconds", |mut c: C, ret: u32| -> R {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    host!("proxy_get_current_time_nanoseconds", |mut c: C,
+                                                 ret: u32|
+     -> R {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         super::memory::write(&mut c, ret, &now.to_le_bytes())?;
         OK
     });
-    host!("proxy_set_tick_period_milliseconds", |mut c: C, period: u32| -> R {
+    host!("proxy_set_tick_period_milliseconds", |mut c: C,
+                                                 period: u32|
+     -> R {
         c.data_mut().tick_period_ms = period;
         OK
     });
-    host!("proxy_get_buffer_bytes", |mut c: C, kind: u32, start: u32, max: u32, data: u32, size: u32| -> R {
+    host!("proxy_get_buffer_bytes", |mut c: C,
+                                     kind: u32,
+                                     start: u32,
+                                     max: u32,
+                                     data: u32,
+                                     size: u32|
+     -> R {
         let buffer = {
             let state = c.data();
             match BufferType::from_u32(kind) {
                 Some(BufferType::PluginConfiguration) => state.plugin_conf.clone(),
                 Some(BufferType::VmConfiguration) => state.vm_conf.clone(),
-                Some(other) => state.buffers.get(&(other as u32)).cloned().unwrap_or_default(),
+                Some(other) => state
+                    .buffers
+                    .get(&(other as u32))
+                    .cloned()
+                    .unwrap_or_default(),
                 None => return status(Status::BadArgument),
             }
         };
@@ -80,8 +108,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         return_bytes(&mut c, &buffer[start..end], data, size)?;
         OK
     });
-    host!("proxy_set_buffer_bytes", |mut c: C, kind: u32, start: u32, size: u32, ptr: u32, len: u32| -> R {
-        let Some(kind) = BufferType::from_u32(kind) else { return status(Status::BadArgument) };
+    host!("proxy_set_buffer_bytes", |mut c: C,
+                                     kind: u32,
+                                     start: u32,
+                                     size: u32,
+                                     ptr: u32,
+                                     len: u32|
+     -> R {
+        let Some(kind) = BufferType::from_u32(kind) else {
+            return status(Status::BadArgument);
+        };
         let bytes = read(&mut c, ptr, len)?;
         let buffer = c.data_mut().buffers.entry(kind as u32).or_default();
         let start = (start as usize).min(buffer.len());
@@ -89,23 +125,50 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         buffer.splice(start..end, bytes);
         OK
     });
-    host!("proxy_get_header_map_pairs", |mut c: C, map: u32, data: u32, size: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_get_header_map_pairs", |mut c: C,
+                                         map: u32,
+                                         data: u32,
+                                         size: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let bytes = crate::abi::serialize_map(c.data_mut().map_mut(map));
         return_bytes(&mut c, &bytes, data, size)?;
         OK
     });
-    host!("proxy_set_header_map_pairs", |mut c: C, map: u32, ptr: u32, len: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_set_header_map_pairs", |mut c: C,
+                                         map: u32,
+                                         ptr: u32,
+                                         len: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let bytes = read(&mut c, ptr, len)?;
-        let Some(pairs) = deserialize_map(&bytes) else { return status(Status::ParseFailure) };
+        let Some(pairs) = deserialize_map(&bytes) else {
+            return status(Status::ParseFailure);
+        };
         *c.data_mut().map_mut(map) = pairs;
         OK
     });
-    host!("proxy_get_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, data: u32, size: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_get_header_map_value", |mut c: C,
+                                         map: u32,
+                                         kptr: u32,
+                                         klen: u32,
+                                         data: u32,
+                                         size: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
-        let value = c.data_mut().map_mut(map).iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
+        let value = c
+            .data_mut()
+            .map_mut(map)
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+            .map(|(_, v)| v.clone());
         match value {
             Some(value) => {
                 return_bytes(&mut c, value.as_bytes(), data, size)?;
@@ -114,8 +177,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             None => status(Status::NotFound),
         }
     });
-    host!("proxy_replace_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, vptr: u32, vlen: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_replace_header_map_value", |mut c: C,
+                                             map: u32,
+                                             kptr: u32,
+                                             klen: u32,
+                                             vptr: u32,
+                                             vlen: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
         let value = read_string(&mut c, vptr, vlen)?;
         let pairs = c.data_mut().map_mut(map);
@@ -123,20 +194,41 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         pairs.push((key, value));
         OK
     });
-    host!("proxy_remove_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_remove_header_map_value", |mut c: C,
+                                            map: u32,
+                                            kptr: u32,
+                                            klen: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let key = read_string(&mut c, kptr, klen)?;
-        c.data_mut().map_mut(map).retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
+        c.data_mut()
+            .map_mut(map)
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
         OK
     });
-    host!("proxy_add_header_map_value", |mut c: C, map: u32, kptr: u32, klen: u32, vptr: u32, vlen: u32| -> R {
-        let Some(map) = map_type(map) else { return status(Status::BadArgument) };
+    host!("proxy_add_header_map_value", |mut c: C,
+                                         map: u32,
+                                         kptr: u32,
+                                         klen: u32,
+                                         vptr: u32,
+                                         vlen: u32|
+     -> R {
+        let Some(map) = map_type(map) else {
+            return status(Status::BadArgument);
+        };
         let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
         let value = read_string(&mut c, vptr, vlen)?;
         c.data_mut().map_mut(map).push((key, value));
         OK
     });
-    host!("proxy_get_property", |mut c: C, ptr: u32, len: u32, data: u32, size: u32| -> R {
+    host!("proxy_get_property", |mut c: C,
+                                 ptr: u32,
+                                 len: u32,
+                                 data: u32,
+                                 size: u32|
+     -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
         match c.data().properties.get(&key).cloned() {
             Some(value) => {
@@ -146,13 +238,24 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             None => status(Status::NotFound),
         }
     });
-    host!("proxy_set_property", |mut c: C, ptr: u32, len: u32, vptr: u32, vlen: u32| -> R {
+    host!("proxy_set_property", |mut c: C,
+                                 ptr: u32,
+                                 len: u32,
+                                 vptr: u32,
+                                 vlen: u32|
+     -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
         let value = read(&mut c, vptr, vlen)?;
         c.data_mut().properties.insert(key, value);
         OK
     });
-    host!("proxy_get_shared_data", |mut c: C, kptr: u32, klen: u32, data: u32, size: u32, cas: u32| -> R {
+    host!("proxy_get_shared_data", |mut c: C,
+                                    kptr: u32,
+                                    klen: u32,
+                                    data: u32,
+                                    size: u32,
+                                    cas: u32|
+     -> R {
         let key = read_string(&mut c, kptr, klen)?;
         match c.data().shared_data.get(&key).cloned() {
             Some((value, version)) => {
@@ -163,7 +266,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             None => status(Status::NotFound),
         }
     });
-    host!("proxy_set_shared_data", |mut c: C, kptr: u32, klen: u32, vptr: u32, vlen: u32, cas: u32| -> R {
+    host!("proxy_set_shared_data", |mut c: C,
+                                    kptr: u32,
+                                    klen: u32,
+                                    vptr: u32,
+                                    vlen: u32,
+                                    cas: u32|
+     -> R {
         let key = read_string(&mut c, kptr, klen)?;
         let value = read(&mut c, vptr, vlen)?;
         let shared = &mut c.data_mut().shared_data;
@@ -174,7 +283,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         shared.insert(key, (value, version + 1));
         OK
     });
-    host!("proxy_register_shared_queue", |mut c: C, ptr: u32, len: u32, ret: u32| -> R {
+    host!("proxy_register_shared_queue", |mut c: C,
+                                          ptr: u32,
+                                          len: u32,
+                                          ret: u32|
+     -> R {
         let name = read_string(&mut c, ptr, len)?;
         let queues = &mut c.data_mut().queues;
         let id = match queues.iter().position(|(n, _)| *n == name) {
@@ -187,7 +300,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         write_u32(&mut c, ret, id as u32 + 1)?;
         OK
     });
-    host!("proxy_resolve_shared_queue", |mut c: C, _vm: u32, _vm_len: u32, ptr: u32, len: u32, ret: u32| -> R {
+    host!("proxy_resolve_shared_queue", |mut c: C,
+                                         _vm: u32,
+                                         _vm_len: u32,
+                                         ptr: u32,
+                                         len: u32,
+                                         ret: u32|
+     -> R {
         let name = read_string(&mut c, ptr, len)?;
         match c.data().queues.iter().position(|(n, _)| *n == name) {
             Some(i) => {
@@ -197,7 +316,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             None => status(Status::NotFound),
         }
     });
-    host!("proxy_enqueue_shared_queue", |mut c: C, id: u32, ptr: u32, len: u32| -> R {
+    host!("proxy_enqueue_shared_queue", |mut c: C,
+                                         id: u32,
+                                         ptr: u32,
+                                         len: u32|
+     -> R {
         let value = read(&mut c, ptr, len)?;
         match c.data_mut().queues.get_mut((id as usize).wrapping_sub(1)) {
             Some((_, queue)) => {
@@ -207,7 +330,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
             None => status(Status::NotFound),
         }
     });
-    host!("proxy_dequeue_shared_queue", |mut c: C, id: u32, data: u32, size: u32| -> R {
+    host!("proxy_dequeue_shared_queue", |mut c: C,
+                                         id: u32,
+                                         data: u32,
+                                         size: u32|
+     -> R {
         let item = match c.data_mut().queues.get_mut((id as usize).wrapping_sub(1)) {
             Some((_, queue)) => queue.pop_front(),
             None => return status(Status::NotFound),
@@ -225,14 +352,40 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         OK
     });
     host!("proxy_close_stream", |_c: C, _stream: u32| -> R { OK });
-    host!("proxy_send_local_response", |mut c: C, code: u32, _dptr: u32, _dlen: u32, bptr: u32, blen: u32, hptr: u32, hlen: u32, _grpc: i32| -> R {
+    host!("proxy_send_local_response", |mut c: C,
+                                        code: u32,
+                                        _dptr: u32,
+                                        _dlen: u32,
+                                        bptr: u32,
+                                        blen: u32,
+                                        hptr: u32,
+                                        hlen: u32,
+                                        _grpc: i32|
+     -> R {
         let body = read_string(&mut c, bptr, blen)?;
         let headers = read(&mut c, hptr, hlen)?;
-        let Some(headers) = deserialize_map(&headers) else { return status(Status::ParseFailure) };
-        c.data_mut().local_response = Some(LocalResponse { status: code, headers, body });
+        let Some(headers) = deserialize_map(&headers) else {
+            return status(Status::ParseFailure);
+        };
+        c.data_mut().local_response = Some(LocalResponse {
+            status: code,
+            headers,
+            body,
+        });
         OK
     });
-    host!("proxy_http_call", |mut c: C, _up: u32, _up_len: u32, _h: u32, _hl: u32, _b: u32, _bl: u32, _t: u32, _tl: u32, _timeout: u32, ret: u32| -> R {
+    host!("proxy_http_call", |mut c: C,
+                              _up: u32,
+                              _up_len: u32,
+                              _h: u32,
+                              _hl: u32,
+                              _b: u32,
+                              _bl: u32,
+                              _t: u32,
+                              _tl: u32,
+                              _timeout: u32,
+                              ret: u32|
+     -> R {
         let state = c.data_mut();
         let token = state.next_token;
         state.next_token += 1;
@@ -241,7 +394,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         write_u32(&mut c, ret, token)?;
         OK
     });
-    host!("proxy_set_effective_context", |mut c: C, context: u32| -> R {
+    host!("proxy_set_effective_context", |mut c: C,
+                                          context: u32|
+     -> R {
         c.data_mut().current_context = context;
         OK
     });
@@ -250,10 +405,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
     // plugin needs no per-module definitions; a call traps naming it.
     for (name, params) in NOT_IMPLEMENTED {
         let ty = FuncType::new(linker.engine(), vec![ValType::I32; params], [ValType::I32]);
-        linker.func_new("env", name, ty, move |_, _, _| Err(super::not_implemented("env", name)))?;
+        linker.func_new("env", name, ty, move |_, _, _| {
+            Err(super::not_implemented("env", name))
+        })?;
         defined.insert(("env", name));
     }
-    host!("proxy_get_status", |mut c: C, code: u32, data: u32, size: u32| -> R {
+    host!("proxy_get_status", |mut c: C,
+                               code: u32,
+                               data: u32,
+                               size: u32|
+     -> R {
         write_u32(&mut c, code, 0)?;
         return_bytes(&mut c, b"", data, size)?;
         OK

@@ -2,8 +2,8 @@
 //! to the plugin's log, clocks and randomness work, there is no file, no
 //! environment and no argument.
 
-use super::memory::{read, write, write_u32};
 use super::HostState;
+use super::memory::{read, write, write_u32};
 use std::collections::HashSet;
 use wasmtime::{Caller, Linker};
 
@@ -13,14 +13,22 @@ const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_INVAL: i32 = 28;
 
-pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSet<(&'static str, &'static str)>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    defined: &mut HashSet<(&'static str, &'static str)>,
+) -> wasmtime::Result<()> {
     macro_rules! wasi {
         ($name:literal, $f:expr) => {{
             linker.func_wrap(MODULE, $name, $f)?;
             defined.insert((MODULE, $name));
         }};
     }
-    wasi!("fd_write", |mut c: C, fd: i32, iovs: u32, count: u32, written: u32| -> wasmtime::Result<i32> {
+    wasi!("fd_write", |mut c: C,
+                       fd: i32,
+                       iovs: u32,
+                       count: u32,
+                       written: u32|
+     -> wasmtime::Result<i32> {
         if fd != 1 && fd != 2 {
             return Ok(ERRNO_BADF);
         }
@@ -37,12 +45,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         write_u32(&mut c, written, text.len() as u32)?;
         Ok(ERRNO_SUCCESS)
     });
-    wasi!("clock_time_get", |mut c: C, _id: i32, _precision: i64, ret: u32| -> wasmtime::Result<i32> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    wasi!("clock_time_get", |mut c: C,
+                             _id: i32,
+                             _precision: i64,
+                             ret: u32|
+     -> wasmtime::Result<i32> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         write(&mut c, ret, &now.to_le_bytes())?;
         Ok(ERRNO_SUCCESS)
     });
-    wasi!("random_get", |mut c: C, ptr: u32, len: u32| -> wasmtime::Result<i32> {
+    wasi!("random_get", |mut c: C,
+                         ptr: u32,
+                         len: u32|
+     -> wasmtime::Result<i32> {
         if len > 1 << 20 {
             return Ok(ERRNO_INVAL);
         }
@@ -52,24 +70,64 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>, defined: &mut HashSe
         Ok(ERRNO_SUCCESS)
     });
     for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(MODULE, name, |mut c: C, count: u32, size: u32| -> wasmtime::Result<i32> {
-            write_u32(&mut c, count, 0)?;
-            write_u32(&mut c, size, 0)?;
-            Ok(ERRNO_SUCCESS)
-        })?;
+        linker.func_wrap(
+            MODULE,
+            name,
+            |mut c: C, count: u32, size: u32| -> wasmtime::Result<i32> {
+                write_u32(&mut c, count, 0)?;
+                write_u32(&mut c, size, 0)?;
+                Ok(ERRNO_SUCCESS)
+            },
+        )?;
         defined.insert((MODULE, name));
     }
     for name in ["environ_get", "args_get"] {
-        linker.func_wrap(MODULE, name, |_c: C, _a: u32, _b: u32| -> wasmtime::Result<i32> { Ok(ERRNO_SUCCESS) })?;
+        linker.func_wrap(
+            MODULE,
+            name,
+            |_c: C, _a: u32, _b: u32| -> wasmtime::Result<i32> { Ok(ERRNO_SUCCESS) },
+        )?;
         defined.insert((MODULE, name));
     }
-    wasi!("proc_exit", |_c: C, code: i32| -> wasmtime::Result<()> { wasmtime::bail!("the plugin called proc_exit({code})") });
-    wasi!("sched_yield", |_c: C| -> wasmtime::Result<i32> { Ok(ERRNO_SUCCESS) });
-    wasi!("fd_close", |_c: C, _fd: i32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
-    wasi!("fd_fdstat_get", |_c: C, _fd: i32, _ret: u32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
-    wasi!("fd_prestat_get", |_c: C, _fd: i32, _ret: u32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
-    wasi!("fd_prestat_dir_name", |_c: C, _fd: i32, _p: u32, _l: u32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
-    wasi!("fd_seek", |_c: C, _fd: i32, _off: i64, _whence: i32, _ret: u32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
-    wasi!("fd_read", |_c: C, _fd: i32, _iovs: u32, _n: u32, _ret: u32| -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
+    wasi!("proc_exit", |_c: C, code: i32| -> wasmtime::Result<()> {
+        wasmtime::bail!("the plugin called proc_exit({code})")
+    });
+    wasi!("sched_yield", |_c: C| -> wasmtime::Result<i32> {
+        Ok(ERRNO_SUCCESS)
+    });
+    wasi!("fd_close", |_c: C, _fd: i32| -> wasmtime::Result<i32> {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("fd_fdstat_get", |_c: C,
+                            _fd: i32,
+                            _ret: u32|
+     -> wasmtime::Result<i32> {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("fd_prestat_get", |_c: C,
+                             _fd: i32,
+                             _ret: u32|
+     -> wasmtime::Result<i32> {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("fd_prestat_dir_name", |_c: C,
+                                  _fd: i32,
+                                  _p: u32,
+                                  _l: u32|
+     -> wasmtime::Result<i32> {
+        Ok(ERRNO_BADF)
+    });
+    wasi!("fd_seek", |_c: C,
+                      _fd: i32,
+                      _off: i64,
+                      _whence: i32,
+                      _ret: u32|
+     -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
+    wasi!("fd_read", |_c: C,
+                      _fd: i32,
+                      _iovs: u32,
+                      _n: u32,
+                      _ret: u32|
+     -> wasmtime::Result<i32> { Ok(ERRNO_BADF) });
     Ok(())
 }

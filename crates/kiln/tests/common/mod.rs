@@ -42,7 +42,9 @@ pub async fn postgres_url() -> Option<String> {
     };
     let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
     // Creates and migrates the schema; kiln then connects into it.
-    let store = kiln_store::MetaStore::connect_postgres_schema(&url, &schema).await.unwrap();
+    let store = kiln_store::MetaStore::connect_postgres_schema(&url, &schema)
+        .await
+        .unwrap();
     store.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
     Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
@@ -68,7 +70,10 @@ impl Kiln {
             dir,
             admin_token: String::new(),
             worker_token: String::new(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
             args,
         };
         kiln.spawn();
@@ -89,14 +94,19 @@ impl Kiln {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(&self.args)
-            .env("KILN_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "KILN_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("kiln starts");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("kiln prints its address").unwrap();
-        let addr = first.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
         self.base = format!("http://{addr}");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -142,9 +152,10 @@ impl Kiln {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(r) = self.http.get(self.url("/healthz")).send().await
-                && r.status() == StatusCode::OK {
-                    return;
-                }
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("kiln did not become healthy");
@@ -159,42 +170,78 @@ impl Kiln {
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.post(self.url(path)).bearer_auth(&self.admin_token)
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.admin_token)
     }
 
     pub fn patch(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.patch(self.url(path)).bearer_auth(&self.admin_token)
+        self.http
+            .patch(self.url(path))
+            .bearer_auth(&self.admin_token)
     }
 
     pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http.delete(self.url(path)).bearer_auth(&self.admin_token)
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(&self.admin_token)
     }
 
     /// A request as a worker.
     pub fn worker(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&self.worker_token)
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.worker_token)
     }
 
     /// Creates another owner with `kiln token create` and returns its token.
     pub fn token_for_owner(&self, owner: i64) -> String {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        command.args(["token", "create", "--owner", &owner.to_string(), "--data-dir"]).arg(self.dir.path());
+        command
+            .args([
+                "token",
+                "create",
+                "--owner",
+                &owner.to_string(),
+                "--data-dir",
+            ])
+            .arg(self.dir.path());
         if let Some(i) = self.args.iter().position(|a| a == "--database-url") {
             command.args(["--database-url", &self.args[i + 1]]);
         }
         let out = command.env("KILN_LOG", "warn").output().unwrap();
-        assert!(out.status.success(), "token create failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned()
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     pub async fn create_app(&self, name: &str) -> Value {
-        let r = self.post("/application").json(&serde_json::json!({"name": name, "notes": "n"})).send().await.unwrap();
+        let r = self
+            .post("/application")
+            .json(&serde_json::json!({"name": name, "notes": "n"}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);
         r.json().await.unwrap()
     }
 
     /// Uploads a version; returns the raw response.
-    pub async fn upload(&self, token: &str, fields: &[(&str, &str)], archive: Option<(&str, Vec<u8>)>) -> Response {
+    pub async fn upload(
+        &self,
+        token: &str,
+        fields: &[(&str, &str)],
+        archive: Option<(&str, Vec<u8>)>,
+    ) -> Response {
         let mut form = Form::new();
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
@@ -202,13 +249,33 @@ impl Kiln {
         if let Some((name, bytes)) = archive {
             form = form.part("source_code", Part::bytes(bytes).file_name(name.to_owned()));
         }
-        self.http.post(self.url("/version")).bearer_auth(token).multipart(form).send().await.unwrap()
+        self.http
+            .post(self.url("/version"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Uploads `archive` as `version` of `app` and expects 201.
-    pub async fn upload_ok(&self, app: &str, version: &str, phases: &str, archive: Vec<u8>) -> Value {
-        let fields = [("plugin_id", app), ("version", version), ("plugin_language", "rust"), ("phases", phases), ("conf", "hello")];
-        let r = self.upload(&self.admin_token, &fields, Some(("src.tar.gz", archive))).await;
+    pub async fn upload_ok(
+        &self,
+        app: &str,
+        version: &str,
+        phases: &str,
+        archive: Vec<u8>,
+    ) -> Value {
+        let fields = [
+            ("plugin_id", app),
+            ("version", version),
+            ("plugin_language", "rust"),
+            ("phases", phases),
+            ("conf", "hello"),
+        ];
+        let r = self
+            .upload(&self.admin_token, &fields, Some(("src.tar.gz", archive)))
+            .await;
         let status = r.status();
         let body: Value = r.json().await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -216,14 +283,23 @@ impl Kiln {
     }
 
     pub async fn build(&self, id: &str) -> Value {
-        let r = self.get(&format!("/version_build/{id}")).send().await.unwrap();
+        let r = self
+            .get(&format!("/version_build/{id}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         r.json().await.unwrap()
     }
 
     /// Polls a build until it reaches a terminal state.
     pub async fn wait_for_build(&self, id: &str, deadline: Duration) -> Value {
-        self.wait_for_state(id, &["succeeded", "failed", "crashed", "cancelled"], deadline).await
+        self.wait_for_state(
+            id,
+            &["succeeded", "failed", "crashed", "cancelled"],
+            deadline,
+        )
+        .await
     }
 
     pub async fn wait_for_state(&self, id: &str, states: &[&str], deadline: Duration) -> Value {
@@ -233,7 +309,11 @@ impl Kiln {
             if states.contains(&build["state"].as_str().unwrap()) {
                 return build;
             }
-            assert!(Instant::now() < end, "build {id} still {} after {deadline:?}", build["state"]);
+            assert!(
+                Instant::now() < end,
+                "build {id} still {} after {deadline:?}",
+                build["state"]
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -257,16 +337,23 @@ impl Drop for Kiln {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() { walk(&path, out) } else { out.push(path) }
+        if path.is_dir() {
+            walk(&path, out)
+        } else {
+            out.push(path)
+        }
     }
 }
 
 fn read_token(path: &Path) -> String {
     let token = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{} must be private", path.display());
     token.trim().to_owned()
 }
@@ -294,7 +381,9 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
 pub fn zip(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (path, contents) in files {
-        writer.start_file(*path, zip::write::SimpleFileOptions::default()).unwrap();
+        writer
+            .start_file(*path, zip::write::SimpleFileOptions::default())
+            .unwrap();
         writer.write_all(contents).unwrap();
     }
     writer.finish().unwrap().into_inner()
@@ -334,18 +423,28 @@ pub fn small_crate() -> Vec<u8> {
 
 /// The path of the repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Sends a POST over a raw socket, writing the body from another thread
 /// while the answer is read: a server that refuses a body early closes the
 /// connection mid-upload, which ordinary clients report as a broken pipe
 /// instead of the answer. Returns the status and the body of the answer.
-pub fn raw_post(base: &str, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+pub fn raw_post(
+    base: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, String) {
     use std::io::Read;
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -364,7 +463,11 @@ pub fn raw_post(base: &str, path: &str, headers: &[(&str, String)], body: Vec<u8
     let _ = stream.read_to_end(&mut answer);
     let _ = sender.join();
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }
@@ -373,7 +476,12 @@ pub fn raw_post(base: &str, path: &str, headers: &[(&str, String)], body: Vec<u8
 pub fn multipart_body(boundary: &str, fields: &[(&str, &str)], file: (&str, &[u8])) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, value) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
     }
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"src.tar.gz\"\r\nContent-Type: application/gzip\r\n\r\n", file.0).as_bytes(),
