@@ -5,6 +5,7 @@
 //! (b) kiln: deserialize the `.cwasm`, instantiate with the pooling
 //!     allocator and copy-on-write memory images, first request.
 
+use kiln_wasm::optimize::{LEVEL, wasm_opt_args};
 use kiln_wasm::profile::median;
 use kiln_wasm::{EngineSettings, HostEngine, TrialLimits, TrialRequest, TrialResult, run_trial};
 use std::path::{Path, PathBuf};
@@ -73,18 +74,11 @@ fn optimized(wasm: &[u8], level: &str) -> Option<Vec<u8>> {
     let (input, output) = (dir.join("in.wasm"), dir.join("out.wasm"));
     std::fs::write(&input, wasm).ok()?;
     let status = std::process::Command::new("wasm-opt")
-        .args([
+        .args(wasm_opt_args(
             level,
-            "--enable-bulk-memory",
-            "--enable-sign-ext",
-            "--enable-mutable-globals",
-            "--enable-nontrapping-float-to-int",
-            "--enable-multivalue",
-            "--enable-reference-types",
-        ])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
+            &input.display().to_string(),
+            &output.display().to_string(),
+        ))
         .status()
         .ok()?;
     let bytes = status
@@ -111,7 +105,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
     for name in FILTERS {
         let wasm = build(name)?;
         // kiln's pipeline precompiles the module wasm-opt -O3 produced.
-        let shipped = optimized(&wasm, "-O3").unwrap_or_else(|| wasm.clone());
+        let shipped = optimized(&wasm, LEVEL).unwrap_or_else(|| wasm.clone());
         let cwasm = kiln_engine.precompile(&shipped)?;
         let cwasm_path =
             std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
@@ -162,7 +156,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         sizes.push_str(&format!(
             "| {name} | {} | {} | {} | {} |\n",
             wasm.len(),
-            size("-O3"),
+            size(LEVEL),
             size("-Oz"),
             cwasm.len()
         ));

@@ -2,12 +2,15 @@
 //! the customer's module, so kiln runs it in the build sandbox; this module
 //! only says how.
 
-/// wasm-opt's arguments: the optimization level and the WebAssembly
-/// features Rust's wasm32-wasip1 target uses (named explicitly, because a
-/// stripped module no longer records them).
-pub fn wasm_opt_args(input: &str, output: &str) -> Vec<String> {
+/// The optimization level kiln's pipeline uses.
+pub const LEVEL: &str = "-O3";
+
+/// wasm-opt's arguments: the optimization `level` (e.g. [`LEVEL`]) and the
+/// WebAssembly features Rust's wasm32-wasip1 target uses (named explicitly,
+/// because a stripped module no longer records them).
+pub fn wasm_opt_args(level: &str, input: &str, output: &str) -> Vec<String> {
     [
-        "-O3",
+        level,
         "--enable-bulk-memory",
         "--enable-multivalue",
         "--enable-mutable-globals",

@@ -379,6 +379,7 @@ impl Pipeline {
         let command = kiln_sandbox::SandboxCommand {
             program: wasm_opt.to_owned(),
             args: kiln_wasm::optimize::wasm_opt_args(
+                kiln_wasm::optimize::LEVEL,
                 &guest.join("in.wasm").display().to_string(),
                 &guest.join("out.wasm").display().to_string(),
             ),

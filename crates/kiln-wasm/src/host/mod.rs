@@ -214,9 +214,7 @@ impl Plugin {
             .imports()
             .filter(|import| !base.defined.contains(&(import.module(), import.name())))
             .filter_map(|import| match import.ty() {
-                ExternType::Func(ty) => {
-                    Some((import.module().to_owned(), import.name().to_owned(), ty))
-                }
+                ExternType::Func(ty) => Some((import.module(), import.name(), ty)),
                 _ => None,
             })
             .collect();
@@ -227,9 +225,10 @@ impl Plugin {
         } else {
             let mut linker = base.linker.clone();
             for (module_name, name, ty) in unknown {
+                let import = (module_name.to_owned(), name.to_owned());
                 linker
-                    .func_new(&module_name.clone(), &name.clone(), ty, move |_, _, _| {
-                        Err(not_implemented(&module_name, &name))
+                    .func_new(module_name, name, ty, move |_, _, _| {
+                        Err(not_implemented(&import.0, &import.1))
                     })
                     .map_err(|e| HostError::Setup(format!("{e:#}")))?;
             }
