@@ -324,7 +324,8 @@ pub fn run_trial(
         .instances(4)
         .build();
     let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
-    state.properties = properties(request);
+    state.properties.method = request.method.clone();
+    state.properties.path = request.path.clone();
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limits);
     store
@@ -358,27 +359,6 @@ pub fn run_trial(
         instantiate_us,
         exchange_us,
     })
-}
-
-/// The properties a plugin can read (`get_property`), by dotted path.
-fn properties(request: &TrialRequest) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let path_only = request.path.split('?').next().unwrap_or("/");
-    [
-        ("request.path", request.path.as_str()),
-        ("request.url_path", path_only),
-        ("request.method", request.method.as_str()),
-        ("request.host", "kiln.test"),
-        ("request.scheme", "http"),
-        ("request.protocol", "HTTP/1.1"),
-        ("source.address", "127.0.0.1:50000"),
-        ("destination.address", "127.0.0.1:8080"),
-        ("plugin_name", "kiln"),
-        ("plugin_root_id", ""),
-        ("plugin_vm_id", "kiln"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
-    .collect()
 }
 
 /// Whether two builds of a plugin answer a fixed smoke request the same.

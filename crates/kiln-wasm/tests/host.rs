@@ -167,6 +167,26 @@ fn an_unimplemented_host_function_is_named() {
 }
 
 #[test]
+fn an_instance_never_sees_what_an_earlier_one_left_in_memory() {
+    let engine = engine();
+    let cwasm = engine
+        .precompile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let request = TrialRequest::get("/remember");
+    // The pool reuses a freed slot in place, for the same plugin and for
+    // another one: each instance must start from the module's own image.
+    for _plugin in 0..2 {
+        let plugin = engine.load_precompiled(&cwasm).unwrap();
+        for _instance in 0..3 {
+            let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
+            let forwarded = result.forwarded.expect("passed on");
+            assert_eq!(header(&forwarded.headers, "x-data"), Some("1"));
+            assert_eq!(header(&forwarded.headers, "x-memory"), Some("0"));
+        }
+    }
+}
+
+#[test]
 fn memory_is_limited() {
     let engine = engine();
     let plugin = engine

@@ -230,7 +230,7 @@ pub(crate) fn add_to_linker(
                                  size: u32|
      -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
-        match c.data().properties.get(&key).cloned() {
+        match c.data().properties.get(&key).map(<[u8]>::to_vec) {
             Some(value) => {
                 return_bytes(&mut c, &value, data, size)?;
                 OK
@@ -246,7 +246,7 @@ pub(crate) fn add_to_linker(
      -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
         let value = read(&mut c, vptr, vlen)?;
-        c.data_mut().properties.insert(key, value);
+        c.data_mut().properties.set(key, value);
         OK
     });
     host!("proxy_get_shared_data", |mut c: C,
