@@ -20,6 +20,7 @@ struct Stages {
     load: Vec<Duration>,
     instantiate: Vec<Duration>,
     first_request: Vec<Duration>,
+    teardown: Vec<Duration>,
 }
 
 impl Stages {
@@ -29,15 +30,18 @@ impl Stages {
             .push(Duration::from_micros(result.instantiate_us));
         self.first_request
             .push(Duration::from_micros(result.exchange_us));
+        self.teardown
+            .push(Duration::from_micros(result.teardown_us));
     }
 
     fn row(self, name: &str) -> String {
         let m = |samples| micros(median(samples));
         format!(
-            "| {name} | {:.0} | {:.0} | {:.0} |\n",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
             m(self.load),
             m(self.instantiate),
-            m(self.first_request)
+            m(self.first_request),
+            m(self.teardown)
         )
     }
 }
@@ -89,6 +93,14 @@ fn optimized(wasm: &[u8], level: &str) -> Option<Vec<u8>> {
     bytes
 }
 
+/// The time from `started` to the end of the first request: dropping the
+/// instance afterwards is not part of the cold start (it is recorded apart).
+fn until_answered(started: Instant, result: &TrialResult) -> Duration {
+    started
+        .elapsed()
+        .saturating_sub(Duration::from_micros(result.teardown_us))
+}
+
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -118,15 +130,15 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             for _ in round..(round + ROUND).min(runs) {
                 let started = Instant::now();
                 let plugin = naive_engine.compile(&wasm)?;
-                run_trial(&naive_engine, &plugin, &request, &limits)?;
-                naive.push(started.elapsed());
+                let result = run_trial(&naive_engine, &plugin, &request, &limits)?;
+                naive.push(until_answered(started, &result));
             }
             for _ in round..(round + ROUND).min(runs) {
                 let started = Instant::now();
                 let plugin = kiln_engine.load_precompiled_file(&cwasm_path)?;
                 let loaded = started.elapsed();
                 let result = run_trial(&kiln_engine, &plugin, &request, &limits)?;
-                fast.push(started.elapsed());
+                fast.push(until_answered(started, &result));
                 stages.record(loaded, &result);
             }
         }
@@ -167,14 +179,15 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          filter, medians over {runs} cold starts each, run side by side on the same machine\n\
          (alternating rounds of {ROUND} of each):\n\n\
          - (a) naive: `Module::new` from the `.wasm`, wasmtime's default on-demand allocator, instantiate, first request;\n\
-         - (b) kiln: deserialize the `.cwasm` kiln ships (of the `wasm-opt -O3` module, mapped from its file), instantiate with the pooling allocator and copy-on-write images, first request.\n\n\
-         Both include linking kiln's proxy-wasm host functions and the plugin's start (`proxy_on_vm_start`,\n\
-         `proxy_on_configure`). Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
+         - (b) kiln: deserialize the `.cwasm` kiln ships (of the `wasm-opt -O3` module, mapped from its file), instantiate with the pooling allocator (slots reset in place) and copy-on-write images, first request.\n\n\
+         Both include linking kiln's proxy-wasm host functions, creating the store and the plugin's start\n\
+         (`proxy_on_vm_start`, `proxy_on_configure`), and end when the first request is done: dropping the\n\
+         instance afterwards is recorded apart below. Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
          Machine: {} cores, {}; wasmtime 48.0.8.\n\n\
          | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b |\n| --- | --- | --- | --- | --- |\n{rows}\n\
          Goals on this machine:\n\n{verdicts}\n\
-         kiln's path by stage (medians, µs; the rest of (b) is creating and dropping the store):\n\n\
-         | filter | map and deserialize the `.cwasm`, link the host | instantiate | start and first request |\n| --- | --- | --- | --- |\n{breakdown}\n\
+         kiln's path by stage (medians, µs; the rest of (b) is creating the store), and the instance's drop after it:\n\n\
+         | filter | map and deserialize the `.cwasm`, link the host | instantiate | start and first request | drop the instance |\n| --- | --- | --- | --- | --- |\n{breakdown}\n\
          Artifact sizes in bytes:\n\n\
          | filter | .wasm | after `wasm-opt -O3` (kiln's default) | after `wasm-opt -Oz` | .cwasm (of the -O3 module) |\n| --- | --- | --- | --- | --- |\n{sizes}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -122,9 +122,12 @@ pub struct TrialResult {
     /// The upstream's response after the response callbacks.
     pub response: Option<Response>,
     pub logs: Vec<LogLine>,
-    /// Microseconds: instantiation, and start to the end of the exchange.
+    /// Microseconds: instantiation, start to the end of the exchange, and
+    /// dropping the instance afterwards.
     pub instantiate_us: u64,
     pub exchange_us: u64,
+    #[serde(default)]
+    pub teardown_us: u64,
 }
 
 fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
@@ -350,7 +353,9 @@ pub fn run_trial(
     let (forwarded, response) = run.exchange(request)?;
     run.finish()?;
     let exchange_us = exchange_started.elapsed().as_micros() as u64;
+    let teardown_started = Instant::now();
     let state = run.store.into_data();
+    let teardown_us = teardown_started.elapsed().as_micros() as u64;
     Ok(TrialResult {
         forwarded,
         local_response: state.local_response,
@@ -358,6 +363,7 @@ pub fn run_trial(
         logs: state.logs,
         instantiate_us,
         exchange_us,
+        teardown_us,
     })
 }
 
@@ -375,11 +381,8 @@ pub fn smoke_equivalent(
         run_trial(engine, a, &request, &limits)?,
         run_trial(engine, b, &request, &limits)?,
     );
-    (
-        x.instantiate_us,
-        x.exchange_us,
-        y.instantiate_us,
-        y.exchange_us,
-    ) = (0, 0, 0, 0);
+    for timed in [&mut x, &mut y] {
+        (timed.instantiate_us, timed.exchange_us, timed.teardown_us) = (0, 0, 0);
+    }
     Ok(x == y)
 }

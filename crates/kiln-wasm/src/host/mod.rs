@@ -96,16 +96,19 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
             .total_tables(256)
             .total_core_instances(256)
             .max_memory_size(256 << 20)
-            // A freed slot is reset by rewriting only the pages the plugin
-            // dirtied (found with Linux's PAGEMAP_SCAN), up to these sizes,
-            // instead of being discarded with madvise: the next plugin in
-            // the slot starts without a page fault per page it touches.
-            .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-            .table_keep_resident(KEEP_RESIDENT_TABLE)
             // Slots whose plugin has gone are reused before fresh ones: the
             // slots kept resident stay as many as the plugins running.
             .max_unused_warm_slots(WARM_SLOTS);
+        // Where Linux can tell which pages a plugin dirtied (PAGEMAP_SCAN,
+        // 6.7+), a freed slot is reset by rewriting just those, up to these
+        // sizes, instead of being discarded with madvise: the next plugin
+        // in the slot starts without a page fault per page it touches.
+        // Without it, keeping pages would mean rewriting them all.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(Enabled::Yes)
+                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+                .table_keep_resident(KEEP_RESIDENT_TABLE);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config.memory_init_cow(true);
