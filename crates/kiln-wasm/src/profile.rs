@@ -4,6 +4,7 @@
 use crate::host::{HostEngine, HostError};
 use crate::trial::{TrialLimits, TrialRequest, run_trial};
 use serde::{Deserialize, Serialize};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Medians, in microseconds.
@@ -11,13 +12,18 @@ use std::time::{Duration, Instant};
 pub struct StartupProfile {
     /// `Module::new` from the `.wasm` (just-in-time compilation).
     pub jit_compile_us: u64,
-    /// Loading the precompiled `.cwasm`.
+    /// Mapping the precompiled `.cwasm` from its file and linking it, as an
+    /// edge server loads it.
     pub cwasm_load_us: u64,
     /// Instantiation with the pooling allocator and copy-on-write images.
     pub instantiate_us: u64,
     /// From instantiation to the end of a smoke request.
     pub first_response_us: u64,
     pub runs: u32,
+}
+
+fn setup(e: std::io::Error) -> HostError {
+    HostError::Setup(format!("writing the .cwasm to measure: {e}"))
 }
 
 pub fn median(mut samples: Vec<Duration>) -> Duration {
@@ -44,13 +50,14 @@ pub fn startup_profile(
         engine.compile(wasm)?;
         jit.push(started.elapsed());
     }
-    let cwasm = engine.precompile(wasm)?;
+    let mut cwasm = tempfile::NamedTempFile::new().map_err(setup)?;
+    cwasm.write_all(&engine.precompile(wasm)?).map_err(setup)?;
     let (mut load, mut instantiate, mut first) = (Vec::new(), Vec::new(), Vec::new());
     let mut request = TrialRequest::get("/kiln-smoke");
     request.conf = conf.into();
     for _ in 0..runs {
         let started = Instant::now();
-        let plugin = engine.load_precompiled(&cwasm)?;
+        let plugin = engine.load_precompiled_file(cwasm.path())?;
         load.push(started.elapsed());
         let result = run_trial(engine, &plugin, &request, &TrialLimits::default())?;
         instantiate.push(Duration::from_micros(result.instantiate_us));
