@@ -11,21 +11,58 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_wasm::{
-    HostEngine, HostError, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
+    HostEngine, HostError, Plugin, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
 };
 use serde::Deserialize;
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Trials running at once on one server.
 const CONCURRENT_TRIALS: usize = 2;
+/// Compiled plugins kept for the next trial of the same version.
+const CACHED_PLUGINS: usize = 16;
 
-/// The engine and the admission limit of trials, shared by all requests.
+/// The engine, the admission limit of trials and the plugins compiled
+/// lately, shared by all requests.
 pub struct TrialHost {
     engine: OnceLock<Result<HostEngine, String>>,
     permits: Semaphore,
     pub limits: TrialLimits,
+    /// A version's binary never changes, and compiling it takes the server
+    /// ~100 ms of CPU: trying it again reuses the compiled plugin.
+    plugins: Mutex<Recent<Plugin>>,
+}
+
+/// The `capacity` values used last, by key; the least recently used goes
+/// first when a new one comes.
+struct Recent<T> {
+    entries: VecDeque<(String, T)>,
+    capacity: usize,
+}
+
+impl<T: Clone> Recent<T> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<T> {
+        let at = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(at)?;
+        let value = entry.1.clone();
+        self.entries.push_front(entry);
+        Some(value)
+    }
+
+    fn put(&mut self, key: String, value: T) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push_front((key, value));
+        self.entries.truncate(self.capacity);
+    }
 }
 
 impl Default for TrialHost {
@@ -38,6 +75,7 @@ impl Default for TrialHost {
                 wall: Duration::from_secs(1),
                 memory_bytes: 64 << 20,
             },
+            plugins: Mutex::new(Recent::new(CACHED_PLUGINS)),
         }
     }
 }
@@ -48,6 +86,10 @@ impl TrialHost {
             .get_or_init(|| HostEngine::new().map_err(|e| e.to_string()))
             .clone()
             .map_err(|e| ApiError::internal("starting the trial host failed", e))
+    }
+
+    fn plugins(&self) -> std::sync::MutexGuard<'_, Recent<Plugin>> {
+        self.plugins.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -94,6 +136,13 @@ fn plugin_error(e: HostError) -> ApiError {
     }
 }
 
+/// What a trial starts from: a plugin compiled for an earlier trial, or
+/// the version's binary.
+enum Source<B> {
+    Compiled(Plugin),
+    Wasm(B),
+}
+
 #[utoipa::path(post, path = "/version/{id}/try", tag = "versions",
     description = "Runs the version on one request in kiln's proxy-wasm host, with fuel, time and memory limits. Answers the request as forwarded (or the local response the plugin sent), the response after the filter, and the plugin's logs.",
     params(("id" = String, Path, description = "version id")),
@@ -112,7 +161,14 @@ pub async fn try_version(
         .get_version(owner, build_id)
         .await
         .map_err(|e| ApiError::from_store(e, "version", &id))?;
-    let wasm = fetch_blob(&state, &version.binary_location).await?;
+    let host: Arc<TrialHost> = state.trials.clone();
+    // The owner's access was checked above: the cache only saves the work.
+    let key = version.binary_location.clone();
+    let cached = host.plugins().get(&key);
+    let source = match cached {
+        Some(plugin) => Source::Compiled(plugin),
+        None => Source::Wasm(fetch_blob(&state, &key).await?),
+    };
     let request = TrialRequest {
         method: body.method,
         path: body.path,
@@ -122,7 +178,6 @@ pub async fn try_version(
         conf: body.conf.unwrap_or(version.conf),
         ticks: 0,
     };
-    let host: Arc<TrialHost> = state.trials.clone();
     let _permit = host
         .permits
         .acquire()
@@ -130,12 +185,39 @@ pub async fn try_version(
         .map_err(|e| ApiError::internal("trial admission", e))?;
     let engine = host.engine()?;
     let limits = host.limits;
+    let cache = host.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let plugin = engine.compile(&wasm)?;
+        let plugin = match source {
+            Source::Compiled(plugin) => plugin,
+            Source::Wasm(wasm) => {
+                let plugin = engine.compile(&wasm)?;
+                cache.plugins().put(key, plugin.clone());
+                plugin
+            }
+        };
         run_trial(&engine, &plugin, &request, &limits)
     })
     .await
     .map_err(|e| ApiError::internal("a trial panicked", e))?
     .map_err(plugin_error)?;
     Ok(Json(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn the_least_recently_used_goes_first() {
+        let mut recent = Recent::new(2);
+        recent.put("a".into(), 1);
+        recent.put("b".into(), 2);
+        assert_eq!(recent.get("a"), Some(1));
+        recent.put("c".into(), 3);
+        assert_eq!(recent.get("b"), None, "b was used least lately");
+        assert_eq!((recent.get("a"), recent.get("c")), (Some(1), Some(3)));
+        recent.put("a".into(), 4);
+        assert_eq!(recent.get("a"), Some(4), "a new value replaces the old");
+        assert_eq!(recent.get("c"), Some(3));
+    }
 }
