@@ -93,6 +93,13 @@ fn optimized(wasm: &[u8], level: &str) -> Option<Vec<u8>> {
     bytes
 }
 
+/// The `p`th percentile of `samples`.
+fn percentile(samples: &mut [Duration], p: usize) -> Duration {
+    samples.sort();
+    let at = (samples.len() * p / 100).min(samples.len().saturating_sub(1));
+    samples.get(at).copied().unwrap_or_default()
+}
+
 /// The time from `started` to the end of the first request: dropping the
 /// instance afterwards is not part of the cold start (it is recorded apart).
 fn until_answered(started: Instant, result: &TrialResult) -> Duration {
@@ -143,6 +150,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             }
         }
         let _ = std::fs::remove_file(&cwasm_path);
+        let b99 = percentile(&mut fast, 99);
         let (a, b) = (median(naive), median(fast));
         let ratio = a.as_secs_f64() / b.as_secs_f64();
         eprintln!(
@@ -151,9 +159,10 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             micros(b)
         );
         rows.push_str(&format!(
-            "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× |\n",
+            "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× | {:.0} |\n",
             micros(a),
-            micros(b)
+            micros(b),
+            micros(b99)
         ));
         breakdown.push_str(&stages.row(name));
         verdicts.push_str(&format!(
@@ -184,7 +193,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          (`proxy_on_vm_start`, `proxy_on_configure`), and end when the first request is done: dropping the\n\
          instance afterwards is recorded apart below. Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
          Machine: {} cores, {}; wasmtime 48.0.8.\n\n\
-         | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b |\n| --- | --- | --- | --- | --- |\n{rows}\n\
+         | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b | (b) 99th percentile, µs |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n\
          Goals on this machine:\n\n{verdicts}\n\
          kiln's path by stage (medians, µs; the rest of (b) is creating the store), and the instance's drop after it:\n\n\
          | filter | map and deserialize the `.cwasm`, link the host | instantiate | start and first request | drop the instance |\n| --- | --- | --- | --- | --- |\n{breakdown}\n\
