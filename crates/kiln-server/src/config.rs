@@ -13,6 +13,8 @@ pub const DEFAULT_REAP_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_BINARY_BYTES: u64 = 50 * 1024 * 1024;
 /// Largest build log a worker may report.
 pub const DEFAULT_MAX_REPORT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+/// Builds one owner may have queued or running at once.
+pub const DEFAULT_MAX_UNFINISHED_BUILDS: i64 = 20;
 /// Longest a claim request waits for a build to be queued.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 
@@ -28,6 +30,8 @@ pub struct ServerConfig {
     pub reap_interval: Duration,
     pub max_binary_bytes: u64,
     pub max_report_log_bytes: u64,
+    /// Uploads beyond this many unfinished builds of one owner are refused.
+    pub max_unfinished_builds: i64,
 }
 
 impl ServerConfig {
@@ -40,6 +44,7 @@ impl ServerConfig {
             reap_interval: DEFAULT_REAP_INTERVAL,
             max_binary_bytes: DEFAULT_MAX_BINARY_BYTES,
             max_report_log_bytes: DEFAULT_MAX_REPORT_LOG_BYTES,
+            max_unfinished_builds: DEFAULT_MAX_UNFINISHED_BUILDS,
         }
     }
 }

@@ -241,6 +241,32 @@ async fn builds_list_newest_first_with_filters(db: TestDb) {
     );
 }
 
+async fn owners_take_turns_in_the_queue(db: TestDb) {
+    let store = &db.store;
+    let (alice, alices_app) = owner_with_app(store).await;
+    let (bob, bobs_app) = owner_with_app(store).await;
+    let mut alices = Vec::new();
+    for version in ["1.0.0", "1.0.1", "1.0.2"] {
+        let build = new_build(alice, alices_app, version);
+        alices.push(store.create_build(&build).await.unwrap().id);
+    }
+    let bobs = store
+        .create_build(&new_build(bob, bobs_app, "2.0.0"))
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(store.unfinished_builds(alice).await.unwrap(), 3);
+    let mut claimed = Vec::new();
+    while let Some(next) = store.claim_next(LEASE).await.unwrap() {
+        claimed.push(next.build.id);
+    }
+    // Bob's one build, queued last, goes as soon as Alice has one running.
+    assert_eq!(claimed, vec![alices[0], bobs, alices[1], alices[2]]);
+    assert_eq!(store.unfinished_builds(alice).await.unwrap(), 3, "running");
+    let stranger = store.create_owner("stranger").await.unwrap();
+    assert_eq!(store.unfinished_builds(stranger).await.unwrap(), 0);
+}
+
 async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
@@ -597,6 +623,7 @@ on_both_backends!(
     duplicate_live_versions_conflict,
     builds_list_newest_first_with_filters,
     a_claimed_build_succeeds_into_a_version,
+    owners_take_turns_in_the_queue,
     a_failed_build_keeps_its_logs,
     crashes_are_retried_then_final,
     expired_leases_are_requeued_then_crashed,

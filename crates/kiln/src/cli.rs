@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Times a build is started before a crash is final.
     #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: i32,
+    /// Builds one owner may have queued or running; more uploads get 429.
+    #[arg(long, env = "KILN_MAX_UNFINISHED_BUILDS", default_value_t = 20)]
+    pub max_unfinished_builds: i64,
     /// Seconds between looks for builds whose lease expired.
     #[arg(long, env = "KILN_REAP_INTERVAL_SECONDS", default_value_t = 5)]
     pub reap_interval_seconds: u64,

@@ -136,6 +136,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.archive_limits = builders::archive_limits(&args.build, args.max_upload_mib);
     config.lease = Duration::from_secs(args.lease_seconds.max(1));
     config.max_attempts = args.max_attempts.max(1);
+    config.max_unfinished_builds = args.max_unfinished_builds.max(1);
     config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
     let state = AppState::new(meta.clone(), blobs.clone(), config);
 

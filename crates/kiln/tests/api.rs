@@ -883,6 +883,64 @@ async fn cancel_stops_queued_and_running_builds(db: Db) {
     error_of(r, StatusCode::NOT_FOUND).await;
 }
 
+fn upload_fields<'a>(app: &'a str, version: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("plugin_id", app),
+        ("version", version),
+        ("plugin_language", "rust"),
+        ("phases", PHASES),
+    ]
+}
+
+async fn an_owner_has_a_limit_of_unfinished_builds(db: Db) {
+    let Some(kiln) = Kiln::start(db, &["--max-unfinished-builds", "2"]).await else {
+        return;
+    };
+    let app = id(&kiln.create_app("a").await);
+    let first = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    kiln.upload_ok(&app, "1.0.1", PHASES, small_crate()).await;
+    let blobs = kiln.blob_files();
+    let refused = kiln
+        .upload(
+            &kiln.admin_token,
+            &upload_fields(&app, "1.0.2"),
+            Some(("src.tar.gz", small_crate())),
+        )
+        .await;
+    let error = error_of(refused, StatusCode::TOO_MANY_REQUESTS).await;
+    assert_eq!(error["error"], "too_many_builds", "{error}");
+    assert_eq!(kiln.blob_files(), blobs, "the refused source is not stored");
+    // Another owner has a limit of its own.
+    let other = kiln.token_for_owner(2);
+    let others_app = kiln
+        .http
+        .post(kiln.url("/application"))
+        .bearer_auth(&other)
+        .json(&serde_json::json!({"name": "b", "notes": ""}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let r = kiln
+        .upload(
+            &other,
+            &upload_fields(&id(&others_app), "1.0.0"),
+            Some(("src.tar.gz", small_crate())),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // A finished (here: cancelled) build makes room again.
+    let r = kiln
+        .post(&format!("/version_build/{first}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    kiln.upload_ok(&app, "1.0.2", PHASES, small_crate()).await;
+}
+
 async fn build_listing_filters_and_pages(db: Db) {
     let Some(kiln) = Kiln::start(db, &[]).await else {
         return;
@@ -1166,6 +1224,7 @@ on_both_databases!(
     crashes_are_retried_then_final,
     an_expired_lease_is_requeued,
     cancel_stops_queued_and_running_builds,
+    an_owner_has_a_limit_of_unfinished_builds,
     build_listing_filters_and_pages,
     versions_patch_and_delete_with_their_blobs,
     queued_builds_survive_a_restart,

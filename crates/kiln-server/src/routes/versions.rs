@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kiln_build::archive::{self, ArchiveKind};
 use kiln_domain::{
-    BuildId, BuildOptions, Language, Phases, Version, VersionBuild, parse_version, validate_conf,
-    validate_notes,
+    BuildId, BuildOptions, Language, OwnerId, Phases, Version, VersionBuild, parse_version,
+    validate_conf, validate_notes,
 };
 use kiln_store::{NewBuild, StoreError, VersionPatch, keys};
 use serde::Deserialize;
@@ -72,6 +72,28 @@ fn check_archive(state: &AppState, bytes: &[u8]) -> ApiResult<ArchiveKind> {
     Ok(kind)
 }
 
+/// One owner's burst of uploads must not fill the queue: past the limit,
+/// an upload waits for a build to finish (or be cancelled).
+async fn check_unfinished_builds(state: &AppState, owner: OwnerId) -> ApiResult<()> {
+    let unfinished = state
+        .meta
+        .unfinished_builds(owner)
+        .await
+        .map_err(|e| ApiError::internal("counting unfinished builds failed", e))?;
+    let limit = state.config.max_unfinished_builds;
+    if unfinished >= limit {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_builds",
+            format!(
+                "{unfinished} of your builds are queued or running, the most allowed is {limit}: \
+                 upload again when one has finished, or cancel one"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn extension(kind: ArchiveKind) -> &'static str {
     match kind {
         ArchiveKind::TarGz => "tar.gz",
@@ -86,7 +108,8 @@ fn extension(kind: ArchiveKind) -> &'static str {
         (status = 201, body = VersionBuild, description = "the queued build"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the owner has too many builds queued or running")),
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -114,6 +137,7 @@ pub async fn upload(
         .get_application(owner, app_id)
         .await
         .map_err(|e| ApiError::from_store(e, "application", &plugin_id))?;
+    check_unfinished_builds(&state, owner).await?;
     let kind = check_archive(&state, &source)?;
 
     let id = BuildId::new();

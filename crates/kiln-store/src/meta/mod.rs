@@ -486,6 +486,18 @@ impl MetaStore {
         Ok(build)
     }
 
+    /// Builds of `owner` that are queued or running.
+    pub async fn unfinished_builds(&self, owner: OwnerId) -> Result<i64> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM builds WHERE owner_id = $1 AND state IN ('queued', 'running')",
+            )
+            .bind(owner.0)
+            .fetch_one(pool)
+            .await
+        })?)
+    }
+
     /// Number of builds in each state.
     pub async fn queue_counts(&self) -> Result<QueueCounts> {
         let rows: Vec<(String, i64)> = with_pool!(self, pool => {
@@ -500,8 +512,10 @@ impl MetaStore {
 
     // ---- the queue -----------------------------------------------------------
 
-    /// Claims the oldest queued build: `queued -> running` with a fresh lease,
-    /// atomically. `None` when the queue is empty.
+    /// Claims a queued build: `queued -> running` with a fresh lease,
+    /// atomically. `None` when the queue is empty. The oldest build of the
+    /// owners with the fewest builds running goes first: one owner's burst
+    /// of uploads does not hold everyone else's builds back.
     pub async fn claim_next(&self, lease: Duration) -> Result<Option<ClaimedBuild>> {
         let lease_id = Uuid::new_v4();
         let now = now_us();
@@ -515,7 +529,9 @@ impl MetaStore {
         let sql = format!(
             "UPDATE builds SET state = 'running', attempt = attempt + 1, lease_id = $1, lease_expires_us = $2, \
              started_us = $3, error = NULL \
-             WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY created_us, id LIMIT 1 {lock}) \
+             WHERE id = (SELECT id FROM builds b WHERE state = 'queued' \
+               ORDER BY (SELECT COUNT(*) FROM builds r WHERE r.owner_id = b.owner_id AND r.state = 'running'), \
+               created_us, id LIMIT 1 {lock}) \
              AND state = 'queued' RETURNING {BUILD_COLS}"
         );
         let row: Option<BuildRow> = with_pool!(self, pool => {
