@@ -26,6 +26,9 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The owner already has `limit` or more builds queued or running.
+    #[error("{unfinished} builds are queued or running, the most allowed is {limit}")]
+    TooManyUnfinished { unfinished: i64, limit: i64 },
     /// The build is not running under this lease: it was re-queued,
     /// cancelled, finished, or the lease id is unknown.
     #[error("build {0} is not running under this lease")]

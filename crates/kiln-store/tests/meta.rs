@@ -267,6 +267,29 @@ async fn owners_take_turns_in_the_queue(db: TestDb) {
     assert_eq!(store.unfinished_builds(stranger).await.unwrap(), 0);
 }
 
+async fn simultaneous_uploads_respect_the_unfinished_limit(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let uploads = (0..10).map(|i| {
+        let build = new_build(owner, app, &format!("1.0.{i}"));
+        async move { store.create_build_within(&build, 3).await }
+    });
+    let results = futures::future::join_all(uploads).await;
+    let queued = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(queued, 3, "{results:?}");
+    assert!(results.iter().all(|r| matches!(
+        r,
+        Ok(_) | Err(StoreError::TooManyUnfinished { limit: 3, .. })
+    )));
+    assert_eq!(store.unfinished_builds(owner).await.unwrap(), 3);
+    // Another owner is not held back by this one.
+    let (other, others_app) = owner_with_app(store).await;
+    store
+        .create_build_within(&new_build(other, others_app, "1.0.0"), 3)
+        .await
+        .unwrap();
+}
+
 async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
@@ -624,6 +647,7 @@ on_both_backends!(
     builds_list_newest_first_with_filters,
     a_claimed_build_succeeds_into_a_version,
     owners_take_turns_in_the_queue,
+    simultaneous_uploads_respect_the_unfinished_limit,
     a_failed_build_keeps_its_logs,
     crashes_are_retried_then_final,
     expired_leases_are_requeued_then_crashed,

@@ -73,7 +73,9 @@ fn check_archive(state: &AppState, bytes: &[u8]) -> ApiResult<ArchiveKind> {
 }
 
 /// One owner's burst of uploads must not fill the queue: past the limit,
-/// an upload waits for a build to finish (or be cancelled).
+/// an upload waits for a build to finish (or be cancelled). Checked here
+/// before the source is stored, and again, exactly, when the build is
+/// queued.
 async fn check_unfinished_builds(state: &AppState, owner: OwnerId) -> ApiResult<()> {
     let unfinished = state
         .meta
@@ -82,16 +84,20 @@ async fn check_unfinished_builds(state: &AppState, owner: OwnerId) -> ApiResult<
         .map_err(|e| ApiError::internal("counting unfinished builds failed", e))?;
     let limit = state.config.max_unfinished_builds;
     if unfinished >= limit {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_builds",
-            format!(
-                "{unfinished} of your builds are queued or running, the most allowed is {limit}: \
-                 upload again when one has finished, or cancel one"
-            ),
-        ));
+        return Err(too_many_builds(unfinished, limit));
     }
     Ok(())
+}
+
+fn too_many_builds(unfinished: i64, limit: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_builds",
+        format!(
+            "{unfinished} of your builds are queued or running, the most allowed is {limit}: \
+             upload again when one has finished, or cancel one"
+        ),
+    )
 }
 
 fn extension(kind: ArchiveKind) -> &'static str {
@@ -159,7 +165,8 @@ pub async fn upload(
         .put(&source_location, source)
         .await
         .map_err(|e| ApiError::internal("storing an uploaded source failed", e))?;
-    let build = match state.meta.create_build(&new).await {
+    let limit = state.config.max_unfinished_builds;
+    let build = match state.meta.create_build_within(&new, limit).await {
         Ok(build) => build,
         Err(e) => {
             // No row, so no blob either.
@@ -168,6 +175,9 @@ pub async fn upload(
             }
             return Err(match e {
                 StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
+                StoreError::TooManyUnfinished { unfinished, limit } => {
+                    too_many_builds(unfinished, limit)
+                }
                 e => ApiError::from_store(e, "application", &plugin_id),
             });
         }

@@ -117,6 +117,10 @@ pub struct QueueCounts {
     pub by_state: Vec<(BuildState, i64)>,
 }
 
+/// The number of one owner's builds that are queued or running.
+const UNFINISHED_BUILDS: &str =
+    "SELECT COUNT(*) FROM builds WHERE owner_id = $1 AND state IN ('queued', 'running')";
+
 fn conflict_on_unique(e: sqlx::Error, message: impl Into<String>) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
@@ -374,6 +378,18 @@ impl MetaStore {
     /// Queues a build. `Conflict` when the application already has this
     /// version queued, running or built.
     pub async fn create_build(&self, new: &NewBuild) -> Result<VersionBuild> {
+        self.create_build_within(new, i64::MAX).await
+    }
+
+    /// Queues a build unless its owner already has `max_unfinished` builds
+    /// queued or running (`TooManyUnfinished`). The owner's row is written
+    /// first, so concurrent uploads of one owner take turns (a row lock in
+    /// PostgreSQL, the single writer in SQLite) and each counts exactly.
+    pub async fn create_build_within(
+        &self,
+        new: &NewBuild,
+        max_unfinished: i64,
+    ) -> Result<VersionBuild> {
         let existing_version = self
             .find_version_id(new.application_id, &new.version.to_string())
             .await?;
@@ -384,24 +400,47 @@ impl MetaStore {
             "INSERT INTO builds (id, application_id, owner_id, version, language, phases, conf, notes, created_us, state, attempt, source_location, options) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10, $11) RETURNING {BUILD_COLS}"
         );
-        let row: BuildRow = with_pool!(self, pool => {
-            sqlx::query_as(&sql)
-                .bind(new.id.0)
-                .bind(new.application_id.0)
-                .bind(new.owner_id.0)
-                .bind(new.version.to_string())
-                .bind(new.language.as_str())
-                .bind(new.phases.to_json())
-                .bind(&new.conf)
-                .bind(&new.notes)
-                .bind(now_us())
-                .bind(&new.source_location)
-                .bind(serde_json::to_string(&new.options).expect("options serialize"))
-                .fetch_one(pool)
-                .await
-        })
-        .map_err(|e| conflict_on_unique(e, duplicate_version(&new.version)))?;
-        row.try_into()
+        // Ok(Err(n)): the owner already has n unfinished builds.
+        let created: std::result::Result<std::result::Result<BuildRow, i64>, sqlx::Error> = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE owners SET name = name WHERE id = $1")
+                    .bind(new.owner_id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                let unfinished: i64 = sqlx::query_scalar(UNFINISHED_BUILDS)
+                    .bind(new.owner_id.0)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if unfinished >= max_unfinished {
+                    return Ok(Err(unfinished));
+                }
+                let row: BuildRow = sqlx::query_as(&sql)
+                    .bind(new.id.0)
+                    .bind(new.application_id.0)
+                    .bind(new.owner_id.0)
+                    .bind(new.version.to_string())
+                    .bind(new.language.as_str())
+                    .bind(new.phases.to_json())
+                    .bind(&new.conf)
+                    .bind(&new.notes)
+                    .bind(now_us())
+                    .bind(&new.source_location)
+                    .bind(serde_json::to_string(&new.options).expect("options serialize"))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Ok(row))
+            }
+            .await
+        });
+        match created.map_err(|e| conflict_on_unique(e, duplicate_version(&new.version)))? {
+            Ok(row) => row.try_into(),
+            Err(unfinished) => Err(StoreError::TooManyUnfinished {
+                unfinished,
+                limit: max_unfinished,
+            }),
+        }
     }
 
     async fn find_version_id(&self, app: AppId, version: &str) -> Result<Option<Uuid>> {
@@ -489,9 +528,7 @@ impl MetaStore {
     /// Builds of `owner` that are queued or running.
     pub async fn unfinished_builds(&self, owner: OwnerId) -> Result<i64> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM builds WHERE owner_id = $1 AND state IN ('queued', 'running')",
-            )
+            sqlx::query_scalar(UNFINISHED_BUILDS)
             .bind(owner.0)
             .fetch_one(pool)
             .await
