@@ -96,8 +96,9 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
             .total_tables(256)
             .total_core_instances(256)
             .max_memory_size(256 << 20)
-            // Slots whose plugin has gone are reused before fresh ones: the
-            // slots kept resident stay as many as the plugins running.
+            // Slots whose plugin has gone are reused before fresh ones, so
+            // the slots holding resident pages stay few: the plugins
+            // running, and these.
             .max_unused_warm_slots(WARM_SLOTS);
         // Where Linux can tell which pages a plugin dirtied (PAGEMAP_SCAN,
         // 6.7+), a freed slot is reset by rewriting just those, up to these
@@ -115,8 +116,8 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
     // Native unwind info only serves outside unwinders (wasmtime walks wasm
     // frames itself), and registering it is a cost at every load. Windows
     // requires it.
-    let windows = settings.target.as_deref().unwrap_or(std::env::consts::OS);
-    config.native_unwind_info(windows.contains("windows"));
+    let target = settings.target.as_deref().unwrap_or(std::env::consts::OS);
+    config.native_unwind_info(target.contains("windows"));
     if let Some(target) = &settings.target {
         config
             .target(target)
