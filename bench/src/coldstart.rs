@@ -93,11 +93,11 @@ fn optimized(wasm: &[u8], level: &str) -> Option<Vec<u8>> {
     bytes
 }
 
-/// The `p`th percentile of `samples`.
+/// The `p`th percentile of `samples` (nearest rank).
 fn percentile(samples: &mut [Duration], p: usize) -> Duration {
     samples.sort();
-    let at = (samples.len() * p / 100).min(samples.len().saturating_sub(1));
-    samples.get(at).copied().unwrap_or_default()
+    let rank = (samples.len() * p).div_ceil(100).max(1);
+    samples.get(rank - 1).copied().unwrap_or_default()
 }
 
 /// The time from `started` to the end of the first request: dropping the

@@ -15,17 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
-    Config, Enabled, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    OptLevel, PoolingAllocationConfig, StoreLimits,
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
+    PoolingAllocationConfig, StoreLimits,
 };
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Bytes of a freed memory or table slot that are reset in place rather
-/// than given back to the kernel (see [`config`]).
-const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
-const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+/// Bytes of a freed table slot that are reset in place rather than given
+/// back to the kernel (see [`config`]): 512 function references.
+const KEEP_RESIDENT_TABLE: usize = 4 << 10;
 /// Freed slots kept for reuse by the plugin that last ran in them.
 const WARM_SLOTS: u32 = 8;
 
@@ -97,19 +96,15 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
             .total_core_instances(256)
             .max_memory_size(256 << 20)
             // Slots whose plugin has gone are reused before fresh ones, so
-            // the slots holding resident pages stay few: the plugins
-            // running, and these.
+            // the slots holding resident pages stay few and warm.
             .max_unused_warm_slots(WARM_SLOTS);
-        // Where Linux can tell which pages a plugin dirtied (PAGEMAP_SCAN,
-        // 6.7+), a freed slot is reset by rewriting just those, up to these
-        // sizes, instead of being discarded with madvise: the next plugin
-        // in the slot starts without a page fault per page it touches.
-        // Without it, keeping pages would mean rewriting them all.
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(Enabled::Yes)
-                .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-                .table_keep_resident(KEEP_RESIDENT_TABLE);
-        }
+        // A freed slot's table is reset by rewriting its first page rather
+        // than discarding it: the next plugin's first indirect calls do not
+        // fault. (Linear memory is discarded with madvise: wasmtime 48's
+        // PAGEMAP_SCAN reset in place skips dirty pages that are not
+        // present, swapped out or migrating, and the next plugin in the
+        // slot could read them.)
+        pool.table_keep_resident(KEEP_RESIDENT_TABLE);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config.memory_init_cow(true);
