@@ -188,7 +188,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          filter, medians over {runs} cold starts each, run side by side on the same machine\n\
          (alternating rounds of {ROUND} of each):\n\n\
          - (a) naive: `Module::new` from the `.wasm`, wasmtime's default on-demand allocator, instantiate, first request;\n\
-         - (b) kiln: deserialize the `.cwasm` kiln ships (of the `wasm-opt -O3` module, mapped from its file), instantiate with the pooling allocator (slots reset in place) and copy-on-write images, first request.\n\n\
+         - (b) kiln: deserialize the `.cwasm` kiln ships (of the `wasm-opt -O3` module, mapped from its file), instantiate with the pooling allocator (freed slots reused warm) and copy-on-write images, first request.\n\n\
          Both include linking kiln's proxy-wasm host functions, creating the store and the plugin's start\n\
          (`proxy_on_vm_start`, `proxy_on_configure`), and end when the first request is done: dropping the\n\
          instance afterwards is recorded apart below. Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
