@@ -770,14 +770,7 @@ async fn a_failed_build_keeps_logs_and_makes_no_version(db: Db) {
     let build = kiln.build(&build_id).await;
     assert_eq!(build["state"], "failed");
     assert_eq!(build["error"], "the compiler exited with status 101");
-    let logs = kiln
-        .get(&format!("/version_build/{build_id}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = kiln.logs(&build_id).await;
     assert!(logs.contains("E0308"));
     let r = kiln
         .get(&format!("/version/{build_id}"))

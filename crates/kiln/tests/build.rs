@@ -71,14 +71,7 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
     let bad_id = bad["id"].as_str().unwrap();
 
     let built = kiln.wait_for_build(good_id, BUILD_DEADLINE).await;
-    let logs = kiln
-        .get(&format!("/version_build/{good_id}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = kiln.logs(good_id).await;
     assert_eq!(built["state"], "succeeded", "{built}\n{logs}");
     assert!(
         built["profile"]["stages_ms"]["compile"].as_u64().is_some(),
@@ -232,14 +225,7 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
 
     let failed = kiln.wait_for_build(bad_id, BUILD_DEADLINE).await;
     assert_eq!(failed["state"], "failed", "{failed}");
-    let logs = kiln
-        .get(&format!("/version_build/{bad_id}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = kiln.logs(bad_id).await;
     assert!(
         logs.contains("E0308"),
         "rustc's error is in the log:\n{logs}"
@@ -295,14 +281,7 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     }
 
     // Its post-build steps were turned off for this version.
-    let logs = kiln
-        .get(&format!("/version_build/{deny}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = kiln.logs(&deny).await;
     assert!(
         logs.contains("wasm-opt skipped")
             && logs.contains("precompilation and startup profile skipped"),
@@ -339,14 +318,7 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     assert_eq!(tried["response"]["status"], 200, "{tried}");
 
     // A module with wizer.initialize is pre-initialized at build time.
-    let logs = kiln
-        .get(&format!("/version_build/{heavy}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logs = kiln.logs(&heavy).await;
     assert!(
         logs.contains("pre-initialized with wizer.initialize"),
         "{logs}"

@@ -76,15 +76,7 @@ impl Hostile {
             .await;
         let id = queued["id"].as_str().unwrap().to_owned();
         let build = self.kiln.wait_for_build(&id, DEADLINE).await;
-        let log = self
-            .kiln
-            .get(&format!("/version_build/{id}/logs"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let log = self.kiln.logs(&id).await;
         let binary = match build["state"].as_str() {
             Some("succeeded") => self
                 .kiln

@@ -282,6 +282,17 @@ impl Kiln {
         body
     }
 
+    /// The build log of build `id`, as text.
+    pub async fn logs(&self, id: &str) -> String {
+        self.get(&format!("/version_build/{id}/logs"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn build(&self, id: &str) -> Value {
         let r = self
             .get(&format!("/version_build/{id}"))
