@@ -5,7 +5,7 @@
 //! build's scratch directory visible.
 
 use crate::cgroup::{self, Cgroup};
-use crate::log::{self, LogBuffer};
+use crate::log;
 use crate::scratch::{Scratch, chown_tree};
 use crate::{
     GUEST_SCRATCH, Limits, MountKind, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError,
@@ -13,10 +13,8 @@ use crate::{
 };
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Host files a compiler needs besides /usr: the dynamic linker's cache
@@ -275,17 +273,7 @@ impl Sandbox for Bubblewrap {
             .map_err(|e| SandboxError::io("starting bubblewrap", e))?;
         drop(seccomp);
 
-        let buffer = Arc::new(Mutex::new(LogBuffer::default()));
-        let out = tokio::spawn(log::drain(
-            child.stdout.take().expect("piped"),
-            buffer.clone(),
-            limits.max_log_bytes,
-        ));
-        let err = tokio::spawn(log::drain(
-            child.stderr.take().expect("piped"),
-            buffer.clone(),
-            limits.max_log_bytes,
-        ));
+        let capture = log::Capture::start(&mut child, limits.max_log_bytes);
 
         let waited = tokio::time::timeout(limits.wall_time, child.wait()).await;
         let timed_out = waited.is_err();
@@ -304,24 +292,18 @@ impl Sandbox for Bubblewrap {
                 None
             }
         };
-        let _ = tokio::join!(out, err);
+        let (log, log_truncated) = capture.finish().await;
         let outcome = if timed_out {
             RunOutcome::TimedOut
         } else if cgroup.oom_killed() {
             RunOutcome::OutOfMemory
         } else {
-            let status = status.expect("a run that did not time out has a status");
-            match (status.code(), status.signal()) {
-                (Some(code), _) => RunOutcome::Exited(code),
-                (None, Some(signal)) => RunOutcome::Signaled(signal),
-                _ => RunOutcome::Signaled(0),
-            }
+            RunOutcome::of(status.expect("a run that did not time out has a status"))
         };
         let peak_memory_bytes = cgroup.peak_memory();
         tokio::task::spawn_blocking(move || cgroup.remove())
             .await
             .map_err(|e| SandboxError::io("removing the cgroup", std::io::Error::other(e)))?;
-        let (log, log_truncated) = log::finish(&buffer, limits.max_log_bytes);
         Ok(RunReport {
             outcome,
             log,

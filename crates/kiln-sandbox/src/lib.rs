@@ -111,6 +111,17 @@ pub enum RunOutcome {
     OutOfMemory,
 }
 
+impl RunOutcome {
+    /// How a command that ran to its end ended.
+    pub(crate) fn of(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match status.code() {
+            Some(code) => RunOutcome::Exited(code),
+            None => RunOutcome::Signaled(status.signal().unwrap_or(0)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub outcome: RunOutcome,

@@ -3,17 +3,48 @@
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Child;
+use tokio::task::JoinHandle;
+
+/// A child's stdout and stderr, drained into one log capped at `cap` bytes.
+pub(crate) struct Capture {
+    log: SharedLog,
+    cap: usize,
+    pipes: [JoinHandle<()>; 2],
+}
+
+impl Capture {
+    /// Starts draining `child`'s piped stdout and stderr.
+    pub(crate) fn start(child: &mut Child, cap: usize) -> Self {
+        let log = SharedLog::default();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let pipes = [
+            tokio::spawn(drain(stdout, log.clone(), cap)),
+            tokio::spawn(drain(stderr, log.clone(), cap)),
+        ];
+        Self { log, cap, pipes }
+    }
+
+    /// Waits for both pipes to close (every writer has exited) and returns
+    /// the text, and whether bytes were dropped.
+    pub(crate) async fn finish(self) -> (String, bool) {
+        let [out, err] = self.pipes;
+        let _ = tokio::join!(out, err);
+        finish(&self.log, self.cap)
+    }
+}
 
 #[derive(Debug, Default)]
-pub(crate) struct LogBuffer {
+struct LogBuffer {
     bytes: Vec<u8>,
     dropped: u64,
 }
 
-pub(crate) type SharedLog = Arc<Mutex<LogBuffer>>;
+type SharedLog = Arc<Mutex<LogBuffer>>;
 
 /// Reads `pipe` to its end into `log`, keeping at most `cap` bytes in all.
-pub(crate) async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
+async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -29,7 +60,7 @@ pub(crate) async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap:
 }
 
 /// The captured text, with a marker when bytes were dropped.
-pub(crate) fn finish(log: &SharedLog, cap: usize) -> (String, bool) {
+fn finish(log: &SharedLog, cap: usize) -> (String, bool) {
     let log = log.lock().unwrap_or_else(|e| e.into_inner());
     let mut text = String::from_utf8_lossy(&log.bytes).into_owned();
     let truncated = log.dropped > 0;

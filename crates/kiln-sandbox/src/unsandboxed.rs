@@ -2,13 +2,11 @@
 //! runs on the host with the worker's rights. Guest paths are translated
 //! to host paths. Every run logs a warning.
 
-use crate::log::{self, LogBuffer};
+use crate::log;
 use crate::scratch::Scratch;
 use crate::{GUEST_SCRATCH, Limits, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -67,34 +65,19 @@ impl Sandbox for Unsandboxed {
             .spawn()
             .map_err(|e| SandboxError::io("starting the build", e))?;
         let pgid = child.id().map(|p| p as i32);
-        let buffer = Arc::new(Mutex::new(LogBuffer::default()));
-        let out = tokio::spawn(log::drain(
-            child.stdout.take().expect("piped"),
-            buffer.clone(),
-            limits.max_log_bytes,
-        ));
-        let err = tokio::spawn(log::drain(
-            child.stderr.take().expect("piped"),
-            buffer.clone(),
-            limits.max_log_bytes,
-        ));
+        let capture = log::Capture::start(&mut child, limits.max_log_bytes);
         let waited = tokio::time::timeout(limits.wall_time, child.wait()).await;
         if let Some(pgid) = pgid {
             // SAFETY: kill(2) on the process group this run created.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
-        let _ = tokio::join!(out, err);
+        let (log, log_truncated) = capture.finish().await;
         let outcome = match waited {
             Err(_) => RunOutcome::TimedOut,
             Ok(status) => {
-                let status = status.map_err(|e| SandboxError::io("waiting for the build", e))?;
-                match (status.code(), status.signal()) {
-                    (Some(code), _) => RunOutcome::Exited(code),
-                    (_, signal) => RunOutcome::Signaled(signal.unwrap_or(0)),
-                }
+                RunOutcome::of(status.map_err(|e| SandboxError::io("waiting for the build", e))?)
             }
         };
-        let (log, log_truncated) = log::finish(&buffer, limits.max_log_bytes);
         Ok(RunReport {
             outcome,
             log,
