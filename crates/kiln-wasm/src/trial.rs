@@ -174,8 +174,7 @@ impl Run<'_> {
     fn deliver_calls(&mut self, upstream: &UpstreamStub) -> Result<(), HostError> {
         while !self.state().pending_calls.is_empty() {
             let call = self.state().pending_calls.remove(0);
-            let mut headers = vec![(":status".to_owned(), upstream.status.to_string())];
-            headers.extend(upstream.headers.iter().cloned());
+            let headers = upstream_headers(upstream);
             let n = headers.len() as u32;
             *self.state().map_mut(MapType::HttpCallResponseHeaders) = headers;
             self.state().buffers.insert(
@@ -210,18 +209,13 @@ impl Run<'_> {
         &mut self,
         request: &TrialRequest,
     ) -> Result<(Option<Message>, Option<Response>), HostError> {
-        let mut headers = vec![
-            (":method".to_owned(), request.method.clone()),
-            (":path".to_owned(), request.path.clone()),
-            (":authority".to_owned(), "kiln.test".to_owned()),
-            (":scheme".to_owned(), "http".to_owned()),
+        let pseudo = [
+            (":method", request.method.as_str()),
+            (":path", request.path.as_str()),
+            (":authority", "kiln.test"),
+            (":scheme", "http"),
         ];
-        headers.extend(
-            request
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        );
+        let headers = header_map(&pseudo, &request.headers);
         let n = headers.len() as u32;
         *self.state().map_mut(MapType::HttpRequestHeaders) = headers;
         self.state().current_context = HTTP_CONTEXT;
@@ -233,13 +227,10 @@ impl Run<'_> {
             return Ok((None, None));
         }
         if !request.body.is_empty() {
-            self.state().buffers.insert(
-                BufferType::HttpRequestBody as u32,
-                request.body.clone().into_bytes(),
-            );
-            self.call(
+            self.deliver_body(
+                BufferType::HttpRequestBody,
                 "proxy_on_request_body",
-                &[HTTP_CONTEXT, request.body.len() as u32, 1],
+                &request.body,
             )?;
             self.deliver_calls(&request.upstream)?;
             if self.answered() {
@@ -252,13 +243,7 @@ impl Run<'_> {
         };
 
         let upstream = &request.upstream;
-        let mut headers = vec![(":status".to_owned(), upstream.status.to_string())];
-        headers.extend(
-            upstream
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        );
+        let headers = upstream_headers(upstream);
         let n = headers.len() as u32;
         *self.state().map_mut(MapType::HttpResponseHeaders) = headers;
         self.call(
@@ -266,13 +251,10 @@ impl Run<'_> {
             &[HTTP_CONTEXT, n, upstream.body.is_empty() as u32],
         )?;
         if !upstream.body.is_empty() && !self.answered() {
-            self.state().buffers.insert(
-                BufferType::HttpResponseBody as u32,
-                upstream.body.clone().into_bytes(),
-            );
-            self.call(
+            self.deliver_body(
+                BufferType::HttpResponseBody,
                 "proxy_on_response_body",
-                &[HTTP_CONTEXT, upstream.body.len() as u32, 1],
+                &upstream.body,
             )?;
         }
         self.deliver_calls(upstream)?;
@@ -297,12 +279,46 @@ impl Run<'_> {
         ))
     }
 
+    /// Puts `body` in `buffer` and hands it to `callback` as the whole body.
+    fn deliver_body(
+        &mut self,
+        buffer: BufferType,
+        callback: &str,
+        body: &str,
+    ) -> Result<(), HostError> {
+        self.state()
+            .buffers
+            .insert(buffer as u32, body.as_bytes().to_vec());
+        self.call(callback, &[HTTP_CONTEXT, body.len() as u32, 1])?;
+        Ok(())
+    }
+
     fn finish(&mut self) -> Result<(), HostError> {
         self.call("proxy_on_log", &[HTTP_CONTEXT])?;
         self.call("proxy_on_done", &[HTTP_CONTEXT])?;
         self.call("proxy_on_delete", &[HTTP_CONTEXT])?;
         Ok(())
     }
+}
+
+/// A header map as the plugin sees it: the pseudo-headers, then `headers`
+/// with lowercased names.
+fn header_map(pseudo: &[(&str, &str)], headers: &[(String, String)]) -> Vec<(String, String)> {
+    let pseudo = pseudo
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+    let headers = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
+    pseudo.chain(headers).collect()
+}
+
+/// The stub upstream's response headers, `:status` first.
+fn upstream_headers(upstream: &UpstreamStub) -> Vec<(String, String)> {
+    header_map(
+        &[(":status", &upstream.status.to_string())],
+        &upstream.headers,
+    )
 }
 
 fn body_of(state: &HostState, buffer: BufferType) -> String {
