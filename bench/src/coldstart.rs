@@ -113,8 +113,9 @@ fn micros(d: Duration) -> f64 {
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
-    let naive_engine = HostEngine::with_settings(&EngineSettings::default(), false)?;
-    let kiln_engine = HostEngine::new()?;
+    // Both run plugins as an edge server does: epoch deadlines, no fuel.
+    let naive_engine = HostEngine::with_settings(&EngineSettings::edge(None), false)?;
+    let kiln_engine = HostEngine::edge()?;
     let request = TrialRequest::get("/bench");
     let limits = TrialLimits::default();
     let mut rows = String::new();
@@ -189,7 +190,8 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          (alternating rounds of {ROUND} of each):\n\n\
          - (a) naive: `Module::new` from the `.wasm`, wasmtime's default on-demand allocator, instantiate, first request;\n\
          - (b) kiln: deserialize the `.cwasm` kiln ships (of the `wasm-opt -O3` module, mapped from its file), instantiate with the pooling allocator (freed slots reused warm) and copy-on-write images, first request.\n\n\
-         Both include linking kiln's proxy-wasm host functions, creating the store and the plugin's start\n\
+         Both run with the engine settings of the `.cwasm` kiln ships (epoch deadlines, no fuel metering) and\n\
+         include linking kiln's proxy-wasm host functions, creating the store and the plugin's start\n\
          (`proxy_on_vm_start`, `proxy_on_configure`), and end when the first request is done: dropping the\n\
          instance afterwards is recorded apart below. Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
          Machine: {} cores, {}; wasmtime 48.0.8.\n\n\

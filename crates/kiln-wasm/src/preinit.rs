@@ -6,7 +6,7 @@
 use crate::host::{HostEngine, HostError, HostState};
 use crate::trial::TrialLimits;
 use wasmparser::{Parser, Payload};
-use wasmtime::{Instance, Store, StoreLimitsBuilder, Val};
+use wasmtime::{Instance, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
 const INIT_EXPORTS: [&str; 2] = ["wizer.initialize", "wizer-initialize"];
@@ -73,16 +73,10 @@ pub fn preinitialize(
     wizer.init_func(init);
     let (cx, instrumented) = wizer.instrument(wasm).map_err(setup)?;
     let plugin = engine.compile(&instrumented)?;
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(limits.memory_bytes)
-        .instances(4)
-        .build();
-    let mut store = Store::new(engine.engine(), HostState::new(store_limits, Vec::new()));
-    store.limiter(|s| &mut s.limits);
-    store.set_fuel(limits.fuel).map_err(setup)?;
-    store.set_epoch_deadline(
-        (limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64,
-    );
+    let mut store = engine.store(
+        |store_limits| HostState::new(store_limits, Vec::new()),
+        limits,
+    )?;
     let instance = plugin
         .instance_pre()
         .instantiate(&mut store)

@@ -7,7 +7,7 @@ use crate::abi::{BufferType, MapType};
 use crate::host::{HostEngine, HostError, HostState, LocalResponse, LogLine, Plugin};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, Val};
+use wasmtime::{Instance, Store, Trap, Val};
 
 const ROOT_CONTEXT: u32 = 1;
 const HTTP_CONTEXT: u32 = 2;
@@ -83,7 +83,8 @@ impl TrialRequest {
 /// Bounds on one trial; the plugin is untrusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrialLimits {
-    /// wasmtime fuel units (roughly one per instruction).
+    /// wasmtime fuel units (roughly one per instruction), on an engine that
+    /// meters fuel ([`HostEngine::meters_fuel`]).
     pub fuel: u64,
     pub wall: Duration,
     pub memory_bytes: usize,
@@ -338,20 +339,15 @@ pub fn run_trial(
     request: &TrialRequest,
     limits: &TrialLimits,
 ) -> Result<TrialResult, HostError> {
-    let store_limits = StoreLimitsBuilder::new()
-        .memory_size(limits.memory_bytes)
-        .instances(4)
-        .build();
-    let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
-    state.properties.method = request.method.clone();
-    state.properties.path = request.path.clone();
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.limits);
-    store
-        .set_fuel(limits.fuel)
-        .map_err(|e| HostError::Setup(format!("{e:#}")))?;
-    let ticks = (limits.wall.as_micros() / crate::host::EPOCH_TICK.as_micros()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
+    let mut store = engine.store(
+        |store_limits| {
+            let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
+            state.properties.method = request.method.clone();
+            state.properties.path = request.path.clone();
+            state
+        },
+        limits,
+    )?;
 
     let started = Instant::now();
     let instance = plugin

@@ -134,6 +134,25 @@ fn an_infinite_loop_is_stopped_by_fuel_and_by_time() {
 }
 
 #[test]
+fn without_fuel_an_infinite_loop_is_stopped_by_time() {
+    let edge = HostEngine::edge().unwrap();
+    assert!(!edge.meters_fuel());
+    let wasm = build("tests/fixtures/filters/misbehaving");
+    let plugin = edge
+        .load_precompiled(&edge.precompile(&wasm).unwrap())
+        .unwrap();
+    let limits = TrialLimits {
+        fuel: 1,
+        wall: Duration::from_millis(200),
+        ..TrialLimits::default()
+    };
+    let started = Instant::now();
+    let err = run_trial(&edge, &plugin, &TrialRequest::get("/loop"), &limits).unwrap_err();
+    assert!(matches!(err, HostError::Timeout(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
 fn an_unimplemented_host_function_is_named() {
     let engine = engine();
     let plugin = engine
@@ -235,7 +254,7 @@ fn http_calls_shared_data_properties_and_stdout() {
 #[test]
 fn precompiled_modules_load_and_mismatches_are_refused() {
     let wasm = build("examples/add-header");
-    let engine = engine();
+    let engine = HostEngine::edge().unwrap();
     let cwasm = engine.precompile(&wasm).unwrap();
     let plugin = engine.load_precompiled(&cwasm).unwrap();
     let result = run_trial(
@@ -249,15 +268,24 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
 
     // Built for another CPU: refused, never loaded.
     let other = HostEngine::with_settings(
-        &EngineSettings {
-            target: Some("aarch64-unknown-linux-gnu".into()),
-        },
+        &EngineSettings::edge(Some("aarch64-unknown-linux-gnu".into())),
         true,
     )
     .unwrap();
     let foreign = other.precompile(&wasm).unwrap();
     assert!(matches!(
         engine.load_precompiled(&foreign),
+        Err(HostError::Incompatible(_))
+    ));
+    // Built with fuel metering, for kiln's own runs: refused by the edge's
+    // engine, and the edge's artifact by kiln's.
+    let metered = self::engine().precompile(&wasm).unwrap();
+    match engine.load_precompiled(&metered) {
+        Err(HostError::Incompatible(why)) => assert!(why.contains("fuel"), "{why}"),
+        other => panic!("a fuel-metered .cwasm was not refused: {:?}", other.err()),
+    }
+    assert!(matches!(
+        self::engine().load_precompiled(&cwasm),
         Err(HostError::Incompatible(_))
     ));
     assert!(matches!(

@@ -83,8 +83,11 @@ pub struct Pipeline {
     pub config: PipelineConfig,
     sandbox: Arc<dyn Sandbox>,
     toolchains: Vec<Arc<dyn Toolchain>>,
-    /// Precompiles and profiles successful builds.
+    /// Runs the customer's plugin for smoke checks and pre-initialization
+    /// (with fuel).
     host: kiln_wasm::HostEngine,
+    /// Precompiles and profiles successful builds, as edge servers run them.
+    edge: kiln_wasm::HostEngine,
     /// Cross-compiling engines, one per extra target triple.
     cross: Vec<(String, kiln_wasm::HostEngine)>,
 }
@@ -115,11 +118,10 @@ impl Pipeline {
         toolchains: Vec<Arc<dyn Toolchain>>,
     ) -> anyhow::Result<Self> {
         let host = kiln_wasm::HostEngine::new()?;
+        let edge = kiln_wasm::HostEngine::edge()?;
         let mut cross = Vec::new();
         for target in &config.precompile_targets {
-            let settings = kiln_wasm::EngineSettings {
-                target: Some(target.clone()),
-            };
+            let settings = kiln_wasm::EngineSettings::edge(Some(target.clone()));
             cross.push((
                 target.clone(),
                 kiln_wasm::HostEngine::with_settings(&settings, false)?,
@@ -130,6 +132,7 @@ impl Pipeline {
             sandbox,
             toolchains,
             host,
+            edge,
             cross,
         })
     }
@@ -493,7 +496,7 @@ impl Pipeline {
         conf: &str,
         log: &mut BuildLog,
     ) -> Result<(Vec<(String, Vec<u8>)>, Option<kiln_wasm::StartupProfile>), Failure> {
-        let (engine, wasm, conf) = (self.host.clone(), binary.to_vec(), conf.to_owned());
+        let (engine, wasm, conf) = (self.edge.clone(), binary.to_vec(), conf.to_owned());
         let cross = self.cross.clone();
         let (artifacts, startup) = tokio::task::spawn_blocking(move || {
             let mut artifacts = vec![(kiln_wasm::host_triple(), engine.precompile(&wasm))];

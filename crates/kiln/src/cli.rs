@@ -165,7 +165,9 @@ pub struct TryArgs {
     /// Time limit of the plugin, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
-    /// Fuel limit of the plugin (about one unit per instruction).
+    /// Fuel limit of the plugin (about one unit per instruction). A `.cwasm`
+    /// is built for edge servers, which do not meter fuel: only the time
+    /// limit applies to it.
     #[arg(long, default_value_t = 500_000_000)]
     pub fuel: u64,
     /// The kiln server, for a version id.

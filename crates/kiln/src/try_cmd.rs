@@ -90,16 +90,21 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
     };
     let profile = args.profile;
     let (result, profile) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let engine = HostEngine::new()?;
-        // A .cwasm (from ?format=cwasm) loads only if it matches this engine.
-        let plugin = if kiln_wasm::host::is_precompiled(&wasm) {
-            engine.load_precompiled(&wasm)?
+        // A .cwasm (from ?format=cwasm) loads only into the engine kiln
+        // made it for, the edge servers': no fuel, only the time limit.
+        let precompiled = kiln_wasm::host::is_precompiled(&wasm);
+        let (engine, plugin) = if precompiled {
+            let engine = HostEngine::edge()?;
+            let plugin = engine.load_precompiled(&wasm)?;
+            (engine, plugin)
         } else {
-            engine.compile(&wasm)?
+            let engine = HostEngine::new()?;
+            let plugin = engine.compile(&wasm)?;
+            (engine, plugin)
         };
         let result = run_trial(&engine, &plugin, &request, &limits)?;
-        let profile = (profile && !kiln_wasm::host::is_precompiled(&wasm))
-            .then(|| startup_profile(&engine, &wasm, &request.conf, 50))
+        let profile = (profile && !precompiled)
+            .then(|| startup_profile(&HostEngine::edge()?, &wasm, &request.conf, 50))
             .transpose()?;
         Ok((result, profile))
     })

@@ -1,14 +1,16 @@
 //! A proxy-wasm host on wasmtime, for trying plugins and measuring their
 //! startup. It implements ABI 0.2.1 as the Rust SDK 0.2.x imports it, and
 //! the few WASI preview1 calls such modules make. Any other import is linked
-//! to a trap that names it. Every instance runs with fuel, an epoch
-//! deadline and a memory limit: the plugin is untrusted code.
+//! to a trap that names it. Every instance runs with an epoch deadline and a
+//! memory limit, and on kiln's own engine with fuel too: the plugin is
+//! untrusted code.
 
 mod memory;
 mod proxy;
 mod wasi;
 
 use crate::abi::MapType;
+use crate::trial::TrialLimits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
-    PoolingAllocationConfig, StoreLimits,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
 };
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
@@ -47,10 +49,35 @@ pub enum HostError {
 }
 
 /// Engine settings that a precompiled module must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
     /// Cross-compilation target triple; `None` for this host.
     pub target: Option<String>,
+    /// Fuel metering besides epoch deadlines: a plugin's work is counted
+    /// per instruction, so a limit does not depend on the machine's speed.
+    /// Its counting costs at every instruction, so only kiln's own runs of
+    /// a plugin meter fuel, not the `.cwasm` kiln ships.
+    pub fuel: bool,
+}
+
+impl EngineSettings {
+    /// kiln's own runs of untrusted plugins (`try`, pre-initialization,
+    /// smoke requests): fuel and epoch deadlines.
+    pub fn trial() -> Self {
+        Self {
+            target: None,
+            fuel: true,
+        }
+    }
+
+    /// The `.cwasm` kiln ships to edge servers, for `target` (`None`: this
+    /// host): epoch deadlines bound a plugin's time, without fuel's cost.
+    pub fn edge(target: Option<String>) -> Self {
+        Self {
+            target,
+            fuel: false,
+        }
+    }
 }
 
 /// A wasmtime engine with kiln's settings: fuel, epoch interruption, the
@@ -58,6 +85,7 @@ pub struct EngineSettings {
 #[derive(Clone)]
 pub struct HostEngine {
     engine: Engine,
+    fuel: bool,
     ticking: Arc<AtomicBool>,
     /// The host functions, linked once per engine: each plugin clones them
     /// (a cold start should not pay for defining sixty functions).
@@ -86,7 +114,7 @@ impl std::fmt::Debug for HostEngine {
 fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError> {
     let mut config = Config::new();
     config
-        .consume_fuel(true)
+        .consume_fuel(settings.fuel)
         .epoch_interruption(true)
         .cranelift_opt_level(OptLevel::Speed);
     if pooling {
@@ -122,9 +150,16 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
 }
 
 impl HostEngine {
-    /// The engine kiln runs plugins with: pooling allocator on.
+    /// The engine kiln runs untrusted plugins with: fuel, epoch deadlines,
+    /// the pooling allocator.
     pub fn new() -> Result<Self, HostError> {
-        Self::with_settings(&EngineSettings::default(), true)
+        Self::with_settings(&EngineSettings::trial(), true)
+    }
+
+    /// The engine of the `.cwasm` kiln ships, as an edge server runs it:
+    /// epoch deadlines without fuel, the pooling allocator.
+    pub fn edge() -> Result<Self, HostError> {
+        Self::with_settings(&EngineSettings::edge(None), true)
     }
 
     /// `pooling: false` gives wasmtime's default on-demand allocator (the
@@ -147,6 +182,7 @@ impl HostEngine {
         }
         Ok(Self {
             engine,
+            fuel: settings.fuel,
             ticking,
             base: Arc::new(OnceLock::new()),
         })
@@ -154,6 +190,34 @@ impl HostEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Whether this engine meters fuel (and so applies [`TrialLimits::fuel`]).
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// A store for one instance, bounded by `limits`: memory, the epoch
+    /// deadline and, if this engine meters it, fuel.
+    pub(crate) fn store(
+        &self,
+        state: impl FnOnce(StoreLimits) -> HostState,
+        limits: &TrialLimits,
+    ) -> Result<Store<HostState>, HostError> {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(4)
+            .build();
+        let mut store = Store::new(&self.engine, state(store_limits));
+        store.limiter(|s| &mut s.limits);
+        if self.fuel {
+            store
+                .set_fuel(limits.fuel)
+                .map_err(|e| HostError::Setup(format!("{e:#}")))?;
+        }
+        let ticks = (limits.wall.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        Ok(store)
     }
 
     /// Compiles a `.wasm` (just-in-time).
