@@ -35,11 +35,13 @@ fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
-/// Measures `wasm` over `runs` cold starts (compiling is slow: at most 5
-/// of those are JIT compiles).
+/// Measures `wasm`, and `cwasm`, its precompiled form for `engine`, over
+/// `runs` cold starts (compiling is slow: at most 5 of those are JIT
+/// compiles).
 pub fn startup_profile(
     engine: &HostEngine,
     wasm: &[u8],
+    cwasm: &[u8],
     conf: &str,
     runs: u32,
 ) -> Result<StartupProfile, HostError> {
@@ -50,14 +52,14 @@ pub fn startup_profile(
         engine.compile(wasm)?;
         jit.push(started.elapsed());
     }
-    let mut cwasm = tempfile::NamedTempFile::new().map_err(setup)?;
-    cwasm.write_all(&engine.precompile(wasm)?).map_err(setup)?;
+    let mut file = tempfile::NamedTempFile::new().map_err(setup)?;
+    file.write_all(cwasm).map_err(setup)?;
     let (mut load, mut instantiate, mut first) = (Vec::new(), Vec::new(), Vec::new());
     let mut request = TrialRequest::get("/kiln-smoke");
     request.conf = conf.into();
     for _ in 0..runs {
         let started = Instant::now();
-        let plugin = engine.load_precompiled_file(cwasm.path())?;
+        let plugin = engine.load_precompiled_file(file.path())?;
         load.push(started.elapsed());
         let result = run_trial(engine, &plugin, &request, &TrialLimits::default())?;
         instantiate.push(Duration::from_micros(result.instantiate_us));

@@ -499,13 +499,16 @@ impl Pipeline {
         let (engine, wasm, conf) = (self.edge.clone(), binary.to_vec(), conf.to_owned());
         let cross = self.cross.clone();
         let (artifacts, startup) = tokio::task::spawn_blocking(move || {
-            let mut artifacts = vec![(kiln_wasm::host_triple(), engine.precompile(&wasm))];
+            let native = engine.precompile(&wasm);
+            let startup = native.as_ref().ok().map(|cwasm| {
+                kiln_wasm::startup_profile(&engine, &wasm, cwasm, &conf, PROFILE_RUNS)
+            });
+            let mut artifacts = vec![(kiln_wasm::host_triple(), native)];
             artifacts.extend(
                 cross
                     .iter()
                     .map(|(target, engine)| (target.clone(), engine.precompile(&wasm))),
             );
-            let startup = kiln_wasm::startup_profile(&engine, &wasm, &conf, PROFILE_RUNS);
             (artifacts, startup)
         })
         .await
@@ -521,17 +524,19 @@ impl Pipeline {
             cwasm.push((triple, artifact));
         }
         let startup = match startup {
-            Ok(p) => {
+            Some(Ok(p)) => {
                 log.kiln(format!(
                     "startup: JIT compile {} µs, .cwasm load {} µs, instantiate {} µs, first response {} µs",
                     p.jit_compile_us, p.cwasm_load_us, p.instantiate_us, p.first_response_us
                 ));
                 Some(p)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 log.kiln(format!("no startup profile: the smoke request failed: {e}"));
                 None
             }
+            // Not reached: without the native artifact the build failed above.
+            None => None,
         };
         Ok((cwasm, startup))
     }

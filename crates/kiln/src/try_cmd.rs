@@ -104,7 +104,11 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
         };
         let result = run_trial(&engine, &plugin, &request, &limits)?;
         let profile = (profile && !precompiled)
-            .then(|| startup_profile(&HostEngine::edge()?, &wasm, &request.conf, 50))
+            .then(|| {
+                let edge = HostEngine::edge()?;
+                let cwasm = edge.precompile(&wasm)?;
+                startup_profile(&edge, &wasm, &cwasm, &request.conf, 50)
+            })
             .transpose()?;
         Ok((result, profile))
     })
