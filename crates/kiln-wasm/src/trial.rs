@@ -4,7 +4,7 @@
 //! callbacks. The result says what the plugin did, with its logs.
 
 use crate::abi::{BufferType, MapType};
-use crate::host::{HostEngine, HostError, HostState, LocalResponse, LogLine, Plugin};
+use crate::host::{HostEngine, HostError, HostState, KeptTooMuch, LocalResponse, LogLine, Plugin};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use wasmtime::{Instance, Store, Trap, Val};
@@ -88,6 +88,15 @@ pub struct TrialLimits {
     pub fuel: u64,
     pub wall: Duration,
     pub memory_bytes: usize,
+    /// Bytes of the plugin's data the host keeps for it over the run (logs,
+    /// headers, bodies, properties, shared data, queues), counted as they
+    /// are handed over.
+    #[serde(default = "default_host_bytes")]
+    pub host_bytes: usize,
+}
+
+fn default_host_bytes() -> usize {
+    16 << 20
 }
 
 impl Default for TrialLimits {
@@ -96,6 +105,7 @@ impl Default for TrialLimits {
             fuel: 500_000_000,
             wall: Duration::from_secs(2),
             memory_bytes: 64 << 20,
+            host_bytes: default_host_bytes(),
         }
     }
 }
@@ -132,6 +142,9 @@ pub struct TrialResult {
 }
 
 fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
+    if e.downcast_ref::<KeptTooMuch>().is_some() {
+        return HostError::HostMemory(limits.host_bytes);
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => HostError::OutOfFuel(limits.fuel),
         Some(Trap::Interrupt) => HostError::Timeout(limits.wall),

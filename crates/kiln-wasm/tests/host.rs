@@ -134,6 +134,30 @@ fn an_infinite_loop_is_stopped_by_fuel_and_by_time() {
 }
 
 #[test]
+fn what_a_plugin_hands_the_host_is_bounded() {
+    let engine = engine();
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let limits = TrialLimits {
+        wall: Duration::from_secs(30),
+        fuel: u64::MAX,
+        host_bytes: 8 << 20,
+        ..TrialLimits::default()
+    };
+    for path in ["/hoard", "/chatter"] {
+        let err = run_trial(&engine, &plugin, &TrialRequest::get(path), &limits).unwrap_err();
+        assert!(
+            matches!(err, HostError::HostMemory(n) if n == 8 << 20),
+            "{path}: {err}"
+        );
+    }
+    // Within the budget, the same plugin runs as before.
+    let fine = run_trial(&engine, &plugin, &TrialRequest::get("/shared"), &limits).unwrap();
+    assert!(fine.forwarded.is_some());
+}
+
+#[test]
 fn without_fuel_an_infinite_loop_is_stopped_by_time() {
     let edge = HostEngine::edge().unwrap();
     assert!(!edge.meters_fuel());

@@ -450,6 +450,7 @@ impl Pipeline {
                 wall: Duration::from_secs(10),
                 fuel: 10_000_000_000,
                 memory_bytes: 256 << 20,
+                ..kiln_wasm::TrialLimits::default()
             };
             let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &limits)
                 .map_err(|e| e.to_string())?

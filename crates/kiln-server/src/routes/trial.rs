@@ -74,6 +74,7 @@ impl Default for TrialHost {
                 fuel: 200_000_000,
                 wall: Duration::from_secs(1),
                 memory_bytes: 64 << 20,
+                ..TrialLimits::default()
             },
             plugins: Mutex::new(Recent::new(CACHED_PLUGINS)),
         }
@@ -126,6 +127,7 @@ fn plugin_error(e: HostError) -> ApiError {
     match e {
         HostError::OutOfFuel(_)
         | HostError::Timeout(_)
+        | HostError::HostMemory(_)
         | HostError::Trap(_)
         | HostError::MissingExport(_) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -40,6 +40,10 @@ pub enum HostError {
     OutOfFuel(u64),
     #[error("the plugin exceeded its time limit of {0:?}")]
     Timeout(Duration),
+    #[error(
+        "the plugin handed the host more than its limit of {0} bytes to keep (logs, headers, bodies, properties, shared data, queues)"
+    )]
+    HostMemory(usize),
     #[error("the plugin trapped: {0}")]
     Trap(String),
     #[error("the plugin does not export {0}")]
@@ -208,7 +212,9 @@ impl HostEngine {
             .memory_size(limits.memory_bytes)
             .instances(4)
             .build();
-        let mut store = Store::new(&self.engine, state(store_limits));
+        let mut state = state(store_limits);
+        state.max_kept = limits.host_bytes;
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         if self.fuel {
             store
@@ -408,7 +414,17 @@ pub struct HostState {
     pub(crate) current_context: u32,
     pub(crate) continued: bool,
     pub(crate) max_log_lines: usize,
+    /// Bytes of plugin data the host has kept so far, and the most it
+    /// keeps: the plugin's linear memory is bounded, and what it hands the
+    /// host must be too.
+    kept: usize,
+    pub(crate) max_kept: usize,
 }
+
+/// A host function's refusal to keep more of the plugin's data.
+#[derive(Debug, thiserror::Error)]
+#[error("the plugin handed the host more than its limit of {0} bytes to keep")]
+pub(crate) struct KeptTooMuch(pub usize);
 
 impl HostState {
     pub(crate) fn new(limits: StoreLimits, plugin_conf: Vec<u8>) -> Self {
@@ -429,19 +445,34 @@ impl HostState {
             current_context: 0,
             continued: false,
             max_log_lines: 1000,
+            kept: 0,
+            max_kept: usize::MAX,
         }
+    }
+
+    /// Counts `bytes` more of the plugin's data that the host keeps (what
+    /// it replaces stays counted: the budget also bounds the copying).
+    pub(crate) fn keep(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.kept = self.kept.saturating_add(bytes);
+        if self.kept > self.max_kept {
+            return Err(KeptTooMuch(self.max_kept).into());
+        }
+        Ok(())
     }
 
     pub(crate) fn map_mut(&mut self, map: MapType) -> &mut Vec<(String, String)> {
         self.maps.entry(map as u32).or_default()
     }
 
-    pub(crate) fn log(&mut self, level: &str, message: String) {
+    /// Keeps a log line; past `max_log_lines`, lines are dropped.
+    pub(crate) fn log(&mut self, level: &str, message: String) -> wasmtime::Result<()> {
         if self.logs.len() < self.max_log_lines {
+            self.keep(message.len())?;
             self.logs.push(LogLine {
                 level: level.into(),
                 message,
             });
         }
+        Ok(())
     }
 }

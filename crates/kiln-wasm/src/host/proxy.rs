@@ -57,7 +57,7 @@ pub(crate) fn add_to_linker(
                         len: u32|
      -> R {
         let message = read_string(&mut c, ptr, len)?;
-        c.data_mut().log(log_level_name(level), message);
+        c.data_mut().log(log_level_name(level), message)?;
         OK
     });
     host!("proxy_get_log_level", |mut c: C, ret: u32| -> R {
@@ -119,6 +119,7 @@ pub(crate) fn add_to_linker(
             return status(Status::BadArgument);
         };
         let bytes = read(&mut c, ptr, len)?;
+        c.data_mut().keep(bytes.len())?;
         let buffer = c.data_mut().buffers.entry(kind as u32).or_default();
         let start = (start as usize).min(buffer.len());
         let end = start.saturating_add(size as usize).min(buffer.len());
@@ -146,6 +147,7 @@ pub(crate) fn add_to_linker(
             return status(Status::BadArgument);
         };
         let bytes = read(&mut c, ptr, len)?;
+        c.data_mut().keep(bytes.len())?;
         let Some(pairs) = deserialize_map(&bytes) else {
             return status(Status::ParseFailure);
         };
@@ -189,6 +191,7 @@ pub(crate) fn add_to_linker(
         };
         let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
         let value = read_string(&mut c, vptr, vlen)?;
+        c.data_mut().keep(key.len() + value.len())?;
         let pairs = c.data_mut().map_mut(map);
         pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(&key));
         pairs.push((key, value));
@@ -220,6 +223,7 @@ pub(crate) fn add_to_linker(
         };
         let key = read_string(&mut c, kptr, klen)?.to_ascii_lowercase();
         let value = read_string(&mut c, vptr, vlen)?;
+        c.data_mut().keep(key.len() + value.len())?;
         c.data_mut().map_mut(map).push((key, value));
         OK
     });
@@ -246,6 +250,7 @@ pub(crate) fn add_to_linker(
      -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
         let value = read(&mut c, vptr, vlen)?;
+        c.data_mut().keep(key.len() + value.len())?;
         c.data_mut().properties.set(key, value);
         OK
     });
@@ -275,6 +280,7 @@ pub(crate) fn add_to_linker(
      -> R {
         let key = read_string(&mut c, kptr, klen)?;
         let value = read(&mut c, vptr, vlen)?;
+        c.data_mut().keep(key.len() + value.len())?;
         let shared = &mut c.data_mut().shared_data;
         let version = shared.get(&key).map_or(0, |(_, v)| *v);
         if cas != 0 && cas != version {
@@ -289,10 +295,12 @@ pub(crate) fn add_to_linker(
                                           ret: u32|
      -> R {
         let name = read_string(&mut c, ptr, len)?;
-        let queues = &mut c.data_mut().queues;
-        let id = match queues.iter().position(|(n, _)| *n == name) {
+        let state = c.data_mut();
+        let id = match state.queues.iter().position(|(n, _)| *n == name) {
             Some(i) => i,
             None => {
+                state.keep(name.len())?;
+                let queues = &mut state.queues;
                 queues.push((name, VecDeque::new()));
                 queues.len() - 1
             }
@@ -322,13 +330,14 @@ pub(crate) fn add_to_linker(
                                          len: u32|
      -> R {
         let value = read(&mut c, ptr, len)?;
-        match c.data_mut().queues.get_mut((id as usize).wrapping_sub(1)) {
-            Some((_, queue)) => {
-                queue.push_back(value);
-                OK
-            }
-            None => status(Status::NotFound),
+        let state = c.data_mut();
+        let index = (id as usize).wrapping_sub(1);
+        if index >= state.queues.len() {
+            return status(Status::NotFound);
         }
+        state.keep(value.len())?;
+        state.queues[index].1.push_back(value);
+        OK
     });
     host!("proxy_dequeue_shared_queue", |mut c: C,
                                          id: u32,
@@ -364,6 +373,7 @@ pub(crate) fn add_to_linker(
      -> R {
         let body = read_string(&mut c, bptr, blen)?;
         let headers = read(&mut c, hptr, hlen)?;
+        c.data_mut().keep(body.len() + headers.len())?;
         let Some(headers) = deserialize_map(&headers) else {
             return status(Status::ParseFailure);
         };
@@ -387,6 +397,7 @@ pub(crate) fn add_to_linker(
                               ret: u32|
      -> R {
         let state = c.data_mut();
+        state.keep(std::mem::size_of::<PendingCall>())?;
         let token = state.next_token;
         state.next_token += 1;
         let context = state.current_context;

@@ -41,7 +41,7 @@ pub(crate) fn add_to_linker(
         }
         let level = if fd == 1 { "stdout" } else { "stderr" };
         let message = String::from_utf8_lossy(&text).trim_end().to_owned();
-        c.data_mut().log(level, message);
+        c.data_mut().log(level, message)?;
         write_u32(&mut c, written, text.len() as u32)?;
         Ok(ERRNO_SUCCESS)
     });
