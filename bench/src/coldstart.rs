@@ -113,6 +113,7 @@ fn micros(d: Duration) -> f64 {
 }
 
 pub fn run(runs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(runs > 0, "the number of cold starts must be at least 1");
     // Both run plugins as an edge server does: epoch deadlines, no fuel.
     let naive_engine = HostEngine::with_settings(&EngineSettings::edge(None), false)?;
     let kiln_engine = HostEngine::edge()?;
@@ -132,6 +133,7 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
         std::fs::write(&cwasm_path, &cwasm)?;
         let (mut naive, mut fast) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
         let mut stages = Stages::default();
+        let mut round_medians = Vec::new();
         // Side by side, in alternating rounds: a 100 ms JIT compile between
         // two of kiln's cold starts would only measure its wake in the caches.
         for round in (0..runs).step_by(ROUND) {
@@ -149,9 +151,12 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
                 fast.push(until_answered(started, &result));
                 stages.record(loaded, &result);
             }
+            round_medians.push(median(fast[round..].to_vec()));
         }
         let _ = std::fs::remove_file(&cwasm_path);
         let b99 = percentile(&mut fast, 99);
+        round_medians.sort();
+        let (fastest, slowest) = (round_medians[0], round_medians[round_medians.len() - 1]);
         let (a, b) = (median(naive), median(fast));
         let ratio = a.as_secs_f64() / b.as_secs_f64();
         eprintln!(
@@ -160,10 +165,12 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             micros(b)
         );
         rows.push_str(&format!(
-            "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× | {:.0} |\n",
+            "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× | {:.0} | {:.0} to {:.0} |\n",
             micros(a),
             micros(b),
-            micros(b99)
+            micros(b99),
+            micros(fastest),
+            micros(slowest)
         ));
         breakdown.push_str(&stages.row(name));
         verdicts.push_str(&format!(
@@ -193,9 +200,12 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          Both run with the engine settings of the `.cwasm` kiln ships (epoch deadlines, no fuel metering) and\n\
          include linking kiln's proxy-wasm host functions, creating the store and the plugin's start\n\
          (`proxy_on_vm_start`, `proxy_on_configure`), and end when the first request is done: dropping the\n\
-         instance afterwards is recorded apart below. Regenerate with `cargo run --release -p kiln-bench -- coldstart {runs}`.\n\n\
-         Machine: {} cores, {}; wasmtime 48.0.8.\n\n\
-         | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b | (b) 99th percentile, µs |\n| --- | --- | --- | --- | --- | --- |\n{rows}\n\
+         instance afterwards is recorded apart below. Regenerate with `scripts/bench coldstart {runs}`.\n\n\
+         Machine: {} cores, {}; wasmtime 48.0.8, built with kiln's release profile (thin LTO, one codegen unit per crate).\n\n\
+         | filter | cold starts | (a) naive, µs | (b) kiln, µs | a/b | (b) 99th percentile, µs | (b) medians of its rounds, µs |\n| --- | --- | --- | --- | --- | --- | --- |\n{rows}\n\
+         The medians of (b)'s rounds show how much the machine's own speed moves during the run (a shared\n\
+         virtual machine can run at half its speed for seconds at a time); the ratio a/b holds across it, as\n\
+         both paths run in every stretch.\n\n\
          Goals on this machine:\n\n{verdicts}\n\
          kiln's path by stage (medians, µs; the rest of (b) is creating the store), and the instance's drop after it:\n\n\
          | filter | map and deserialize the `.cwasm`, link the host | instantiate | start and first request | drop the instance |\n| --- | --- | --- | --- | --- |\n{breakdown}\n\

@@ -84,7 +84,7 @@ pub async fn run(runs: usize) -> anyhow::Result<()> {
          A cold `cargo build --release --target wasm32-wasip1` of `examples/add-header` (fresh target\n\
          directory, dependencies already vendored), in the bubblewrap sandbox (cgroup, seccomp, tmpfs)\n\
          and with no sandbox, alternating, on the same machine. Regenerate with\n\
-         `cargo run --release -p kiln-bench -- sandbox {runs}` (as root, after `scripts/install-prereqs`).\n\n\
+         `scripts/bench sandbox {runs}` (as root).\n\n\
          Machine: {} cores, {}.\n\n\
          | run | bubblewrap (s) | no sandbox (s) |\n| --- | --- | --- |\n{rows}\n\
          **Median: bubblewrap {:.2} s, no sandbox {:.2} s, ratio {ratio:.3}×** (goal: at most 1.15×).\n",
