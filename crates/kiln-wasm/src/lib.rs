@@ -20,5 +20,6 @@ pub mod trial;
 pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
 pub use profile::{StartupProfile, host_triple, startup_profile};
 pub use trial::{
-    TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial, smoke_equivalent,
+    InvalidRequest, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
+    smoke_equivalent,
 };

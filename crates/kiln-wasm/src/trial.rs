@@ -66,7 +66,42 @@ fn root() -> String {
     "/".into()
 }
 
+/// A trial request that no HTTP proxy would hand a filter.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRequest(String);
+
 impl TrialRequest {
+    /// Refuses what a proxy would refuse before any filter sees it: a
+    /// method or header name that is not an HTTP token, a path that is not
+    /// an origin path, a control character in a header value, a status
+    /// outside 100–599. A plugin is tried on requests it can meet.
+    pub fn check(&self) -> Result<(), InvalidRequest> {
+        let invalid = |message: String| Err(InvalidRequest(message));
+        if !is_token(&self.method) {
+            return invalid(format!(
+                "the method {:?} is not an HTTP method (letters, digits and !#$%&'*+-.^_`|~)",
+                self.method
+            ));
+        }
+        let visible = |c: char| c.is_ascii_graphic();
+        if !(self.path.starts_with('/') || self.path == "*") || !self.path.chars().all(visible) {
+            return invalid(format!(
+                "the path {:?} must start with / and hold only visible ASCII characters (percent-encode the rest)",
+                self.path
+            ));
+        }
+        check_fields("request", &self.headers)?;
+        check_fields("upstream", &self.upstream.headers)?;
+        if !(100..=599).contains(&self.upstream.status) {
+            return invalid(format!(
+                "the upstream status {} is not an HTTP status (100 to 599)",
+                self.upstream.status
+            ));
+        }
+        Ok(())
+    }
+
     pub fn get(path: &str) -> Self {
         Self {
             method: get(),
@@ -78,6 +113,29 @@ impl TrialRequest {
             ticks: 0,
         }
     }
+}
+
+/// RFC 9110's token: the characters of a method or a header name.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_fields(whose: &str, headers: &[(String, String)]) -> Result<(), InvalidRequest> {
+    for (name, value) in headers {
+        if !is_token(name) {
+            return Err(InvalidRequest(format!(
+                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; pseudo-headers come from the method, path and status)"
+            )));
+        }
+        if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+            return Err(InvalidRequest(format!(
+                "the {whose} header {name:?} has a control character in its value"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Bounds on one trial; the plugin is untrusted.
@@ -410,4 +468,41 @@ pub fn smoke_equivalent(
         (timed.instantiate_us, timed.exchange_us, timed.teardown_us) = (0, 0, 0);
     }
     Ok(x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrialRequest;
+
+    fn refused(change: impl FnOnce(&mut TrialRequest)) -> String {
+        let mut request = TrialRequest::get("/");
+        change(&mut request);
+        request.check().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn requests_a_proxy_would_forward_are_accepted() {
+        let mut request = TrialRequest::get("/a/b?c=d%20e");
+        request.method = "PATCH".into();
+        request.headers = vec![("x-h".into(), "v\twith tab, and ünïcode".into())];
+        request.upstream.status = 599;
+        request.check().unwrap();
+        TrialRequest::get("*").check().unwrap();
+    }
+
+    #[test]
+    fn requests_no_proxy_would_forward_are_refused_with_what_is_wrong() {
+        assert!(refused(|r| r.method = "G ET".into()).contains("\"G ET\""));
+        assert!(refused(|r| r.method = String::new()).contains("method"));
+        assert!(refused(|r| r.path = "admin".into()).contains("\"admin\""));
+        assert!(refused(|r| r.path = "/a b".into()).contains("visible ASCII"));
+        assert!(refused(|r| r.path = "/ä".into()).contains("percent-encode"));
+        let header = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
+        assert!(refused(|r| r.headers = header(":authority", "x")).contains("pseudo-headers"));
+        assert!(refused(|r| r.headers = header("a b", "x")).contains("\"a b\""));
+        assert!(refused(|r| r.headers = header("x", "1\r\ny: 2")).contains("control character"));
+        assert!(refused(|r| r.upstream.headers = header("x", "\0")).contains("upstream header"));
+        assert!(refused(|r| r.upstream.status = 99).contains("99"));
+        assert!(refused(|r| r.upstream.status = 600).contains("100 to 599"));
+    }
 }

@@ -77,6 +77,7 @@ fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialR
         }
         None => stored_conf.unwrap_or_default(),
     };
+    request.check()?;
     Ok(request)
 }
 

@@ -316,6 +316,20 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
         .unwrap();
     let tried: Value = r.json().await.unwrap();
     assert_eq!(tried["response"]["status"], 200, "{tried}");
+    // A request no proxy would hand a filter is refused, not run.
+    let r = kiln
+        .post(&format!("/version/{deny}/try"))
+        .json(&serde_json::json!({"path": "/a b", "headers": [["x-a", "1\r\nx-b: 2"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"], "invalid_input", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("\"/a b\""),
+        "{error}"
+    );
 
     // A module with wizer.initialize is pre-initialized at build time.
     let logs = kiln.logs(&heavy).await;

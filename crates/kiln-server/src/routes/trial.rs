@@ -163,14 +163,6 @@ pub async fn try_version(
         .get_version(owner, build_id)
         .await
         .map_err(|e| ApiError::from_store(e, "version", &id))?;
-    let host: Arc<TrialHost> = state.trials.clone();
-    // The owner's access was checked above: the cache only saves the work.
-    let key = version.binary_location.clone();
-    let cached = host.plugins().get(&key);
-    let source = match cached {
-        Some(plugin) => Source::Compiled(plugin),
-        None => Source::Wasm(fetch_blob(&state, &key).await?),
-    };
     let request = TrialRequest {
         method: body.method,
         path: body.path,
@@ -179,6 +171,17 @@ pub async fn try_version(
         upstream: body.upstream,
         conf: body.conf.unwrap_or(version.conf),
         ticks: 0,
+    };
+    request
+        .check()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let host: Arc<TrialHost> = state.trials.clone();
+    // The owner's access was checked above: the cache only saves the work.
+    let key = version.binary_location.clone();
+    let cached = host.plugins().get(&key);
+    let source = match cached {
+        Some(plugin) => Source::Compiled(plugin),
+        None => Source::Wasm(fetch_blob(&state, &key).await?),
     };
     let _permit = host
         .permits
