@@ -244,8 +244,7 @@ impl Run<'_> {
 
     /// Answers every HTTP call the plugin dispatched with the stub upstream.
     fn deliver_calls(&mut self, upstream: &UpstreamStub) -> Result<(), HostError> {
-        while !self.state().pending_calls.is_empty() {
-            let call = self.state().pending_calls.remove(0);
+        while let Some(call) = self.state().pending_calls.pop_front() {
             let headers = upstream_headers(upstream);
             let n = headers.len() as u32;
             *self.state().map_mut(MapType::HttpCallResponseHeaders) = headers;

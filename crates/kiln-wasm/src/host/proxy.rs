@@ -401,7 +401,9 @@ pub(crate) fn add_to_linker(
         let token = state.next_token;
         state.next_token += 1;
         let context = state.current_context;
-        state.pending_calls.push(PendingCall { token, context });
+        state
+            .pending_calls
+            .push_back(PendingCall { token, context });
         write_u32(&mut c, ret, token)?;
         OK
     });
