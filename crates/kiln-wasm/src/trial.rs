@@ -84,10 +84,12 @@ impl TrialRequest {
                 self.method
             ));
         }
-        let visible = |c: char| c.is_ascii_graphic();
-        if !(self.path.starts_with('/') || self.path == "*") || !self.path.chars().all(visible) {
+        // A proxy strips the fragment before a filter sees the path.
+        let allowed = |c: char| c.is_ascii_graphic() && c != '#';
+        let asterisk = self.path == "*" && self.method == "OPTIONS";
+        if !(self.path.starts_with('/') || asterisk) || !self.path.chars().all(allowed) {
             return invalid(format!(
-                "the path {:?} must start with / and hold only visible ASCII characters (percent-encode the rest)",
+                "the path {:?} must start with / (or be * for OPTIONS) and hold only visible ASCII characters without # (percent-encode the rest)",
                 self.path
             ));
         }
@@ -126,7 +128,7 @@ fn check_fields(whose: &str, headers: &[(String, String)]) -> Result<(), Invalid
     for (name, value) in headers {
         if !is_token(name) {
             return Err(InvalidRequest(format!(
-                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; pseudo-headers come from the method, path and status)"
+                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; :method, :path and :status come from the method, path and upstream status; :authority is kiln.test, :scheme http)"
             )));
         }
         if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
@@ -486,7 +488,9 @@ mod tests {
         request.headers = vec![("x-h".into(), "v\twith tab, and ünïcode".into())];
         request.upstream.status = 599;
         request.check().unwrap();
-        TrialRequest::get("*").check().unwrap();
+        let mut options = TrialRequest::get("*");
+        options.method = "OPTIONS".into();
+        options.check().unwrap();
     }
 
     #[test]
@@ -496,8 +500,13 @@ mod tests {
         assert!(refused(|r| r.path = "admin".into()).contains("\"admin\""));
         assert!(refused(|r| r.path = "/a b".into()).contains("visible ASCII"));
         assert!(refused(|r| r.path = "/ä".into()).contains("percent-encode"));
+        assert!(refused(|r| r.path = "/a#top".into()).contains("without #"));
+        assert!(
+            refused(|r| r.path = "*".into()).contains("OPTIONS"),
+            "GET *"
+        );
         let header = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
-        assert!(refused(|r| r.headers = header(":authority", "x")).contains("pseudo-headers"));
+        assert!(refused(|r| r.headers = header(":authority", "x")).contains("kiln.test"));
         assert!(refused(|r| r.headers = header("a b", "x")).contains("\"a b\""));
         assert!(refused(|r| r.headers = header("x", "1\r\ny: 2")).contains("control character"));
         assert!(refused(|r| r.upstream.headers = header("x", "\0")).contains("upstream header"));

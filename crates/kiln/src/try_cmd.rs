@@ -49,7 +49,9 @@ async fn load(args: &TryArgs) -> anyhow::Result<(Vec<u8>, Option<String>)> {
     Ok((binary.to_vec(), version["conf"].as_str().map(str::to_owned)))
 }
 
-fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialRequest> {
+/// The request from the arguments, checked before anything is downloaded;
+/// its `conf` is `--conf`, or else set from the version once it is loaded.
+fn request(args: &TryArgs) -> anyhow::Result<TrialRequest> {
     let (method, path) = args
         .request
         .trim()
@@ -71,19 +73,20 @@ fn request(args: &TryArgs, stored_conf: Option<String>) -> anyhow::Result<TrialR
         .collect::<anyhow::Result<_>>()?;
     request.upstream.body = args.upstream_body.clone().unwrap_or_default();
     request.ticks = args.ticks;
-    request.conf = match &args.conf {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None => stored_conf.unwrap_or_default(),
-    };
+    if let Some(path) = &args.conf {
+        request.conf =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
     request.check()?;
     Ok(request)
 }
 
 pub async fn run(args: TryArgs) -> anyhow::Result<()> {
-    let (wasm, conf) = load(&args).await?;
-    let request = request(&args, conf)?;
+    let mut request = request(&args)?;
+    let (wasm, stored_conf) = load(&args).await?;
+    if args.conf.is_none() {
+        request.conf = stored_conf.unwrap_or_default();
+    }
     let limits = TrialLimits {
         wall: Duration::from_millis(args.timeout_ms),
         fuel: args.fuel,
