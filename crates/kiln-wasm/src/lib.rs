@@ -20,6 +20,6 @@ pub mod trial;
 pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
 pub use profile::{StartupProfile, host_triple, startup_profile};
 pub use trial::{
-    InvalidRequest, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
-    smoke_equivalent,
+    InvalidRequest, TrialJob, TrialLimits, TrialOutcome, TrialRequest, TrialResult, UpstreamStub,
+    run_trial, smoke_equivalent,
 };

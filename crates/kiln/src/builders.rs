@@ -7,7 +7,9 @@ use anyhow::Context;
 use kiln_build::archive::ArchiveLimits;
 use kiln_build::{RustConfig, RustToolchain, Toolchain};
 use kiln_sandbox::{Bubblewrap, BubblewrapConfig, Limits, Sandbox, Unsandboxed};
+use kiln_server::routes::trial::TrialHost;
 use kiln_worker::{Client, Pipeline, PipelineConfig};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +61,56 @@ fn sandbox(args: &BuildArgs) -> anyhow::Result<Arc<dyn Sandbox>> {
             Ok(Arc::new(Unsandboxed::new(args.sandbox_root.clone())))
         }
     }
+}
+
+/// Where `POST /version/{id}/try` runs plugins: in the build sandbox, or
+/// in the server's process on a node without one.
+pub fn trial_host(args: &BuildArgs) -> TrialHost {
+    if args.sandbox == SandboxKind::None {
+        return TrialHost::default();
+    }
+    let sandboxed = sandbox(args).and_then(|sandbox| {
+        let program = trial_program(&args.sandbox_root)?;
+        Ok(TrialHost::sandboxed(sandbox, program))
+    });
+    sandboxed.unwrap_or_else(|e| {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "trials run in the server's process, without a sandbox"
+        );
+        TrialHost::default()
+    })
+}
+
+/// This kiln binary, linked (or copied) under the sandbox root where the
+/// sandbox user can reach it, named by its size and time so that a new
+/// build of kiln gets a new file.
+fn trial_program(root: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().context("finding the kiln binary")?;
+    let meta = std::fs::metadata(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    let modified = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let dir = root.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+    let program = dir.join(format!("kiln-{}-{modified}", meta.len()));
+    if program.exists() {
+        return Ok(program);
+    }
+    let partial = dir.join(format!(".kiln-{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    if std::fs::hard_link(&exe, &partial).is_err() {
+        std::fs::copy(&exe, &partial)
+            .with_context(|| format!("copying {} to {}", exe.display(), partial.display()))?;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    }
+    // Renamed into place whole: servers starting at once never run half a copy.
+    std::fs::rename(&partial, &program)?;
+    Ok(program)
 }
 
 pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipeline> {

@@ -42,6 +42,12 @@ pub enum Command {
     /// Manages owner tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Runs one trial handed over by `kiln serve` (inside its sandbox).
+    #[command(hide = true)]
+    TrialChild {
+        /// The directory holding the job and the plugin.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

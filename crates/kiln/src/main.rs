@@ -7,6 +7,7 @@ mod builders;
 mod cli;
 mod serve;
 mod token;
+mod trial_child;
 mod try_cmd;
 mod worker;
 
@@ -28,6 +29,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Worker(args) => worker::run(args).await,
             cli::Command::Try(args) => try_cmd::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
+            cli::Command::TrialChild { dir } => trial_child::run(&dir),
         }
     });
     match result {

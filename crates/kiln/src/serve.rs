@@ -138,7 +138,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_attempts = args.max_attempts.max(1);
     config.max_unfinished_builds = args.max_unfinished_builds.max(1);
     config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
-    let state = AppState::new(meta.clone(), blobs.clone(), config);
+    let mut state = AppState::new(meta.clone(), blobs.clone(), config);
+    state.trials = std::sync::Arc::new(builders::trial_host(&args.build));
+    let trials = state.trials.isolation();
 
     let server = Server::bind(args.listen, state)
         .await
@@ -146,7 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = server.local_addr()?;
     // The first line on stdout, for scripts and tests that bind port 0.
     println!("listening on {addr}");
-    tracing::info!(%addr, database = meta.backend_name(), blobs = blobs.describe(), "kiln is serving");
+    tracing::info!(%addr, database = meta.backend_name(), blobs = blobs.describe(), trials, "kiln is serving");
 
     // On a signal, builders stop first (their reports still need the
     // server), then the server drains.

@@ -366,6 +366,7 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     assert!(started.elapsed() < Duration::from_secs(30));
     let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the server stays up");
+    trial_children_answer_from_their_job_directory(&kiln, &deny, &looping).await;
     let other = kiln.token_for_owner(2);
     let r = kiln
         .http
@@ -376,6 +377,53 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+/// The server hands each trial to `kiln trial-child` in the sandbox: the
+/// child reads its job and the plugin from a directory, writes the outcome
+/// and, after compiling a `.wasm`, the `.cwasm` the next trial starts from.
+async fn trial_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str, looping: &str) {
+    let child = |dir: &std::path::Path, job: Value| {
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("trial-child")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let outcome = std::fs::read(dir.join("outcome.json")).unwrap();
+        serde_json::from_slice::<Value>(&outcome).unwrap()
+    };
+    let job = |path: &str| {
+        serde_json::json!({
+            "request": {"path": path},
+            "limits": {"fuel": 100_000_000, "wall": {"secs": 1, "nanos": 0}, "memory_bytes": 64 << 20}
+        })
+    };
+    let binary = |id: &str| {
+        let request = kiln.get(&format!("/version/{id}/binary"));
+        async move { request.send().await.unwrap().bytes().await.unwrap() }
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plugin.wasm"), binary(deny).await).unwrap();
+    let outcome = child(dir.path(), job("/admin"));
+    assert_eq!(
+        outcome["answered"]["local_response"]["status"], 403,
+        "{outcome}"
+    );
+    std::fs::remove_file(dir.path().join("plugin.wasm")).unwrap();
+    let outcome = child(dir.path(), job("/public"));
+    assert_eq!(
+        outcome["answered"]["response"]["status"], 200,
+        "from the .cwasm: {outcome}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plugin.wasm"), binary(looping).await).unwrap();
+    let outcome = child(dir.path(), job("/loop"));
+    let failure = outcome["plugin_failed"].as_str().unwrap_or_default();
+    assert!(failure.contains("fuel"), "{outcome}");
 }
 
 /// On SIGTERM, builders stop claiming, give running builds a grace period,

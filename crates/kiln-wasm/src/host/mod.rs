@@ -52,6 +52,21 @@ pub enum HostError {
     Setup(String),
 }
 
+impl HostError {
+    /// Whether the plugin caused it (a trap, a limit, a missing export)
+    /// rather than the host.
+    pub fn is_plugin_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::OutOfFuel(_)
+                | Self::Timeout(_)
+                | Self::HostMemory(_)
+                | Self::Trap(_)
+                | Self::MissingExport(_)
+        )
+    }
+}
+
 /// Engine settings that a precompiled module must match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {

@@ -1,6 +1,7 @@
 //! `POST /version/{id}/try`: runs a version on one request in kiln's
 //! proxy-wasm host. The plugin is untrusted code running on the server, so
-//! each trial has fuel, time and memory limits and only a few run at once.
+//! each trial has fuel, time and memory limits, only a few run at once,
+//! and on a node with a sandbox each runs in it, in a process of its own.
 
 use super::versions::{fetch_blob, parse_build_id};
 use crate::AppState;
@@ -11,10 +12,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_wasm::{
-    HostEngine, HostError, Plugin, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
+    HostEngine, HostError, Plugin, TrialJob, TrialLimits, TrialOutcome, TrialRequest, TrialResult,
+    UpstreamStub, run_trial,
 };
+use sandboxed::Module;
 use serde::Deserialize;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -24,15 +28,29 @@ const CONCURRENT_TRIALS: usize = 2;
 /// Compiled plugins kept for the next trial of the same version.
 const CACHED_PLUGINS: usize = 16;
 
-/// The engine, the admission limit of trials and the plugins compiled
-/// lately, shared by all requests.
+mod sandboxed;
+
+use sandboxed::SandboxedTrials;
+
+/// Where trials run, the admission limit of trials and their limits,
+/// shared by all requests.
 pub struct TrialHost {
-    engine: OnceLock<Result<HostEngine, String>>,
+    isolation: Isolation,
     permits: Semaphore,
     pub limits: TrialLimits,
-    /// A version's binary never changes, and compiling it takes the server
-    /// ~100 ms of CPU: trying it again reuses the compiled plugin.
-    plugins: Mutex<Recent<Plugin>>,
+}
+
+enum Isolation {
+    /// In the server's process, under wasmtime's limits only: for nodes
+    /// that run without a sandbox (`--sandbox none`).
+    InProcess {
+        engine: OnceLock<Result<HostEngine, String>>,
+        /// A version's binary never changes, and compiling it takes the
+        /// server ~100 ms of CPU: trying it again reuses the compiled plugin.
+        plugins: Mutex<Recent<Plugin>>,
+    },
+    /// In `kiln trial-child` in the build sandbox.
+    Sandboxed(SandboxedTrials),
 }
 
 /// The `capacity` values used last, by key; the least recently used goes
@@ -66,9 +84,29 @@ impl<T: Clone> Recent<T> {
 }
 
 impl Default for TrialHost {
+    /// Trials in the server's own process.
     fn default() -> Self {
-        Self {
+        Self::with(Isolation::InProcess {
             engine: OnceLock::new(),
+            plugins: Mutex::new(Recent::new(CACHED_PLUGINS)),
+        })
+    }
+}
+
+impl TrialHost {
+    /// Trials in `sandbox`, each in a `kiln trial-child` started from
+    /// `program` (a kiln binary the sandbox user can read).
+    pub fn sandboxed(sandbox: Arc<dyn kiln_sandbox::Sandbox>, program: PathBuf) -> Self {
+        Self::with(Isolation::Sandboxed(SandboxedTrials::new(
+            sandbox,
+            program,
+            CACHED_PLUGINS,
+        )))
+    }
+
+    fn with(isolation: Isolation) -> Self {
+        Self {
+            isolation,
             permits: Semaphore::new(CONCURRENT_TRIALS),
             limits: TrialLimits {
                 fuel: 200_000_000,
@@ -76,21 +114,15 @@ impl Default for TrialHost {
                 memory_bytes: 64 << 20,
                 ..TrialLimits::default()
             },
-            plugins: Mutex::new(Recent::new(CACHED_PLUGINS)),
         }
     }
-}
 
-impl TrialHost {
-    fn engine(&self) -> ApiResult<HostEngine> {
-        self.engine
-            .get_or_init(|| HostEngine::new().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(|e| ApiError::internal("starting the trial host failed", e))
-    }
-
-    fn plugins(&self) -> std::sync::MutexGuard<'_, Recent<Plugin>> {
-        self.plugins.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A short name for logs.
+    pub fn isolation(&self) -> &'static str {
+        match self.isolation {
+            Isolation::InProcess { .. } => "in-process",
+            Isolation::Sandboxed(_) => "sandboxed",
+        }
     }
 }
 
@@ -123,26 +155,19 @@ fn root() -> String {
     "/".into()
 }
 
-fn plugin_error(e: HostError) -> ApiError {
-    match e {
-        HostError::OutOfFuel(_)
-        | HostError::Timeout(_)
-        | HostError::HostMemory(_)
-        | HostError::Trap(_)
-        | HostError::MissingExport(_) => ApiError::new(
+/// The API's answer to a trial that did not answer.
+fn failed(outcome: TrialOutcome) -> ApiResult<Json<TrialResult>> {
+    match outcome {
+        TrialOutcome::Answered(result) => Ok(Json(result)),
+        TrialOutcome::PluginFailed(message) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "plugin_error",
-            e.to_string(),
-        ),
-        e => ApiError::internal("running a trial failed", e),
+            message,
+        )),
+        TrialOutcome::HostFailed(message) => {
+            Err(ApiError::internal("running a trial failed", message))
+        }
     }
-}
-
-/// What a trial starts from: a plugin compiled for an earlier trial, or
-/// the version's binary.
-enum Source<B> {
-    Compiled(Plugin),
-    Wasm(B),
 }
 
 #[utoipa::path(post, path = "/version/{id}/try", tag = "versions",
@@ -176,36 +201,78 @@ pub async fn try_version(
         .check()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let host: Arc<TrialHost> = state.trials.clone();
-    // The owner's access was checked above: the cache only saves the work.
-    let key = version.binary_location.clone();
-    let cached = host.plugins().get(&key);
-    let source = match cached {
-        Some(plugin) => Source::Compiled(plugin),
-        None => Source::Wasm(fetch_blob(&state, &key).await?),
+    let job = TrialJob {
+        request,
+        limits: host.limits,
     };
-    let _permit = host
-        .permits
+    // The owner's access was checked above: the caches only save the work.
+    let key = version.binary_location.clone();
+    let outcome = match &host.isolation {
+        Isolation::InProcess { engine, plugins } => {
+            let cached = lock(plugins).get(&key);
+            let plugin = match cached {
+                Some(plugin) => Ok(plugin),
+                None => Err(fetch_blob(&state, &key).await?),
+            };
+            let _permit = admit(&host).await?;
+            let engine = engine
+                .get_or_init(|| HostEngine::new().map_err(|e| e.to_string()))
+                .clone()
+                .map_err(|e| ApiError::internal("starting the trial host failed", e))?;
+            let host = host.clone();
+            tokio::task::spawn_blocking(move || {
+                let Isolation::InProcess { plugins, .. } = &host.isolation else {
+                    unreachable!("matched above")
+                };
+                TrialOutcome::from(in_process(&engine, plugins, key, plugin, &job))
+            })
+            .await
+            .map_err(|e| ApiError::internal("a trial panicked", e))?
+        }
+        Isolation::Sandboxed(trials) => {
+            let module = match trials.cached(&key) {
+                Some(cwasm) => Module::Compiled(cwasm),
+                None => Module::Wasm(fetch_blob(&state, &key).await?),
+            };
+            let _permit = admit(&host).await?;
+            trials
+                .run(key, module, &job)
+                .await
+                .map_err(|e| ApiError::internal("running a trial failed", e))?
+        }
+    };
+    failed(outcome)
+}
+
+async fn admit(host: &TrialHost) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    host.permits
         .acquire()
         .await
-        .map_err(|e| ApiError::internal("trial admission", e))?;
-    let engine = host.engine()?;
-    let limits = host.limits;
-    let cache = host.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let plugin = match source {
-            Source::Compiled(plugin) => plugin,
-            Source::Wasm(wasm) => {
-                let plugin = engine.compile(&wasm)?;
-                cache.plugins().put(key, plugin.clone());
-                plugin
-            }
-        };
-        run_trial(&engine, &plugin, &request, &limits)
-    })
-    .await
-    .map_err(|e| ApiError::internal("a trial panicked", e))?
-    .map_err(plugin_error)?;
-    Ok(Json(result))
+        .map_err(|e| ApiError::internal("trial admission", e))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `job` in this process, on the cached plugin or on the `.wasm`,
+/// compiled and cached first.
+fn in_process(
+    engine: &HostEngine,
+    plugins: &Mutex<Recent<Plugin>>,
+    key: String,
+    plugin: Result<Plugin, bytes::Bytes>,
+    job: &TrialJob,
+) -> Result<TrialResult, HostError> {
+    let plugin = match plugin {
+        Ok(plugin) => plugin,
+        Err(wasm) => {
+            let plugin = engine.compile(&wasm)?;
+            lock(plugins).put(key, plugin.clone());
+            plugin
+        }
+    };
+    run_trial(engine, &plugin, &job.request, &job.limits)
 }
 
 #[cfg(test)]
