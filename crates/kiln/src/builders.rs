@@ -63,8 +63,9 @@ fn sandbox(args: &BuildArgs) -> anyhow::Result<Arc<dyn Sandbox>> {
     }
 }
 
-/// Where `POST /version/{id}/try` runs plugins: in the build sandbox, or
-/// in the server's process on a node without one.
+/// Where `POST /version/{id}/try` runs plugins: in the build sandbox, in
+/// the server's process with `--sandbox none`, and nowhere on a node that
+/// should sandbox them and cannot.
 pub fn trial_host(args: &BuildArgs) -> TrialHost {
     if args.sandbox == SandboxKind::None {
         return TrialHost::default();
@@ -74,36 +75,45 @@ pub fn trial_host(args: &BuildArgs) -> TrialHost {
         Ok(TrialHost::sandboxed(sandbox, program))
     });
     sandboxed.unwrap_or_else(|e| {
+        let reason = format!("{e:#}");
         tracing::warn!(
-            error = format!("{e:#}"),
-            "trials run in the server's process, without a sandbox"
+            error = reason,
+            "trials are refused: the sandbox is not available"
         );
-        TrialHost::default()
+        TrialHost::unavailable(reason)
     })
 }
 
 /// This kiln binary, linked (or copied) under the sandbox root where the
-/// sandbox user can reach it, named by its size and time so that a new
-/// build of kiln gets a new file.
+/// sandbox user can reach it, named after the file it comes from so that a
+/// new kiln gets a new name.
 fn trial_program(root: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let meta = std::fs::metadata(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    let modified = meta
-        .modified()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
     let dir = root.join("bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
-    let program = dir.join(format!("kiln-{}-{modified}", meta.len()));
+    let name = format!(
+        "kiln-{:x}-{:x}-{:x}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let program = dir.join(name);
     if program.exists() {
         return Ok(program);
     }
-    let partial = dir.join(format!(".kiln-{}", std::process::id()));
-    let _ = std::fs::remove_file(&partial);
-    if std::fs::hard_link(&exe, &partial).is_err() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let partial = dir.join(format!(".kiln-{}-{nanos}", std::process::id()));
+    // A link shares the file's mode: only one everybody may run will do.
+    let runnable = meta.mode() & 0o005 == 0o005;
+    if !runnable || std::fs::hard_link(&exe, &partial).is_err() {
         std::fs::copy(&exe, &partial)
             .with_context(|| format!("copying {} to {}", exe.display(), partial.display()))?;
         std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;

@@ -42,9 +42,12 @@ pub enum Command {
     /// Manages owner tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Runs one trial handed over by `kiln serve` (inside its sandbox).
+    /// Runs one step of a trial handed over by `kiln serve` (inside its sandbox).
     #[command(hide = true)]
     TrialChild {
+        /// Only compile the plugin.wasm into plugin.cwasm.
+        #[arg(long)]
+        compile: bool,
         /// The directory holding the job and the plugin.
         dir: PathBuf,
     },

@@ -16,6 +16,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(cli.log_format);
+    // A trial step in the sandbox needs no runtime and its threads.
+    if let cli::Command::TrialChild { dir, compile } = &cli.command {
+        return exit_code(trial_child::run(dir, *compile));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -29,9 +33,13 @@ fn main() -> std::process::ExitCode {
             cli::Command::Worker(args) => worker::run(args).await,
             cli::Command::Try(args) => try_cmd::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
-            cli::Command::TrialChild { dir } => trial_child::run(&dir),
+            cli::Command::TrialChild { .. } => unreachable!("run before the runtime"),
         }
     });
+    exit_code(result)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1275,3 +1275,31 @@ async fn s3_blob_store_end_to_end() {
         .unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
 }
+
+/// A node that should run trials in the sandbox and cannot refuses them,
+/// rather than running plugins in its own process.
+#[tokio::test]
+async fn without_a_sandbox_trials_are_refused() {
+    let kiln = Kiln::start_with(vec![
+        "--workers".into(),
+        "0".into(),
+        "--sandbox-user".into(),
+        "kiln-no-such-user".into(),
+    ]);
+    let r = kiln
+        .post(&format!("/version/{}/try", uuid::Uuid::new_v4()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"], "trials_unavailable", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("kiln-no-such-user"),
+        "{error}"
+    );
+}

@@ -379,18 +379,23 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
-/// The server hands each trial to `kiln trial-child` in the sandbox: the
-/// child reads its job and the plugin from a directory, writes the outcome
-/// and, after compiling a `.wasm`, the `.cwasm` the next trial starts from.
+/// The server hands each trial to `kiln trial-child` in the sandbox: one
+/// step compiles the `.wasm` into the `.cwasm` the trials start from, the
+/// next reads its job from the same directory and writes the outcome.
 async fn trial_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str, looping: &str) {
-    let child = |dir: &std::path::Path, job: Value| {
-        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+    let step = |args: &[&str], dir: &std::path::Path| {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("trial-child")
+            .args(args)
             .arg(dir)
             .status()
             .unwrap();
         assert!(status.success());
+    };
+    let compile = |dir: &std::path::Path| step(&["--compile"], dir);
+    let child = |dir: &std::path::Path, job: Value| {
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
+        step(&[], dir);
         let outcome = std::fs::read(dir.join("outcome.json")).unwrap();
         serde_json::from_slice::<Value>(&outcome).unwrap()
     };
@@ -407,20 +412,23 @@ async fn trial_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str,
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("plugin.wasm"), binary(deny).await).unwrap();
+    compile(dir.path());
+    assert!(
+        !dir.path().join("outcome.json").exists(),
+        "compiling runs nothing"
+    );
+    std::fs::remove_file(dir.path().join("plugin.wasm")).unwrap();
     let outcome = child(dir.path(), job("/admin"));
     assert_eq!(
         outcome["answered"]["local_response"]["status"], 403,
         "{outcome}"
     );
-    std::fs::remove_file(dir.path().join("plugin.wasm")).unwrap();
     let outcome = child(dir.path(), job("/public"));
-    assert_eq!(
-        outcome["answered"]["response"]["status"], 200,
-        "from the .cwasm: {outcome}"
-    );
+    assert_eq!(outcome["answered"]["response"]["status"], 200, "{outcome}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("plugin.wasm"), binary(looping).await).unwrap();
+    compile(dir.path());
     let outcome = child(dir.path(), job("/loop"));
     let failure = outcome["plugin_failed"].as_str().unwrap_or_default();
     assert!(failure.contains("fuel"), "{outcome}");

@@ -51,6 +51,8 @@ enum Isolation {
     },
     /// In `kiln trial-child` in the build sandbox.
     Sandboxed(SandboxedTrials),
+    /// Nowhere: the node should sandbox trials and cannot (the reason).
+    Unavailable(String),
 }
 
 /// The `capacity` values used last, by key; the least recently used goes
@@ -104,6 +106,11 @@ impl TrialHost {
         )))
     }
 
+    /// No trials: the node has no sandbox to run them in, for `reason`.
+    pub fn unavailable(reason: String) -> Self {
+        Self::with(Isolation::Unavailable(reason))
+    }
+
     fn with(isolation: Isolation) -> Self {
         Self {
             isolation,
@@ -122,6 +129,7 @@ impl TrialHost {
         match self.isolation {
             Isolation::InProcess { .. } => "in-process",
             Isolation::Sandboxed(_) => "sandboxed",
+            Isolation::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -164,9 +172,10 @@ fn failed(outcome: TrialOutcome) -> ApiResult<Json<TrialResult>> {
             "plugin_error",
             message,
         )),
-        TrialOutcome::HostFailed(message) => {
-            Err(ApiError::internal("running a trial failed", message))
-        }
+        TrialOutcome::HostFailed(message) => Err(ApiError::internal(
+            "running a trial failed",
+            sandboxed::capped(&message),
+        )),
     }
 }
 
@@ -182,6 +191,15 @@ pub async fn try_version(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TryBody>,
 ) -> ApiResult<Json<TrialResult>> {
+    if let Isolation::Unavailable(reason) = &state.trials.isolation {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "trials_unavailable",
+            format!(
+                "this node runs trials only in the build sandbox, which it does not have ({reason})"
+            ),
+        ));
+    }
     let build_id = parse_build_id(&id, "version")?;
     let version = state
         .meta
@@ -229,6 +247,7 @@ pub async fn try_version(
             .await
             .map_err(|e| ApiError::internal("a trial panicked", e))?
         }
+        Isolation::Unavailable(_) => unreachable!("refused above"),
         Isolation::Sandboxed(trials) => {
             let module = match trials.cached(&key) {
                 Some(cwasm) => Module::Compiled(cwasm),

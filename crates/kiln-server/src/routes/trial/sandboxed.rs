@@ -7,18 +7,25 @@ use kiln_sandbox::{
     GUEST_SCRATCH, Limits, Mount, MountKind, RunOutcome, Sandbox, SandboxCommand, Scratch,
     read_output_file,
 };
-use kiln_wasm::{HostError, TrialJob, TrialOutcome};
+use kiln_wasm::{TrialJob, TrialOutcome};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Where the kiln binary appears inside the sandbox.
 const GUEST_PROGRAM: &str = "/kiln/kiln";
-/// Compiling a large module comes before the plugin's own time limit.
+/// The longest a plugin's compilation may take.
 const COMPILE_TIME: Duration = Duration::from_secs(60);
+/// Loading the `.cwasm` and starting, besides the plugin's own time limit.
+const START_TIME: Duration = Duration::from_secs(10);
 /// wasmtime and the compiler, besides the plugin's linear memory.
 const HOST_MEMORY: u64 = 512 << 20;
 const MAX_CWASM_BYTES: u64 = 256 << 20;
+/// Larger `.cwasm`s are compiled again at every trial rather than kept in
+/// the server's memory.
+const MAX_CACHED_CWASM_BYTES: usize = 32 << 20;
+/// What of a failing child's own words goes into the server's log.
+const MAX_LOGGED_BYTES: usize = 4 << 10;
 
 /// A module to try: the version's `.wasm`, or the `.cwasm` an earlier
 /// child compiled it into.
@@ -52,8 +59,11 @@ impl SandboxedTrials {
         self.compiled().get(key)
     }
 
-    /// Runs `job` on `module` in a fresh sandbox. `Err` is kiln's own
-    /// failure; the plugin's are in the outcome.
+    /// Runs `job` on `module` in a fresh sandbox: first, for a `.wasm`,
+    /// a step that only compiles it (its `.cwasm` is kept for the next
+    /// trials, and no code of the plugin has run yet to tamper with it),
+    /// then the trial. `Err` is kiln's own failure; the plugin's are in the
+    /// outcome.
     pub async fn run(
         &self,
         key: String,
@@ -62,9 +72,10 @@ impl SandboxedTrials {
     ) -> Result<TrialOutcome, String> {
         let limits = Limits {
             memory_bytes: job.limits.memory_bytes as u64 + HOST_MEMORY,
-            max_processes: 64,
+            // wasmtime compiles on a thread per core of the host.
+            max_processes: kiln_sandbox::DEFAULT_MAX_PROCESSES,
             cpu_cores: 1.0,
-            wall_time: job.limits.wall + COMPILE_TIME,
+            wall_time: COMPILE_TIME,
             disk_bytes: 2 * MAX_CWASM_BYTES,
             max_log_bytes: 64 << 10,
         };
@@ -73,7 +84,7 @@ impl SandboxedTrials {
             .create_scratch(&limits)
             .await
             .map_err(|e| format!("creating the trial's scratch directory: {e}"))?;
-        let outcome = self.run_in(&scratch, key, module, job, &limits).await;
+        let outcome = self.run_in(&scratch, key, module, job, limits).await;
         if let Err(e) = self.sandbox.remove_scratch(scratch).await {
             tracing::warn!(error = %e, "removing a trial's scratch directory failed");
         }
@@ -86,21 +97,87 @@ impl SandboxedTrials {
         key: String,
         module: Module,
         job: &TrialJob,
-        limits: &Limits,
+        mut limits: Limits,
     ) -> Result<TrialOutcome, String> {
-        let write = |name: &str, bytes: &[u8]| {
-            std::fs::write(scratch.path().join(name), bytes)
-                .map_err(|e| format!("writing the trial's {name}: {e}"))
+        let write = |name: &'static str, bytes: Vec<u8>| {
+            let path = scratch.path().join(name);
+            async move {
+                tokio::fs::write(path, bytes)
+                    .await
+                    .map_err(|e| format!("writing the trial's {name}: {e}"))
+            }
         };
-        let job_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
-        write(TrialJob::FILE, &job_json)?;
-        let compiles = match &module {
-            Module::Wasm(wasm) => write(TrialJob::WASM, wasm).map(|()| true)?,
-            Module::Compiled(cwasm) => write(TrialJob::CWASM, cwasm).map(|()| false)?,
-        };
+        let failed = TrialOutcome::PluginFailed;
+        match module {
+            Module::Compiled(cwasm) => write(TrialJob::CWASM, cwasm.to_vec()).await?,
+            Module::Wasm(wasm) => {
+                write(TrialJob::WASM, wasm.to_vec()).await?;
+                match self.step(scratch, true, &limits).await? {
+                    RunOutcome::Exited(0) => {}
+                    RunOutcome::TimedOut => {
+                        return Ok(failed(format!(
+                            "compiling the plugin took longer than {COMPILE_TIME:?}"
+                        )));
+                    }
+                    RunOutcome::OutOfMemory => {
+                        return Ok(failed(format!(
+                            "compiling the plugin needed more than {} MiB",
+                            limits.memory_bytes >> 20
+                        )));
+                    }
+                    other => return Err(format!("the compile step ended {other:?}")),
+                }
+                let cwasm = read_output_file(scratch, Path::new(TrialJob::CWASM), MAX_CWASM_BYTES)
+                    .map_err(|e| format!("reading the compiled plugin: {e}"))?;
+                if cwasm.len() <= MAX_CACHED_CWASM_BYTES {
+                    self.compiled().put(key, Arc::new(cwasm));
+                }
+            }
+        }
+        write(
+            TrialJob::FILE,
+            serde_json::to_vec(job).map_err(|e| e.to_string())?,
+        )
+        .await?;
+        limits.wall_time = job.limits.wall + START_TIME;
+        match self.step(scratch, false, &limits).await? {
+            RunOutcome::Exited(0) => {}
+            RunOutcome::TimedOut => {
+                return Ok(failed(format!(
+                    "the trial took longer than {:?} and was stopped",
+                    limits.wall_time
+                )));
+            }
+            RunOutcome::OutOfMemory => {
+                return Ok(failed(format!(
+                    "the trial ran out of memory (its limit is {} MiB)",
+                    limits.memory_bytes >> 20
+                )));
+            }
+            other => return Err(format!("the trial step ended {other:?}")),
+        }
+        let max_outcome = 8 * job.limits.host_bytes as u64 + (1 << 20);
+        let outcome = read_output_file(scratch, Path::new(TrialJob::OUTCOME), max_outcome)
+            .map_err(|e| format!("reading the trial's outcome: {e}"))?;
+        serde_json::from_slice(&outcome)
+            .map_err(|e| format!("the trial's outcome is not valid: {e}"))
+    }
+
+    /// One run of `kiln trial-child` in the scratch directory.
+    async fn step(
+        &self,
+        scratch: &Scratch,
+        compile: bool,
+        limits: &Limits,
+    ) -> Result<RunOutcome, String> {
+        let mut args = vec!["trial-child".to_owned()];
+        if compile {
+            args.push("--compile".into());
+        }
+        args.push(GUEST_SCRATCH.into());
         let command = SandboxCommand {
             program: GUEST_PROGRAM.into(),
-            args: vec!["trial-child".into(), GUEST_SCRATCH.into()],
+            args,
             env: Vec::new(),
             cwd: GUEST_SCRATCH.into(),
             mounts: vec![Mount {
@@ -114,37 +191,19 @@ impl SandboxedTrials {
             .run(&command, scratch, limits)
             .await
             .map_err(|e| format!("running the trial sandbox: {e}"))?;
-        match report.outcome {
-            RunOutcome::Exited(0) => {}
-            RunOutcome::TimedOut => {
-                return Ok(TrialOutcome::PluginFailed(
-                    HostError::Timeout(job.limits.wall).to_string(),
-                ));
-            }
-            RunOutcome::OutOfMemory => {
-                return Ok(TrialOutcome::PluginFailed(format!(
-                    "the trial ran out of memory (its limit is {} MiB)",
-                    limits.memory_bytes >> 20
-                )));
-            }
-            other => {
-                return Err(format!(
-                    "the trial process ended {other:?}: {}",
-                    report.log.trim()
-                ));
-            }
+        if !matches!(report.outcome, RunOutcome::Exited(0)) {
+            tracing::warn!(outcome = ?report.outcome, log = capped(&report.log), "a trial step failed");
         }
-        let max_outcome = 8 * job.limits.host_bytes as u64 + (1 << 20);
-        let outcome = read_output_file(scratch, Path::new(TrialJob::OUTCOME), max_outcome)
-            .map_err(|e| format!("reading the trial's outcome: {e}"))?;
-        let outcome: TrialOutcome = serde_json::from_slice(&outcome)
-            .map_err(|e| format!("the trial's outcome is not valid: {e}"))?;
-        if compiles
-            && let Ok(cwasm) =
-                read_output_file(scratch, Path::new(TrialJob::CWASM), MAX_CWASM_BYTES)
-        {
-            self.compiled().put(key, Arc::new(cwasm));
-        }
-        Ok(outcome)
+        Ok(report.outcome)
     }
+}
+
+/// At most [`MAX_LOGGED_BYTES`] of `text`: what the sandboxed child says is
+/// untrusted, and the server's log is not its to fill.
+pub(super) fn capped(text: &str) -> &str {
+    let mut end = text.len().min(MAX_LOGGED_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
