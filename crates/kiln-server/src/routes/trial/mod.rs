@@ -47,7 +47,7 @@ enum Isolation {
         engine: OnceLock<Result<HostEngine, String>>,
         /// A version's binary never changes, and compiling it takes the
         /// server ~100 ms of CPU: trying it again reuses the compiled plugin.
-        plugins: Mutex<Recent<Plugin>>,
+        plugins: Arc<Mutex<Recent<Plugin>>>,
     },
     /// In `kiln trial-child` in the build sandbox.
     Sandboxed(SandboxedTrials),
@@ -90,7 +90,7 @@ impl Default for TrialHost {
     fn default() -> Self {
         Self::with(Isolation::InProcess {
             engine: OnceLock::new(),
-            plugins: Mutex::new(Recent::new(CACHED_PLUGINS)),
+            plugins: Arc::new(Mutex::new(Recent::new(CACHED_PLUGINS))),
         })
     }
 }
@@ -237,12 +237,9 @@ pub async fn try_version(
                 .get_or_init(|| HostEngine::new().map_err(|e| e.to_string()))
                 .clone()
                 .map_err(|e| ApiError::internal("starting the trial host failed", e))?;
-            let host = host.clone();
+            let plugins = plugins.clone();
             tokio::task::spawn_blocking(move || {
-                let Isolation::InProcess { plugins, .. } = &host.isolation else {
-                    unreachable!("matched above")
-                };
-                TrialOutcome::from(in_process(&engine, plugins, key, plugin, &job))
+                TrialOutcome::from(in_process(&engine, &plugins, key, plugin, &job))
             })
             .await
             .map_err(|e| ApiError::internal("a trial panicked", e))?

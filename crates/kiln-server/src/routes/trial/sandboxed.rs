@@ -99,33 +99,13 @@ impl SandboxedTrials {
         job: &TrialJob,
         mut limits: Limits,
     ) -> Result<TrialOutcome, String> {
-        let write = |name: &'static str, bytes: Vec<u8>| {
-            let path = scratch.path().join(name);
-            async move {
-                tokio::fs::write(path, bytes)
-                    .await
-                    .map_err(|e| format!("writing the trial's {name}: {e}"))
-            }
-        };
-        let failed = TrialOutcome::PluginFailed;
         match module {
-            Module::Compiled(cwasm) => write(TrialJob::CWASM, cwasm.to_vec()).await?,
+            Module::Compiled(cwasm) => write(scratch, TrialJob::CWASM, &cwasm).await?,
             Module::Wasm(wasm) => {
-                write(TrialJob::WASM, wasm.to_vec()).await?;
-                match self.step(scratch, true, &limits).await? {
-                    RunOutcome::Exited(0) => {}
-                    RunOutcome::TimedOut => {
-                        return Ok(failed(format!(
-                            "compiling the plugin took longer than {COMPILE_TIME:?}"
-                        )));
-                    }
-                    RunOutcome::OutOfMemory => {
-                        return Ok(failed(format!(
-                            "compiling the plugin needed more than {} MiB",
-                            limits.memory_bytes >> 20
-                        )));
-                    }
-                    other => return Err(format!("the compile step ended {other:?}")),
+                write(scratch, TrialJob::WASM, &wasm).await?;
+                let outcome = self.step(scratch, true, &limits).await?;
+                if let Some(stopped) = stopped(outcome, "compiling the plugin", &limits)? {
+                    return Ok(stopped);
                 }
                 let cwasm = read_output_file(scratch, Path::new(TrialJob::CWASM), MAX_CWASM_BYTES)
                     .map_err(|e| format!("reading the compiled plugin: {e}"))?;
@@ -134,27 +114,12 @@ impl SandboxedTrials {
                 }
             }
         }
-        write(
-            TrialJob::FILE,
-            serde_json::to_vec(job).map_err(|e| e.to_string())?,
-        )
-        .await?;
+        let job_json = serde_json::to_vec(job).map_err(|e| e.to_string())?;
+        write(scratch, TrialJob::FILE, &job_json).await?;
         limits.wall_time = job.limits.wall + START_TIME;
-        match self.step(scratch, false, &limits).await? {
-            RunOutcome::Exited(0) => {}
-            RunOutcome::TimedOut => {
-                return Ok(failed(format!(
-                    "the trial took longer than {:?} and was stopped",
-                    limits.wall_time
-                )));
-            }
-            RunOutcome::OutOfMemory => {
-                return Ok(failed(format!(
-                    "the trial ran out of memory (its limit is {} MiB)",
-                    limits.memory_bytes >> 20
-                )));
-            }
-            other => return Err(format!("the trial step ended {other:?}")),
+        let outcome = self.step(scratch, false, &limits).await?;
+        if let Some(stopped) = stopped(outcome, "the trial", &limits)? {
+            return Ok(stopped);
         }
         let max_outcome = 8 * job.limits.host_bytes as u64 + (1 << 20);
         let outcome = read_output_file(scratch, Path::new(TrialJob::OUTCOME), max_outcome)
@@ -195,6 +160,35 @@ impl SandboxedTrials {
             tracing::warn!(outcome = ?report.outcome, log = capped(&report.log), "a trial step failed");
         }
         Ok(report.outcome)
+    }
+}
+
+async fn write(scratch: &Scratch, name: &str, bytes: &[u8]) -> Result<(), String> {
+    tokio::fs::write(scratch.path().join(name), bytes)
+        .await
+        .map_err(|e| format!("writing the trial's {name}: {e}"))
+}
+
+/// How a step that did not run to its end came out: the plugin's fault at
+/// the sandbox's time or memory limit, kiln's otherwise. `None` when it ran
+/// to its end.
+fn stopped(
+    outcome: RunOutcome,
+    step: &str,
+    limits: &Limits,
+) -> Result<Option<TrialOutcome>, String> {
+    let failed = |message| Ok(Some(TrialOutcome::PluginFailed(message)));
+    match outcome {
+        RunOutcome::Exited(0) => Ok(None),
+        RunOutcome::TimedOut => failed(format!(
+            "{step} took longer than {:?} and was stopped",
+            limits.wall_time
+        )),
+        RunOutcome::OutOfMemory => failed(format!(
+            "{step} needed more than {} MiB of memory",
+            limits.memory_bytes >> 20
+        )),
+        other => Err(format!("{step} ended {other:?}")),
     }
 }
 
