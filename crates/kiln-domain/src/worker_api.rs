@@ -41,6 +41,8 @@ pub mod fields {
     pub const ERROR: &str = "error";
     /// JSON: the time each stage took, the startup profile.
     pub const PROFILE: &str = "profile";
-    /// Prefix of precompiled artifacts: `cwasm.<target triple>`.
+    /// Prefix of precompiled artifacts (`cwasm.<target triple>`), which a
+    /// report must not carry: native code comes only from the server's own
+    /// precompilation, never from a worker.
     pub const CWASM_PREFIX: &str = "cwasm.";
 }

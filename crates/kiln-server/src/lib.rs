@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`config`]: what an operator can set.
+//! - [`artifacts`]: the signed `.cwasm`s the server precompiles.
 //! - [`auth`]: owner and worker tokens.
 //! - [`error`]: the one error type and its JSON body.
 //! - [`routes`]: one module per resource; handlers stay thin.
@@ -13,6 +14,7 @@
 //! - [`metrics`]: Prometheus counters.
 //! - [`openapi`]: the generated API description.
 
+pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -40,19 +42,30 @@ pub struct AppState {
     /// Woken whenever a build is queued, so long-polling claims answer at once.
     pub queue_signal: Arc<Notify>,
     pub metrics: Arc<metrics::Metrics>,
-    /// The proxy-wasm host that runs `POST /version/{id}/try`.
-    pub trials: Arc<routes::trial::TrialHost>,
+    /// Where `POST /version/{id}/try` runs plugins.
+    pub trials: Arc<kiln_trial::Trials>,
+    /// Precompiles and signs the `.cwasm` of each succeeded build.
+    pub artifacts: Arc<artifacts::Precompiler>,
 }
 
 impl AppState {
-    pub fn new(meta: MetaStore, blobs: BlobStore, config: ServerConfig) -> Self {
+    /// A state that runs no trials and signs with `artifacts`.
+    pub fn new(
+        meta: MetaStore,
+        blobs: BlobStore,
+        config: ServerConfig,
+        artifacts: artifacts::Precompiler,
+    ) -> Self {
         Self {
             meta,
             blobs,
             config: Arc::new(config),
             queue_signal: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
-            trials: Arc::new(routes::trial::TrialHost::default()),
+            trials: Arc::new(kiln_trial::Trials::unavailable(
+                "no sandbox was configured".into(),
+            )),
+            artifacts: Arc::new(artifacts),
         }
     }
 }

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
         builds::list, builds::get, builds::logs, builds::cancel,
         internal::claim, internal::heartbeat, internal::source,
         internal::build_success, internal::build_fail, internal::build_crash,
-        ops::healthz, ops::metrics, ops::openapi_json,
+        ops::signing_key, ops::healthz, ops::metrics, ops::openapi_json,
     ),
     components(schemas(ErrorBody, kiln_domain::BuildState, kiln_domain::Phase, kiln_domain::Language)),
     modifiers(&Security),
@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
         (name = "versions", description = "Uploads and built versions"),
         (name = "builds", description = "Builds and their logs"),
         (name = "worker", description = "Private: workers and the evaluator (worker token)"),
-        (name = "ops", description = "Health, metrics and this document"),
+        (name = "ops", description = "Health, metrics, the signing key and this document"),
     )
 )]
 pub struct ApiDoc;

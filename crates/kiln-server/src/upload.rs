@@ -37,25 +37,6 @@ impl Form {
         })
     }
 
-    /// Removes and returns the file fields whose name starts with `prefix`,
-    /// with the rest of the name.
-    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, Bytes)> {
-        let names: Vec<String> = self
-            .files
-            .keys()
-            .filter(|n| n.starts_with(prefix))
-            .cloned()
-            .collect();
-        names
-            .into_iter()
-            .filter_map(|n| {
-                self.files
-                    .remove(&n)
-                    .map(|b| (n[prefix.len()..].to_owned(), b))
-            })
-            .collect()
-    }
-
     pub fn take_file(&mut self, name: &str) -> Option<Bytes> {
         self.files.remove(name)
     }
@@ -73,18 +54,23 @@ impl Form {
 /// Which fields are files, and the most bytes each may hold.
 pub struct FormSpec<'a> {
     pub files: &'a [(&'a str, u64)],
-    /// File fields named by a prefix (such as `cwasm.<target>`), with a cap
-    /// per field and at most `max_prefixed` of them.
-    pub file_prefixes: &'a [(&'a str, u64)],
-    pub max_prefixed: usize,
+    /// Fields refused outright, by name prefix: the whole request gets 422
+    /// with this code and sentence before the field is read.
+    pub refused: &'a [Refused<'a>],
+}
+
+/// A field a form must not carry.
+pub struct Refused<'a> {
+    pub prefix: &'a str,
+    pub code: &'static str,
+    pub sentence: &'a str,
 }
 
 impl<'a> FormSpec<'a> {
     pub const fn files(files: &'a [(&'a str, u64)]) -> Self {
         Self {
             files,
-            file_prefixes: &[],
-            max_prefixed: 0,
+            refused: &[],
         }
     }
 
@@ -92,12 +78,16 @@ impl<'a> FormSpec<'a> {
         self.files
             .iter()
             .find(|(file, _)| *file == name)
-            .or_else(|| {
-                self.file_prefixes
-                    .iter()
-                    .find(|(prefix, _)| name.starts_with(prefix))
-            })
             .map(|(_, limit)| *limit)
+    }
+
+    fn refusal(&self, name: &str) -> Option<ApiError> {
+        let refused = self.refused.iter().find(|r| name.starts_with(r.prefix))?;
+        Some(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            refused.code,
+            refused.sentence.to_owned(),
+        ))
     }
 }
 
@@ -115,7 +105,6 @@ pub async fn read_form(
         )
     })?;
     let mut form = Form::default();
-    let mut prefixed = 0;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let Some(name) = field.name().map(str::to_owned) else {
             continue;
@@ -126,17 +115,11 @@ pub async fn read_form(
                 format!("the form field {name:?} appears twice"),
             ));
         }
+        if let Some(refusal) = spec.refusal(&name) {
+            return Err(refusal);
+        }
         match spec.file_limit(&name) {
             Some(limit) => {
-                if !spec.files.iter().any(|(f, _)| *f == name) {
-                    prefixed += 1;
-                    if prefixed > spec.max_prefixed {
-                        return Err(ApiError::bad_request(
-                            "too_many_fields",
-                            "the form has too many artifact fields",
-                        ));
-                    }
-                }
                 let bytes = read_field(field, &name, limit).await?;
                 form.files.insert(name, bytes);
             }

@@ -8,6 +8,7 @@
 //! - [`abi`]: the ABI's enums and wire formats.
 //! - [`host`]: the engine, plugins and host functions.
 //! - [`trial`]: one HTTP exchange through a plugin.
+//! - [`signing`]: signed `.cwasm` artifacts, the only native code kiln serves.
 
 pub mod abi;
 pub mod check;
@@ -15,11 +16,12 @@ pub mod host;
 pub mod optimize;
 pub mod preinit;
 pub mod profile;
+pub mod signing;
 pub mod trial;
 
 pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
 pub use profile::{StartupProfile, host_triple, startup_profile};
 pub use trial::{
-    InvalidRequest, TrialJob, TrialLimits, TrialOutcome, TrialRequest, TrialResult, UpstreamStub,
-    run_trial, smoke_equivalent,
+    InvalidRequest, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
+    smoke_equivalent,
 };

@@ -66,46 +66,6 @@ fn root() -> String {
     "/".into()
 }
 
-/// A trial handed to a separate process (`kiln trial-child`, run in the
-/// sandbox): this job, and beside it in the same directory the plugin as
-/// [`TrialJob::WASM`] or, made by an earlier child, [`TrialJob::CWASM`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TrialJob {
-    pub request: TrialRequest,
-    pub limits: TrialLimits,
-}
-
-impl TrialJob {
-    pub const FILE: &str = "job.json";
-    pub const WASM: &str = "plugin.wasm";
-    /// Precompiled with the trial engine's settings; the child writes it
-    /// after compiling a `.wasm`, so the next trial need not compile again.
-    pub const CWASM: &str = "plugin.cwasm";
-    /// Where the child writes its [`TrialOutcome`].
-    pub const OUTCOME: &str = "outcome.json";
-}
-
-/// What a trial in a separate process came to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrialOutcome {
-    Answered(TrialResult),
-    /// The plugin's fault: a trap, a limit, a missing export.
-    PluginFailed(String),
-    /// The host's own failure.
-    HostFailed(String),
-}
-
-impl From<Result<TrialResult, HostError>> for TrialOutcome {
-    fn from(result: Result<TrialResult, HostError>) -> Self {
-        match result {
-            Ok(result) => Self::Answered(result),
-            Err(e) if e.is_plugin_fault() => Self::PluginFailed(e.to_string()),
-            Err(e) => Self::HostFailed(e.to_string()),
-        }
-    }
-}
-
 /// A trial request that no HTTP proxy would hand a filter.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -37,6 +37,18 @@ fn build(dir: &str) -> Vec<u8> {
     std::fs::read(target.join(format!("wasm32-wasip1/release/{name}.wasm"))).unwrap()
 }
 
+/// Loads a `.cwasm` this test compiled (or cut short on purpose).
+fn load(engine: &HostEngine, cwasm: &[u8]) -> Result<kiln_wasm::Plugin, HostError> {
+    // SAFETY: the bytes are this process's own precompilation output, or a
+    // prefix of it that wasmtime's checks refuse.
+    unsafe { engine.load_trusted(cwasm) }
+}
+
+fn load_file(engine: &HostEngine, path: &Path) -> Result<kiln_wasm::Plugin, HostError> {
+    // SAFETY: as in `load`; the test's files do not change while mapped.
+    unsafe { engine.load_trusted_file(path) }
+}
+
 fn engine() -> HostEngine {
     HostEngine::new().unwrap()
 }
@@ -162,9 +174,7 @@ fn without_fuel_an_infinite_loop_is_stopped_by_time() {
     let edge = HostEngine::edge().unwrap();
     assert!(!edge.meters_fuel());
     let wasm = build("tests/fixtures/filters/misbehaving");
-    let plugin = edge
-        .load_precompiled(&edge.precompile(&wasm).unwrap())
-        .unwrap();
+    let plugin = load(&edge, &edge.precompile(&wasm).unwrap()).unwrap();
     let limits = TrialLimits {
         fuel: 1,
         wall: Duration::from_millis(200),
@@ -219,7 +229,7 @@ fn an_instance_never_sees_what_an_earlier_one_left_in_memory() {
     // The pool reuses a freed slot in place, for the same plugin and for
     // another one: each instance must start from the module's own image.
     for _plugin in 0..2 {
-        let plugin = engine.load_precompiled(&cwasm).unwrap();
+        let plugin = load(&engine, &cwasm).unwrap();
         for _instance in 0..3 {
             let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
             let forwarded = result.forwarded.expect("passed on");
@@ -280,7 +290,7 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
     let wasm = build("examples/add-header");
     let engine = HostEngine::edge().unwrap();
     let cwasm = engine.precompile(&wasm).unwrap();
-    let plugin = engine.load_precompiled(&cwasm).unwrap();
+    let plugin = load(&engine, &cwasm).unwrap();
     let result = run_trial(
         &engine,
         &plugin,
@@ -298,28 +308,28 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
     .unwrap();
     let foreign = other.precompile(&wasm).unwrap();
     assert!(matches!(
-        engine.load_precompiled(&foreign),
+        load(&engine, &foreign),
         Err(HostError::Incompatible(_))
     ));
     // Built with fuel metering, for kiln's own runs: refused by the edge's
     // engine, and the edge's artifact by kiln's.
     let metered = self::engine().precompile(&wasm).unwrap();
-    match engine.load_precompiled(&metered) {
+    match load(&engine, &metered) {
         Err(HostError::Incompatible(why)) => assert!(why.contains("fuel"), "{why}"),
         other => panic!("a fuel-metered .cwasm was not refused: {:?}", other.err()),
     }
     assert!(matches!(
-        self::engine().load_precompiled(&cwasm),
+        load(&self::engine(), &cwasm),
         Err(HostError::Incompatible(_))
     ));
     assert!(matches!(
-        engine.load_precompiled(&wasm),
+        load(&engine, &wasm),
         Err(HostError::Incompatible(_))
     ));
     let mut corrupt = cwasm.clone();
     let at = corrupt.len() / 2;
     corrupt.truncate(at);
-    assert!(engine.load_precompiled(&corrupt).is_err());
+    assert!(load(&engine, &corrupt).is_err());
 
     // The same from files, as an edge server maps them.
     let dir = tempfile::tempdir().unwrap();
@@ -328,9 +338,7 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
         std::fs::write(&path, bytes).unwrap();
         path
     };
-    let plugin = engine
-        .load_precompiled_file(&file("ok.cwasm", &cwasm))
-        .unwrap();
+    let plugin = load_file(&engine, &file("ok.cwasm", &cwasm)).unwrap();
     assert!(
         run_trial(
             &engine,
@@ -347,7 +355,7 @@ fn precompiled_modules_load_and_mismatches_are_refused() {
         ("plain.wasm", &wasm[..]),
         ("empty.cwasm", &[][..]),
     ] {
-        let refused = engine.load_precompiled_file(&file(name, bytes));
+        let refused = load_file(&engine, &file(name, bytes));
         assert!(
             matches!(refused, Err(HostError::Incompatible(_))),
             "{name} was not refused"
@@ -395,4 +403,47 @@ fn preinitialization_snapshots_the_init_work() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn the_edge_loads_only_artifacts_signed_for_it_by_the_key_it_trusts() {
+    use kiln_wasm::signing::{self, SignatureError};
+    let wasm = build("examples/add-header");
+    let engine = HostEngine::edge().unwrap();
+    let key = signing::new_signing_key().unwrap();
+    let trusted = key.verifying_key();
+    let cwasm = engine.precompile(&wasm).unwrap();
+    let signed = signing::sign(&key, "v1", engine.target(), &cwasm);
+
+    let (plugin, header) = engine.load_signed(&signed, &trusted).unwrap();
+    assert_eq!(
+        (header.version_id.as_str(), header.target.as_str()),
+        ("v1", engine.target())
+    );
+    let result = run_trial(
+        &engine,
+        &plugin,
+        &TrialRequest::get("/"),
+        &TrialLimits::default(),
+    );
+    assert!(result.unwrap().response.is_some());
+
+    let refused = |bytes: &[u8]| match engine.load_signed(bytes, &trusted) {
+        Err(HostError::Unverified(why)) => why,
+        other => panic!("loaded: {:?}", other.map(|(_, h)| h)),
+    };
+    let mut flipped = signed.clone();
+    let at = flipped.len() - cwasm.len() / 2;
+    flipped[at] ^= 0x01;
+    assert_eq!(refused(&flipped), SignatureError::Altered);
+    assert_eq!(refused(&cwasm), SignatureError::Unsigned);
+    let other_server = signing::new_signing_key().unwrap();
+    let foreign = signing::sign(&other_server, "v1", engine.target(), &cwasm);
+    assert_eq!(refused(&foreign), SignatureError::Foreign);
+    // Signed, but for another CPU: refused before wasmtime sees it.
+    let arm = signing::sign(&key, "v1", "aarch64-unknown-linux-gnu", &cwasm);
+    assert!(matches!(
+        engine.load_signed(&arm, &trusted),
+        Err(HostError::Incompatible(why)) if why.contains("aarch64")
+    ));
 }

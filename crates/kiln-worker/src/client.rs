@@ -37,8 +37,6 @@ pub struct SuccessReport {
     pub binary: Bytes,
     pub logs: String,
     pub profile: serde_json::Value,
-    /// Precompiled modules by target triple.
-    pub cwasm: Vec<(String, Bytes)>,
 }
 
 #[derive(Clone)]
@@ -161,19 +159,15 @@ impl Client {
     }
 
     pub async fn success(&self, claim: &Claim, report: SuccessReport) -> Result<()> {
-        let mut form = Form::new()
+        // Only the `.wasm`: native code comes from the server's own
+        // precompilation, never from a worker.
+        let form = Form::new()
             .part(
                 fields::BINARY,
                 Part::bytes(report.binary.to_vec()).file_name("plugin.wasm"),
             )
             .part(fields::LOGS, Part::text(report.logs).file_name("build.log"))
             .text(fields::PROFILE, report.profile.to_string());
-        for (target, bytes) in report.cwasm {
-            form = form.part(
-                format!("{}{target}", fields::CWASM_PREFIX),
-                Part::bytes(bytes.to_vec()).file_name("plugin.cwasm"),
-            );
-        }
         self.report(claim, "build_success", form).await
     }
 

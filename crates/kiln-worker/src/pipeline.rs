@@ -10,6 +10,7 @@ use kiln_build::archive::{self, ArchiveLimits};
 use kiln_domain::Language;
 use kiln_domain::worker_api::Claim;
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
+use kiln_trial::{Outcome, Runner};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +32,6 @@ pub struct PipelineConfig {
     /// sandbox); the result is kept only if it validates and answers a
     /// smoke request like the original.
     pub wasm_opt: Option<std::path::PathBuf>,
-    /// Target triples to precompile for besides this host's.
-    pub precompile_targets: Vec<String>,
 }
 
 impl Default for PipelineConfig {
@@ -43,7 +42,6 @@ impl Default for PipelineConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             heartbeat: DEFAULT_HEARTBEAT,
             wasm_opt: None,
-            precompile_targets: Vec::new(),
         }
     }
 }
@@ -71,25 +69,39 @@ impl From<ClientError> for Failure {
 /// The result of the build stages.
 struct Built {
     binary: Vec<u8>,
-    /// Precompiled modules by target triple.
-    cwasm: Vec<(String, Vec<u8>)>,
     startup: Option<kiln_wasm::StartupProfile>,
 }
 
 /// Cold starts measured for a version's startup profile.
 const PROFILE_RUNS: u32 = 20;
+/// What a module's Wizer init function may use at build time.
+const PREINIT_LIMITS: kiln_wasm::TrialLimits = kiln_wasm::TrialLimits {
+    wall: Duration::from_secs(10),
+    fuel: 10_000_000_000,
+    memory_bytes: 256 << 20,
+    host_bytes: 16 << 20,
+};
+
+/// `module` when the smoke requests found it answering like the original.
+fn keep_if_alike(same: Outcome<bool>, module: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
+    match same {
+        Outcome::Done(true) => Ok(module),
+        Outcome::Done(false) => Err(format!("{what} answers a smoke request differently")),
+        // The original may fail its smoke request too: nothing to compare.
+        Outcome::PluginFailed(e) | Outcome::HostFailed(e) => {
+            Err(format!("the smoke request failed: {e}"))
+        }
+    }
+}
 
 pub struct Pipeline {
     pub config: PipelineConfig,
     sandbox: Arc<dyn Sandbox>,
     toolchains: Vec<Arc<dyn Toolchain>>,
-    /// Runs the customer's plugin for smoke checks and pre-initialization
-    /// (with fuel).
-    host: kiln_wasm::HostEngine,
-    /// Precompiles and profiles successful builds, as edge servers run them.
-    edge: kiln_wasm::HostEngine,
-    /// Cross-compiling engines, one per extra target triple.
-    cross: Vec<(String, kiln_wasm::HostEngine)>,
+    /// Runs the customer's module (smoke requests, pre-initialization, the
+    /// startup profile) in sandboxed children: this process never
+    /// instantiates it.
+    children: Runner,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -112,29 +124,21 @@ impl Stages {
 }
 
 impl Pipeline {
+    /// `child_program` is a kiln binary the sandbox user can run, for the
+    /// `kiln wasm-child` processes that run the customer's module.
     pub fn new(
         config: PipelineConfig,
         sandbox: Arc<dyn Sandbox>,
         toolchains: Vec<Arc<dyn Toolchain>>,
-    ) -> anyhow::Result<Self> {
-        let host = kiln_wasm::HostEngine::new()?;
-        let edge = kiln_wasm::HostEngine::edge()?;
-        let mut cross = Vec::new();
-        for target in &config.precompile_targets {
-            let settings = kiln_wasm::EngineSettings::edge(Some(target.clone()));
-            cross.push((
-                target.clone(),
-                kiln_wasm::HostEngine::with_settings(&settings, false)?,
-            ));
-        }
-        Ok(Self {
+        child_program: std::path::PathBuf,
+    ) -> Self {
+        let children = Runner::new(sandbox.clone(), child_program);
+        Self {
             config,
             sandbox,
             toolchains,
-            host,
-            edge,
-            cross,
-        })
+            children,
+        }
     }
 
     fn toolchain(&self, language: Language) -> Option<&Arc<dyn Toolchain>> {
@@ -173,16 +177,10 @@ impl Pipeline {
                 if let Some(startup) = &built.startup {
                     profile["startup"] = json!(startup);
                 }
-                let cwasm = built
-                    .cwasm
-                    .into_iter()
-                    .map(|(t, b)| (t, b.into()))
-                    .collect();
                 let report = SuccessReport {
                     binary: built.binary.into(),
                     logs: log.into_text(),
                     profile,
-                    cwasm,
                 };
                 client.success(claim, report).await
             }
@@ -321,19 +319,14 @@ impl Pipeline {
         stages.record("preinit", started);
 
         let started = Instant::now();
-        let (cwasm, startup) = if claim.build.options.precompile {
-            self.precompile_and_profile(&binary, &claim.build.conf, log)
-                .await?
+        let startup = if claim.build.options.precompile {
+            self.profile(&binary, &claim.build.conf, log).await
         } else {
             log.kiln("precompilation and startup profile skipped: turned off for this version");
-            (Vec::new(), None)
+            None
         };
-        stages.record("precompile_and_profile", started);
-        Ok(Built {
-            binary,
-            cwasm,
-            startup,
-        })
+        stages.record("profile", started);
+        Ok(Built { binary, startup })
     }
 
     /// Runs wasm-opt in the sandbox and keeps its output only if it is a
@@ -410,29 +403,17 @@ impl Pipeline {
         .map_err(|e| e.to_string())?;
         kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
             .map_err(|e| e.to_string())?;
-        let (engine, a, b, conf) = (
-            self.host.clone(),
-            binary.to_vec(),
-            optimized.clone(),
-            claim.build.conf.clone(),
-        );
-        let same = tokio::task::spawn_blocking(move || {
-            let (a, b) = (engine.compile(&a)?, engine.compile(&b)?);
-            kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        match same {
-            Ok(true) => Ok(optimized),
-            Ok(false) => Err("the optimized module answers a smoke request differently".into()),
-            // The original fails its smoke request too: nothing to compare.
-            Err(e) => Err(format!("the smoke request failed: {e}")),
-        }
+        let same = self
+            .children
+            .smoke(binary, &optimized, &claim.build.conf)
+            .await
+            .map_err(|e| e.to_string())?;
+        keep_if_alike(same, optimized, "the optimized module")
     }
 
-    /// Runs the module's Wizer init function at build time, when it exports
-    /// one, and keeps the snapshot if it answers a smoke request like the
-    /// original.
+    /// Runs the module's Wizer init function at build time, in the sandbox,
+    /// when it exports one, and keeps the snapshot if it answers a smoke
+    /// request like the original.
     async fn preinitialize(&self, binary: Vec<u8>, claim: &Claim, log: &mut BuildLog) -> Vec<u8> {
         let Some(init) = kiln_wasm::preinit::init_export(&binary) else {
             return binary;
@@ -443,33 +424,8 @@ impl Pipeline {
             ));
             return binary;
         }
-        let (engine, wasm, conf) = (self.host.clone(), binary.clone(), claim.build.conf.clone());
-        let phases = claim.build.phases.clone();
-        let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let limits = kiln_wasm::TrialLimits {
-                wall: Duration::from_secs(10),
-                fuel: 10_000_000_000,
-                memory_bytes: 256 << 20,
-                ..kiln_wasm::TrialLimits::default()
-            };
-            let snapshot = kiln_wasm::preinit::preinitialize(&engine, &wasm, &limits)
-                .map_err(|e| e.to_string())?
-                .unwrap_or_default();
-            kiln_wasm::check::check_module(&snapshot, phases.as_slice())
-                .map_err(|e| e.to_string())?;
-            let (a, b) = (
-                engine.compile(&wasm).map_err(|e| e.to_string())?,
-                engine.compile(&snapshot).map_err(|e| e.to_string())?,
-            );
-            match kiln_wasm::smoke_equivalent(&engine, &a, &b, &conf) {
-                Ok(true) => Ok(snapshot),
-                Ok(false) => Err("the snapshot answers a smoke request differently".into()),
-                Err(e) => Err(format!("the smoke request failed: {e}")),
-            }
-        })
-        .await;
-        match outcome {
-            Ok(Ok(snapshot)) => {
+        match self.try_preinitialize(&binary, claim).await {
+            Ok(snapshot) => {
                 log.kiln(format!(
                     "pre-initialized with {init} (Wizer): {} → {} bytes",
                     binary.len(),
@@ -477,69 +433,63 @@ impl Pipeline {
                 ));
                 snapshot
             }
-            Ok(Err(reason)) => {
+            Err(reason) => {
                 log.kiln(format!("pre-initialization not used: {reason}"));
-                binary
-            }
-            Err(e) => {
-                log.kiln(format!("pre-initialization not used: {e}"));
                 binary
             }
         }
     }
 
-    /// Precompiles the module for this host (a `.cwasm` edge servers load in
-    /// microseconds) and measures its startup. A plugin that fails its smoke
-    /// request still builds: the log says why it has no profile.
-    async fn precompile_and_profile(
+    async fn try_preinitialize(&self, binary: &[u8], claim: &Claim) -> Result<Vec<u8>, String> {
+        let (same, snapshot) = self
+            .children
+            .preinit(
+                binary,
+                &claim.build.conf,
+                PREINIT_LIMITS,
+                self.config.max_output_bytes,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let snapshot = keep_if_alike(same, snapshot.unwrap_or_default(), "the snapshot")?;
+        // Written where the customer's code ran: checked like any output.
+        kiln_wasm::check::check_module(&snapshot, claim.build.phases.as_slice())
+            .map_err(|e| e.to_string())?;
+        Ok(snapshot)
+    }
+
+    /// Measures the module's cold starts in the sandbox, as edge servers
+    /// will pay them. A plugin that fails its smoke request still builds:
+    /// the log says why it has no profile.
+    async fn profile(
         &self,
         binary: &[u8],
         conf: &str,
         log: &mut BuildLog,
-    ) -> Result<(Vec<(String, Vec<u8>)>, Option<kiln_wasm::StartupProfile>), Failure> {
-        let (engine, wasm, conf) = (self.edge.clone(), binary.to_vec(), conf.to_owned());
-        let cross = self.cross.clone();
-        let (artifacts, startup) = tokio::task::spawn_blocking(move || {
-            let native = engine.precompile(&wasm);
-            let startup = native.as_ref().ok().map(|cwasm| {
-                kiln_wasm::startup_profile(&engine, &wasm, cwasm, &conf, PROFILE_RUNS)
-            });
-            let mut artifacts = vec![(kiln_wasm::host_triple(), native)];
-            artifacts.extend(
-                cross
-                    .iter()
-                    .map(|(target, engine)| (target.clone(), engine.precompile(&wasm))),
-            );
-            (artifacts, startup)
-        })
-        .await
-        .map_err(|e| Failure::Ours(format!("precompiling: {e}")))?;
-        let mut cwasm = Vec::new();
-        for (triple, artifact) in artifacts {
-            let artifact =
-                artifact.map_err(|e| Failure::Ours(format!("precompiling for {triple}: {e}")))?;
-            log.kiln(format!(
-                "precompiled for {triple}: {} bytes",
-                artifact.len()
-            ));
-            cwasm.push((triple, artifact));
-        }
-        let startup = match startup {
-            Some(Ok(p)) => {
+    ) -> Option<kiln_wasm::StartupProfile> {
+        let outcome = self.children.profile(binary, conf, PROFILE_RUNS).await;
+        match outcome {
+            Ok(Outcome::Done(p)) => {
                 log.kiln(format!(
                     "startup: JIT compile {} µs, .cwasm load {} µs, instantiate {} µs, first response {} µs",
                     p.jit_compile_us, p.cwasm_load_us, p.instantiate_us, p.first_response_us
                 ));
                 Some(p)
             }
-            Some(Err(e)) => {
+            Ok(Outcome::PluginFailed(e)) => {
                 log.kiln(format!("no startup profile: the smoke request failed: {e}"));
                 None
             }
-            // Not reached: without the native artifact the build failed above.
-            None => None,
-        };
-        Ok((cwasm, startup))
+            Ok(Outcome::HostFailed(e)) => {
+                log.kiln(format!("no startup profile: {e}"));
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "measuring a startup profile failed");
+                log.kiln(format!("no startup profile: {e}"));
+                None
+            }
+        }
     }
 
     fn check_outcome(&self, outcome: &RunOutcome) -> Result<(), Failure> {

@@ -80,13 +80,6 @@ pub struct BuildArgs {
     /// The wasm-opt binary (Debian's binaryen).
     #[arg(long, env = "KILN_WASM_OPT", default_value = "/usr/bin/wasm-opt")]
     pub wasm_opt: std::path::PathBuf,
-    /// Also precompile .cwasm artifacts for these target triples (e.g. aarch64-unknown-linux-gnu), besides this host's.
-    #[arg(
-        long = "precompile-target",
-        env = "KILN_PRECOMPILE_TARGETS",
-        value_delimiter = ','
-    )]
-    pub precompile_targets: Vec<String>,
     /// Seconds running builds get to finish after SIGTERM before they are reported crashed.
     #[arg(long, env = "KILN_GRACE_SECONDS", default_value_t = 30)]
     pub grace_seconds: u64,

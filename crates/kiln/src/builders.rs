@@ -7,7 +7,7 @@ use anyhow::Context;
 use kiln_build::archive::ArchiveLimits;
 use kiln_build::{RustConfig, RustToolchain, Toolchain};
 use kiln_sandbox::{Bubblewrap, BubblewrapConfig, Limits, Sandbox, Unsandboxed};
-use kiln_server::routes::trial::TrialHost;
+use kiln_trial::{Runner, Trials};
 use kiln_worker::{Client, Pipeline, PipelineConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,31 +63,40 @@ fn sandbox(args: &BuildArgs) -> anyhow::Result<Arc<dyn Sandbox>> {
     }
 }
 
-/// Where `POST /version/{id}/try` runs plugins: in the build sandbox, in
-/// the server's process with `--sandbox none`, and nowhere on a node that
-/// should sandbox them and cannot.
-pub fn trial_host(args: &BuildArgs) -> TrialHost {
-    if args.sandbox == SandboxKind::None {
-        return TrialHost::default();
-    }
-    let sandboxed = sandbox(args).and_then(|sandbox| {
-        let program = trial_program(&args.sandbox_root)?;
-        Ok(TrialHost::sandboxed(sandbox, program))
+/// Where `POST /version/{id}/try` runs plugins: in the build sandbox
+/// (with `--sandbox none`, in child processes without one), and nowhere on
+/// a node that should sandbox them and cannot.
+pub fn trial_host(args: &BuildArgs) -> Trials {
+    let runner = sandbox(args).and_then(|sandbox| {
+        let program = child_program(args)?;
+        Ok(Runner::new(sandbox, program))
     });
-    sandboxed.unwrap_or_else(|e| {
-        let reason = format!("{e:#}");
-        tracing::warn!(
-            error = reason,
-            "trials are refused: the sandbox is not available"
-        );
-        TrialHost::unavailable(reason)
-    })
+    match runner {
+        Ok(runner) => Trials::sandboxed(runner),
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(
+                error = reason,
+                "trials are refused: the sandbox is not available"
+            );
+            Trials::unavailable(reason)
+        }
+    }
+}
+
+/// The kiln binary that `kiln wasm-child` runs from: one the sandbox user
+/// can reach, or this very file when there is no sandbox.
+fn child_program(args: &BuildArgs) -> anyhow::Result<PathBuf> {
+    match args.sandbox {
+        SandboxKind::None => std::env::current_exe().context("finding the kiln binary"),
+        SandboxKind::Bubblewrap => sandbox_program(&args.sandbox_root),
+    }
 }
 
 /// This kiln binary, linked (or copied) under the sandbox root where the
 /// sandbox user can reach it, named after the file it comes from so that a
 /// new kiln gets a new name.
-fn trial_program(root: &Path) -> anyhow::Result<PathBuf> {
+fn sandbox_program(root: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let meta = std::fs::metadata(&exe).with_context(|| format!("reading {}", exe.display()))?;
@@ -138,10 +147,14 @@ pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipelin
         archive_limits: archive_limits(args, max_upload_mib),
         max_output_bytes: args.max_output_mib * MIB,
         wasm_opt: optimizer(args),
-        precompile_targets: args.precompile_targets.clone(),
         ..PipelineConfig::default()
     };
-    Pipeline::new(config, sandbox, toolchains)
+    Ok(Pipeline::new(
+        config,
+        sandbox,
+        toolchains,
+        child_program(args)?,
+    ))
 }
 
 fn optimizer(args: &BuildArgs) -> Option<std::path::PathBuf> {

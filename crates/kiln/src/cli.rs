@@ -34,7 +34,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs the API server (and builders, unless --workers 0).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Runs builders on this host against a kiln server.
     Worker(WorkerArgs),
     /// Runs a plugin on one request in kiln's proxy-wasm host.
@@ -42,13 +42,10 @@ pub enum Command {
     /// Manages owner tokens.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Runs one step of a trial handed over by `kiln serve` (inside its sandbox).
+    /// Runs one job on a customer's module handed over by kiln (inside its sandbox).
     #[command(hide = true)]
-    TrialChild {
-        /// Only compile the plugin.wasm into plugin.cwasm.
-        #[arg(long)]
-        compile: bool,
-        /// The directory holding the job and the plugin.
+    WasmChild {
+        /// The directory holding the job and its modules.
         dir: PathBuf,
     },
 }
@@ -115,6 +112,16 @@ pub struct ServeArgs {
     /// Builders run in this process; 0 makes an API-only node. Default: one per two cores.
     #[arg(long, env = "KILN_WORKERS")]
     pub workers: Option<usize>,
+    /// Also precompile .cwasm artifacts for these target triples (e.g. aarch64-unknown-linux-gnu), besides this host's.
+    #[arg(
+        long = "precompile-target",
+        env = "KILN_PRECOMPILE_TARGETS",
+        value_delimiter = ','
+    )]
+    pub precompile_targets: Vec<String>,
+    /// The Ed25519 key that signs every .cwasm (a 32-byte seed in hex); default: created in DATA_DIR/signing.key. Servers sharing a database must share it.
+    #[arg(long, env = "KILN_SIGNING_KEY")]
+    pub signing_key: Option<PathBuf>,
     #[command(flatten)]
     pub build: BuildArgs,
 }
@@ -139,8 +146,11 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct TryArgs {
-    /// A .wasm or .cwasm file, or the id of a version on the server.
+    /// A .wasm or signed .cwasm file, or the id of a version on the server.
     pub plugin: String,
+    /// For a .cwasm: the server's signing key (what GET /signing-key answered, or its hex); the artifact is verified against it before it is loaded.
+    #[arg(long)]
+    pub verify_key: Option<PathBuf>,
     /// The request, e.g. 'GET /admin'.
     #[arg(long, default_value = "GET /")]
     pub request: String,

@@ -7,7 +7,6 @@ mod builders;
 mod cli;
 mod serve;
 mod token;
-mod trial_child;
 mod try_cmd;
 mod worker;
 
@@ -16,9 +15,9 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     init_tracing(cli.log_format);
-    // A trial step in the sandbox needs no runtime and its threads.
-    if let cli::Command::TrialChild { dir, compile } = &cli.command {
-        return exit_code(trial_child::run(dir, *compile));
+    // A job in the sandbox needs no runtime and its threads.
+    if let cli::Command::WasmChild { dir } = &cli.command {
+        return exit_code(kiln_trial::child::run(dir));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -29,11 +28,11 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Serve(args) => serve::run(*args).await,
             cli::Command::Worker(args) => worker::run(args).await,
             cli::Command::Try(args) => try_cmd::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
-            cli::Command::TrialChild { .. } => unreachable!("run before the runtime"),
+            cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });
     exit_code(result)

@@ -4,6 +4,7 @@
 use crate::builders;
 use crate::cli::{ServeArgs, StoreArgs};
 use anyhow::{Context, bail};
+use kiln_server::artifacts::{self, Precompiler};
 use kiln_server::auth::{hash_token, new_owner_token, new_worker_token};
 use kiln_server::{AppState, Server, ServerConfig};
 use kiln_store::{BlobStore, MetaStore, S3Config};
@@ -118,6 +119,16 @@ fn worker_token(args: &ServeArgs) -> anyhow::Result<String> {
     }
 }
 
+/// The server's precompilation: its signing key (`--signing-key`, or
+/// created in the data dir) and the targets it compiles for.
+fn precompiler(args: &ServeArgs) -> anyhow::Result<Precompiler> {
+    let key = match &args.signing_key {
+        Some(path) => artifacts::signing_key(path, false).context("--signing-key")?,
+        None => artifacts::signing_key(&args.store.data_dir.join("signing.key"), true)?,
+    };
+    Precompiler::new(&args.precompile_targets, key).context("--precompile-target")
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let meta = open_meta(&args.store).await?;
     let blobs = open_blobs(&args)?;
@@ -138,7 +149,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.max_attempts = args.max_attempts.max(1);
     config.max_unfinished_builds = args.max_unfinished_builds.max(1);
     config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
-    let mut state = AppState::new(meta.clone(), blobs.clone(), config);
+    let artifacts = precompiler(&args)?;
+    let mut state = AppState::new(meta.clone(), blobs.clone(), config, artifacts);
     state.trials = std::sync::Arc::new(builders::trial_host(&args.build));
     let trials = state.trials.isolation();
 

@@ -92,27 +92,30 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
         fuel: args.fuel,
         ..TrialLimits::default()
     };
+    let verify_key = verify_key(&args, &wasm)?;
     let profile = args.profile;
     let (result, profile) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        // A .cwasm (from ?format=cwasm) loads only into the engine kiln
-        // made it for, the edge servers': no fuel, only the time limit.
-        let precompiled = kiln_wasm::host::is_precompiled(&wasm);
-        let (engine, plugin) = if precompiled {
-            let engine = HostEngine::edge()?;
-            let plugin = engine.load_precompiled(&wasm)?;
-            (engine, plugin)
-        } else {
-            let engine = HostEngine::new()?;
-            let plugin = engine.compile(&wasm)?;
-            (engine, plugin)
+        let (engine, plugin) = match verify_key {
+            // A .cwasm (from ?format=cwasm) loads only into the engine kiln
+            // made it for, the edge servers': no fuel, only the time limit.
+            Some(key) => {
+                let engine = HostEngine::edge()?;
+                let (plugin, header) = engine.load_signed(&wasm, &key)?;
+                eprintln!(
+                    "verified: signed for version {} ({})",
+                    header.version_id, header.target
+                );
+                (engine, plugin)
+            }
+            None => {
+                let engine = HostEngine::new()?;
+                let plugin = engine.compile(&wasm)?;
+                (engine, plugin)
+            }
         };
         let result = run_trial(&engine, &plugin, &request, &limits)?;
-        let profile = (profile && !precompiled)
-            .then(|| {
-                let edge = HostEngine::edge()?;
-                let cwasm = edge.precompile(&wasm)?;
-                startup_profile(&edge, &wasm, &cwasm, &request.conf, 50)
-            })
+        let profile = (profile && !kiln_wasm::signing::is_signed(&wasm))
+            .then(|| startup_profile(&HostEngine::edge()?, &wasm, &request.conf, 50))
             .transpose()?;
         Ok((result, profile))
     })
@@ -133,6 +136,34 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The key a `.cwasm` must be verified with. A `.cwasm` is machine code
+/// that runs as it is: it is loaded only once its signature checks out.
+fn verify_key(
+    args: &TryArgs,
+    plugin: &[u8],
+) -> anyhow::Result<Option<ed25519_dalek::VerifyingKey>> {
+    let signed = kiln_wasm::signing::is_signed(plugin);
+    if !signed && kiln_wasm::host::is_precompiled(plugin) {
+        bail!(
+            "the file is an unsigned .cwasm; kiln loads only the signed ones it serves (?format=cwasm)"
+        );
+    }
+    match (&args.verify_key, signed) {
+        (Some(path), true) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let key = kiln_wasm::signing::PublicKey::parse(&text)
+                .with_context(|| format!("reading the key in {}", path.display()))?;
+            Ok(Some(key))
+        }
+        (None, true) => bail!(
+            "a .cwasm is native code: pass --verify-key FILE with the server's signing key (GET /signing-key) to check who compiled it"
+        ),
+        (Some(_), false) => bail!("--verify-key is for a signed .cwasm; this is a .wasm"),
+        (None, false) => Ok(None),
+    }
 }
 
 fn headers(out: &mut String, headers: &[(String, String)]) {

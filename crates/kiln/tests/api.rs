@@ -70,7 +70,42 @@ fn success_form(binary: &[u8]) -> reqwest::multipart::Form {
         .text("profile", r#"{"stages_ms":{"compile":5}}"#)
 }
 
-const WASM: &[u8] = b"\0asm\x01\0\0\0";
+/// The smallest module the server takes for a plugin: it validates and
+/// exports the ABI version, the context constructor, an allocator and
+/// every phase's callback (all one empty function).
+static WASM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let exports = [
+        "proxy_abi_version_0_2_1",
+        "proxy_on_context_create",
+        "malloc",
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        "proxy_on_log",
+    ];
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // One type () -> (), one function of it.
+    m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0]);
+    let mut section = vec![exports.len() as u8];
+    for name in exports {
+        section.push(name.len() as u8);
+        section.extend_from_slice(name.as_bytes());
+        section.extend_from_slice(&[0, 0]);
+    }
+    m.push(7);
+    // The section's size, as LEB128.
+    let mut size = section.len();
+    while size >= 0x80 {
+        m.push((size as u8 & 0x7f) | 0x80);
+        size >>= 7;
+    }
+    m.push(size as u8);
+    m.extend_from_slice(&section);
+    // Its body: no locals, `end`.
+    m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
+    m
+});
 
 async fn auth_is_required(db: Db) {
     let Some(kiln) = Kiln::start(db, &[]).await else {
@@ -615,7 +650,7 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
         "build_success",
         &build_id,
         &stale,
-        success_form(WASM),
+        success_form(&WASM),
     )
     .await;
     error_of(r, StatusCode::CONFLICT).await;
@@ -630,18 +665,39 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     )
     .await;
     error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    // The server checks the module itself: a worker's word is not enough.
+    let r = report(
+        &kiln,
+        "build_success",
+        &build_id,
+        &lease,
+        success_form(b"\0asm\x01\0\0\0"),
+    )
+    .await;
+    let refused = error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(refused["error"], "invalid_module", "{refused}");
+    // Native code never comes from a worker.
+    let native = success_form(&WASM).part(
+        "cwasm.x86_64-unknown-linux-gnu",
+        reqwest::multipart::Part::bytes(b"\x7fELF machine code".to_vec()).file_name("plugin.cwasm"),
+    );
+    let r = report(&kiln, "build_success", &build_id, &lease, native).await;
+    let refused = error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(refused["error"], "native_code_refused", "{refused}");
+    assert_eq!(kiln.blob_files(), blobs_before, "nothing was stored");
+    assert_eq!(kiln.build(&build_id).await["state"], "running");
 
     let r = report(
         &kiln,
         "build_success",
         &build_id,
         &lease,
-        success_form(WASM),
+        success_form(&WASM),
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let version: Value = r.json().await.unwrap();
-    let sha = hex::encode(Sha256::digest(WASM));
+    let sha = hex::encode(Sha256::digest(&*WASM));
     assert_eq!(version["id"], build_id.as_str());
     assert_eq!(version["binary_sha256"], sha.as_str());
     assert_eq!(version["binary_size"], WASM.len());
@@ -655,7 +711,7 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
         "build_success",
         &build_id,
         &lease,
-        success_form(WASM),
+        success_form(&WASM),
     )
     .await;
     error_of(r, StatusCode::CONFLICT).await;
@@ -669,7 +725,7 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     assert_eq!(r.headers()["content-type"], "application/wasm");
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag, format!("\"{sha}\""));
-    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM.as_slice());
     let r = kiln
         .get(&format!("/version/{build_id}/binary"))
         .header("if-none-match", &etag)
@@ -708,6 +764,7 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
         .await
         .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
+    // The server precompiled it itself, signed for this version.
     let r = kiln
         .get(&format!(
             "/version/{build_id}/binary?format=cwasm&target=x86_64-unknown-linux-gnu"
@@ -715,7 +772,11 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
         .send()
         .await
         .unwrap();
-    error_of(r, StatusCode::NOT_FOUND).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let signed = r.bytes().await.unwrap();
+    assert!(signed.starts_with(b"KILNSIG1"));
+    let signed_for = format!("\"version_id\":\"{build_id}\"");
+    assert!(String::from_utf8_lossy(&signed).contains(&signed_for));
 
     // Another owner cannot read any of it.
     let other = kiln.token_for_owner(2);
@@ -823,7 +884,7 @@ async fn an_expired_lease_is_requeued(db: Db) {
         "build_success",
         &build_id,
         &lease(&first),
-        success_form(WASM),
+        success_form(&WASM),
     )
     .await;
     error_of(r, StatusCode::CONFLICT).await;
@@ -1010,7 +1071,7 @@ async fn succeed(kiln: &Kiln, app: &str, version: &str) -> String {
         "build_success",
         &build_id,
         &lease(&claimed),
-        success_form(WASM),
+        success_form(&WASM),
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -1063,8 +1124,8 @@ async fn versions_patch_and_delete_with_their_blobs(db: Db) {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         kiln.blob_files().len(),
-        blobs_before - 3,
-        "source, binary and logs are deleted"
+        blobs_before - 4,
+        "source, binary, logs and the signed .cwasm are deleted"
     );
     let r = kiln.get(&format!("/version/{v1}")).send().await.unwrap();
     error_of(r, StatusCode::NOT_FOUND).await;
@@ -1251,7 +1312,7 @@ async fn s3_blob_store_end_to_end() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), WASM.as_slice());
     let r = kiln
         .get(&format!("/version/{build_id}/source"))
         .send()

@@ -130,26 +130,28 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    let signed = r.bytes().await.unwrap();
     assert!(
-        r.bytes().await.unwrap().starts_with(b"\x7fELF"),
-        "a .cwasm is wasmtime's ELF artifact"
+        signed.starts_with(b"KILNSIG1"),
+        "a .cwasm travels with its signature"
     );
-    // The downloaded .cwasm loads and runs in kiln try.
-    let r = kiln
-        .get(&format!(
-            "/version/{good_id}/binary?format=cwasm&target={triple}"
-        ))
-        .send()
-        .await
-        .unwrap();
-    let cwasm_file = kiln.data_dir().join("plugin.cwasm");
-    std::fs::write(&cwasm_file, r.bytes().await.unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("try")
-        .arg(&cwasm_file)
-        .args(["--request", "GET /x"])
-        .output()
-        .unwrap();
+    // The downloaded .cwasm loads and runs in kiln try, once verified
+    // against the key the server serves.
+    let key = kiln.get("/signing-key").send().await.unwrap();
+    assert_eq!(key.status(), StatusCode::OK);
+    let key_file = kiln.data_dir().join("server.key.json");
+    std::fs::write(&key_file, key.bytes().await.unwrap()).unwrap();
+    let try_cwasm = |name: &str, bytes: &[u8], key: Option<&std::path::Path>| {
+        let file = kiln.data_dir().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command.arg("try").arg(&file).args(["--request", "GET /x"]);
+        if let Some(key) = key {
+            command.arg("--verify-key").arg(key);
+        }
+        command.output().unwrap()
+    };
+    let out = try_cwasm("plugin.cwasm", &signed, Some(&key_file));
     assert!(
         out.status.success(),
         "{}",
@@ -160,6 +162,22 @@ async fn an_example_filter_builds_and_a_type_error_fails() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success(), "loaded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let unverified = refused(try_cwasm("plugin.cwasm", &signed, None));
+    assert!(unverified.contains("--verify-key"), "{unverified}");
+    let mut flipped = signed.to_vec();
+    let at = flipped.len() - 1000;
+    flipped[at] ^= 0x01;
+    let altered = refused(try_cwasm("flipped.cwasm", &flipped, Some(&key_file)));
+    assert!(altered.contains("altered"), "{altered}");
+    let other_key = kiln.data_dir().join("other.key");
+    let other = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    std::fs::write(&other_key, other).unwrap();
+    let foreign = refused(try_cwasm("plugin.cwasm", &signed, Some(&other_key)));
+    assert!(foreign.contains("another server"), "{foreign}");
     let r = kiln
         .get(&format!(
             "/version/{good_id}/binary?format=cwasm&target=aarch64-unknown-linux-gnu"
@@ -366,7 +384,7 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     assert!(started.elapsed() < Duration::from_secs(30));
     let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the server stays up");
-    trial_children_answer_from_their_job_directory(&kiln, &deny, &looping).await;
+    wasm_children_answer_from_their_job_directory(&kiln, &deny, &looping).await;
     let other = kiln.token_for_owner(2);
     let r = kiln
         .http
@@ -379,59 +397,60 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
-/// The server hands each trial to `kiln trial-child` in the sandbox: one
-/// step compiles the `.wasm` into the `.cwasm` the trials start from, the
-/// next reads its job from the same directory and writes the outcome.
-async fn trial_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str, looping: &str) {
-    let step = |args: &[&str], dir: &std::path::Path| {
+/// kiln hands each run of a customer's module to `kiln wasm-child` in the
+/// sandbox: the child reads its job and modules from one directory and
+/// writes its outcome there.
+async fn wasm_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str, looping: &str) {
+    let child = |dir: &std::path::Path, job: Value| {
+        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("trial-child")
-            .args(args)
+            .arg("wasm-child")
             .arg(dir)
             .status()
             .unwrap();
         assert!(status.success());
-    };
-    let compile = |dir: &std::path::Path| step(&["--compile"], dir);
-    let child = |dir: &std::path::Path, job: Value| {
-        std::fs::write(dir.join("job.json"), job.to_string()).unwrap();
-        step(&[], dir);
         let outcome = std::fs::read(dir.join("outcome.json")).unwrap();
         serde_json::from_slice::<Value>(&outcome).unwrap()
-    };
-    let job = |path: &str| {
-        serde_json::json!({
-            "request": {"path": path},
-            "limits": {"fuel": 100_000_000, "wall": {"secs": 1, "nanos": 0}, "memory_bytes": 64 << 20}
-        })
     };
     let binary = |id: &str| {
         let request = kiln.get(&format!("/version/{id}/binary"));
         async move { request.send().await.unwrap().bytes().await.unwrap() }
     };
+    let (deny, looping) = (binary(deny).await, binary(looping).await);
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plugin.wasm"), binary(deny).await).unwrap();
-    compile(dir.path());
-    assert!(
-        !dir.path().join("outcome.json").exists(),
-        "compiling runs nothing"
-    );
-    std::fs::remove_file(dir.path().join("plugin.wasm")).unwrap();
-    let outcome = child(dir.path(), job("/admin"));
+    std::fs::write(dir.path().join("plugin.wasm"), &deny).unwrap();
+    std::fs::write(dir.path().join("candidate.wasm"), &deny).unwrap();
+    let smoke = serde_json::json!({"kind": "smoke", "conf": ""});
+    let outcome = child(dir.path(), smoke.clone());
     assert_eq!(
-        outcome["answered"]["local_response"]["status"], 403,
-        "{outcome}"
+        outcome["done"], true,
+        "a module answers like itself: {outcome}"
     );
-    let outcome = child(dir.path(), job("/public"));
-    assert_eq!(outcome["answered"]["response"]["status"], 200, "{outcome}");
+    let outcome = child(
+        dir.path(),
+        serde_json::json!({"kind": "profile", "conf": "", "runs": 2}),
+    );
+    assert_eq!(outcome["done"]["runs"], 2, "{outcome}");
+    let init = serde_json::json!({
+        "kind": "preinit", "conf": "",
+        "limits": {"fuel": 100_000_000, "wall": {"secs": 1, "nanos": 0}, "memory_bytes": 64 << 20}
+    });
+    let outcome = child(dir.path(), init);
+    assert!(
+        outcome["plugin_failed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wizer"),
+        "no init function to run: {outcome}"
+    );
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plugin.wasm"), binary(looping).await).unwrap();
-    compile(dir.path());
-    let outcome = child(dir.path(), job("/loop"));
-    let failure = outcome["plugin_failed"].as_str().unwrap_or_default();
-    assert!(failure.contains("fuel"), "{outcome}");
+    std::fs::write(dir.path().join("candidate.wasm"), &looping).unwrap();
+    let outcome = child(dir.path(), smoke);
+    assert!(
+        outcome["done"] == false || outcome["plugin_failed"].is_string(),
+        "another module does not answer alike: {outcome}"
+    );
 }
 
 /// On SIGTERM, builders stop claiming, give running builds a grace period,

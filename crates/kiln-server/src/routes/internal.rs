@@ -7,7 +7,7 @@ use crate::AppState;
 use crate::auth::Worker;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
-use crate::upload::{Form, FormSpec, read_form};
+use crate::upload::{Form, FormSpec, Refused, read_form};
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
@@ -21,9 +21,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Most precompiled artifacts one success report may carry.
-const MAX_ARTIFACTS: usize = 8;
 
 fn lease_from(headers: &HeaderMap, form: Option<&Form>) -> ApiResult<Uuid> {
     let raw = headers
@@ -178,8 +175,15 @@ fn error_field(form: &Form, default: &str) -> String {
     text.chars().take(2000).collect()
 }
 
+/// What a report carrying native code is told.
+const NATIVE_CODE_REFUSED: Refused<'static> = Refused {
+    prefix: fields::CWASM_PREFIX,
+    code: "native_code_refused",
+    sentence: "a worker may not hand over precompiled native code: the server precompiles each .wasm itself",
+};
+
 #[utoipa::path(post, path = "/build_success/{id}", tag = "worker",
-    description = "Reports a successful build (multipart: `binary`, `logs`, optional `profile` JSON and `cwasm.<target>` artifacts). Stores the blobs and creates the version in one step.",
+    description = "Reports a successful build (multipart: `binary`, `logs`, optional `profile` JSON). The server validates the `.wasm` itself, precompiles and signs its `.cwasm` for each configured target, stores the blobs and creates the version in one step. A report that carries precompiled code (`cwasm.*` fields) is refused.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
     responses((status = 201, body = Version), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody)),
@@ -197,23 +201,30 @@ pub async fn build_success(
             (fields::BINARY, config.max_binary_bytes),
             (fields::LOGS, config.max_report_log_bytes),
         ],
-        file_prefixes: &[(fields::CWASM_PREFIX, config.max_binary_bytes * 4)],
-        max_prefixed: MAX_ARTIFACTS,
+        refused: &[NATIVE_CODE_REFUSED],
     };
     let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
     let binary = form.required_file(fields::BINARY)?;
-    if !binary.starts_with(b"\0asm") {
-        return Err(ApiError::invalid("binary is not a WebAssembly module"));
-    }
     let logs = form.take_file(fields::LOGS).unwrap_or_default();
     let profile = profile_field(&form)?;
-    let artifacts = form
-        .take_prefixed(fields::CWASM_PREFIX)
-        .into_iter()
-        .map(|(target, bytes)| Ok((cwasm_name(&target)?, bytes)))
-        .collect::<ApiResult<Vec<_>>>()?;
-
     let build = &claimed.build;
+    check_reported_module(&binary, build).await?;
+    let artifacts = if build.options.precompile {
+        state
+            .artifacts
+            .precompile(build.id, binary.clone())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "precompile_failed",
+                    format!("the module could not be precompiled: {e}"),
+                )
+            })?
+    } else {
+        Vec::new()
+    };
+
     let binary_sha256 = hex::encode(Sha256::digest(&binary));
     let new = NewVersion {
         binary_location: keys::binary(build.application_id, build.id),
@@ -226,8 +237,12 @@ pub async fn build_success(
         (new.binary_location.clone(), binary),
         (new.logs_location.clone(), logs),
     ];
-    for (name, bytes) in artifacts {
-        written.push((keys::artifact(build.application_id, build.id, &name), bytes));
+    for (target, signed) in artifacts {
+        let name = cwasm_name(&target)?;
+        written.push((
+            keys::artifact(build.application_id, build.id, &name),
+            signed.into(),
+        ));
     }
     store_blobs(&state, &written).await?;
     match state.meta.complete_success(build.id, lease, &new).await {
@@ -241,6 +256,25 @@ pub async fn build_success(
             Err(lease_error(e, build.id))
         }
     }
+}
+
+/// The server's own check of what a worker reports: a valid proxy-wasm
+/// plugin with the build's phases (a worker runs customer code, so its
+/// word is not enough), checked off the async threads.
+async fn check_reported_module(binary: &Bytes, build: &VersionBuild) -> ApiResult<()> {
+    let (binary, phases) = (binary.clone(), build.phases.clone());
+    tokio::task::spawn_blocking(move || {
+        kiln_wasm::check::check_module(&binary, phases.as_slice()).map(drop)
+    })
+    .await
+    .map_err(|e| ApiError::internal("checking a reported module", e))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_module",
+            format!("the reported binary is not a valid proxy-wasm plugin: {e}"),
+        )
+    })
 }
 
 async fn store_blobs(state: &AppState, blobs: &[(String, Bytes)]) -> ApiResult<()> {

@@ -24,8 +24,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub fn router(state: AppState) -> Router {
     let config = state.config.clone();
     let upload_limit = config.archive_limits.max_upload_bytes + FORM_OVERHEAD_BYTES;
-    let report_limit =
-        config.max_binary_bytes * (4 * 8 + 1) + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
+    let report_limit = config.max_binary_bytes + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
 
     let upload = Router::new()
         .route("/version", post(versions::upload).get(versions::list))
@@ -70,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/builds/claim", post(internal::claim))
         .route("/internal/builds/{id}/heartbeat", post(internal::heartbeat))
         .route("/internal/builds/{id}/source", get(internal::source))
+        .route("/signing-key", get(ops::signing_key))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi_json))

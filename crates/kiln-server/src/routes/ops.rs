@@ -38,6 +38,27 @@ pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     }))
 }
 
+/// The public half of the key every `.cwasm` this server serves is signed
+/// with.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SigningKey {
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// The 32-byte public key, in hex.
+    pub public_key: String,
+}
+
+#[utoipa::path(get, path = "/signing-key", tag = "ops",
+    description = "The Ed25519 public key that signs every `.cwasm` this server serves (`GET /version/{id}/binary?format=cwasm`). Edge servers and `kiln try --verify-key FILE` check artifacts against it before loading them.",
+    responses((status = 200, body = SigningKey)))]
+pub async fn signing_key(State(state): State<AppState>) -> Json<SigningKey> {
+    let key = state.artifacts.public_key();
+    Json(SigningKey {
+        algorithm: key.algorithm,
+        public_key: key.public_key,
+    })
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     description = "Prometheus text format: builds by state, queue depth, request counts and latencies.",
     responses((status = 200, content_type = "text/plain", body = String)))]

@@ -50,6 +50,8 @@ pub enum HostError {
     MissingExport(String),
     #[error("the host could not start: {0}")]
     Setup(String),
+    #[error("the precompiled module was refused: {0}")]
+    Unverified(#[source] crate::signing::SignatureError),
 }
 
 impl HostError {
@@ -104,6 +106,8 @@ impl EngineSettings {
 #[derive(Clone)]
 pub struct HostEngine {
     engine: Engine,
+    /// The triple of what it compiles, as `?target=` names it.
+    target: String,
     fuel: bool,
     ticking: Arc<AtomicBool>,
     /// The host functions, linked once per engine: each plugin clones them
@@ -201,6 +205,10 @@ impl HostEngine {
         }
         Ok(Self {
             engine,
+            target: settings
+                .target
+                .clone()
+                .unwrap_or_else(crate::profile::host_triple),
             fuel: settings.fuel,
             ticking,
             base: Arc::new(OnceLock::new()),
@@ -256,33 +264,74 @@ impl HostEngine {
             .map_err(|e| HostError::Compile(format!("{e:#}")))
     }
 
+    /// Verifies a signed artifact (see [`crate::signing`]) against `key`,
+    /// checks that it was made for this engine's target, and loads its
+    /// `.cwasm`. This is how an edge server loads what kiln serves: an
+    /// unsigned, altered or foreign artifact never reaches wasmtime.
+    pub fn load_signed(
+        &self,
+        artifact: &[u8],
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<(Plugin, crate::signing::ArtifactHeader), HostError> {
+        let verified = crate::signing::verify(artifact, key).map_err(HostError::Unverified)?;
+        if verified.header.target != self.target {
+            return Err(HostError::Incompatible(format!(
+                "the artifact was compiled for {}, and this host is {}",
+                verified.header.target, self.target
+            )));
+        }
+        // SAFETY: the bytes are exactly what kiln's trusted precompilation
+        // step produced and signed: the signature covers their sha256.
+        let plugin = unsafe { self.load_trusted(verified.cwasm)? };
+        Ok((plugin, verified.header))
+    }
+
     /// Loads a `.cwasm` made by [`HostEngine::precompile`] with the same
     /// wasmtime and settings, and refuses any other.
-    pub fn load_precompiled(&self, cwasm: &[u8]) -> Result<Plugin, HostError> {
+    ///
+    /// # Safety
+    ///
+    /// A `.cwasm` is machine code that runs as it is: `cwasm` must come
+    /// from a step the caller trusts, this process's own
+    /// [`HostEngine::precompile`] or the payload of an artifact that
+    /// [`HostEngine::load_signed`] (or [`crate::signing::verify`]) accepted.
+    /// Never pass bytes a worker, a customer or an unverified download
+    /// produced.
+    pub unsafe fn load_trusted(&self, cwasm: &[u8]) -> Result<Plugin, HostError> {
         if Engine::detect_precompiled(cwasm).is_none() {
             return Err(HostError::Incompatible(
                 "the file is not a precompiled wasmtime module".into(),
             ));
         }
-        // SAFETY: `deserialize` trusts its input to be wasmtime's own
-        // output. kiln only loads artifacts its workers produced and its
-        // blob store kept; wasmtime itself checks the version and settings
-        // recorded in the artifact and refuses a mismatch.
+        // SAFETY: the caller vouches for the bytes (see above); wasmtime
+        // itself checks the version and settings recorded in the artifact
+        // and refuses a mismatch.
         let module = unsafe { Module::deserialize(&self.engine, cwasm) }
             .map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
         self.link(module)
     }
 
     /// Loads a `.cwasm` file by mapping it into memory, which is faster
-    /// than [`HostEngine::load_precompiled`] on bytes: nothing is copied.
-    pub fn load_precompiled_file(&self, path: &std::path::Path) -> Result<Plugin, HostError> {
-        // SAFETY: as in `load_precompiled`; the file must also not change
-        // while it is mapped, which holds for kiln's immutable artifacts.
-        // wasmtime refuses a file that is not one of its artifacts (a cold
-        // start should not read the header twice to say so first).
+    /// than [`HostEngine::load_trusted`] on bytes: nothing is copied. An
+    /// edge server verifies an artifact once, when it arrives, keeps its
+    /// `.cwasm` in a file of its own, and loads that at each cold start.
+    ///
+    /// # Safety
+    ///
+    /// As for [`HostEngine::load_trusted`]; the file must also not change
+    /// while it is mapped.
+    pub unsafe fn load_trusted_file(&self, path: &std::path::Path) -> Result<Plugin, HostError> {
+        // SAFETY: the caller vouches for the file. wasmtime refuses a file
+        // that is not one of its artifacts (a cold start should not read
+        // the header twice to say so first).
         let module = unsafe { Module::deserialize_file(&self.engine, path) }
             .map_err(|e| HostError::Incompatible(format!("{e:#}")))?;
         self.link(module)
+    }
+
+    /// The target triple this engine compiles for and loads.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     fn link(&self, module: Module) -> Result<Plugin, HostError> {
