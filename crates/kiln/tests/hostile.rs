@@ -54,6 +54,12 @@ impl Hostile {
 
     /// Uploads a case with its parameters and waits for its build to end.
     async fn build(&self, case: &str, params: &[(&str, String)]) -> Outcome {
+        let id = self.upload(case, params).await;
+        self.finished(&id).await
+    }
+
+    /// Uploads a case with its parameters: the build's id.
+    async fn upload(&self, case: &str, params: &[(&str, String)]) -> String {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo_root().join("tests/hostile").join(case), dir.path());
         let text: String = params.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
@@ -74,9 +80,13 @@ impl Hostile {
                 tar_gz_dir(dir.path()),
             )
             .await;
-        let id = queued["id"].as_str().unwrap().to_owned();
-        let build = self.kiln.wait_for_build(&id, DEADLINE).await;
-        let log = self.kiln.logs(&id).await;
+        queued["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits for a build to end.
+    async fn finished(&self, id: &str) -> Outcome {
+        let build = self.kiln.wait_for_build(id, DEADLINE).await;
+        let log = self.kiln.logs(id).await;
         let binary = match build["state"].as_str() {
             Some("succeeded") => self
                 .kiln
@@ -174,6 +184,49 @@ fn assert_no_build_cgroups() {
             .collect();
         assert!(runs.is_empty(), "build cgroups left: {runs:?}");
     }
+}
+
+/// A process's owner (real uid), its command line, and the CPU time it
+/// has used, in clock ticks.
+#[derive(Clone)]
+struct Process {
+    uid: String,
+    cmdline: String,
+    cpu_ticks: u64,
+}
+
+fn process(pid: &str) -> Option<Process> {
+    let dir = Path::new("/proc").join(pid);
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .to_owned();
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+    Some(Process {
+        uid,
+        cmdline: String::from_utf8_lossy(&cmdline).replace('\0', " "),
+        // utime and stime: fields 14 and 15 of stat, 12 and 13 after ')'.
+        cpu_ticks: ticks(11)? + ticks(12)?,
+    })
+}
+
+fn processes() -> std::collections::HashMap<String, Process> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            pid.parse::<u32>().ok()?;
+            Some((pid.clone(), process(&pid)?))
+        })
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -356,6 +409,72 @@ async fn the_log_is_capped() {
     );
     assert!(out.log.len() < 3 << 20, "log of {} bytes", out.log.len());
     h.assert_contained().await;
+}
+
+/// kiln runs a module's Wizer init function at build time. Its code runs
+/// only in the sandbox: while an init function spins, the process burning
+/// the CPU is a `kiln wasm-child` of the sandbox user, never kiln's own,
+/// and the limit stops it.
+#[tokio::test]
+async fn pre_initialization_spins_only_in_the_sandbox() {
+    let hostile = Hostile::start().await;
+    let id = hostile.upload("spinning-init", &[]).await;
+    let uid = sandbox_uid();
+    let kiln_binary = env!("CARGO_BIN_EXE_kiln");
+    let server = hostile.kiln.pid().to_string();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    // Over half a second in which a sandboxed child spins throughout, of
+    // kiln's processes and the sandbox user's (other tests may run beside
+    // this one), the one that burns CPU is that child.
+    let (spinner, spun, server_used) = loop {
+        let before = processes();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = processes();
+        let used = |pid: &String, p: &Process| Some(p.cpu_ticks - before.get(pid)?.cpu_ticks);
+        let busiest = after
+            .iter()
+            .filter(|(_, p)| p.uid == uid || p.cmdline.contains(kiln_binary))
+            .filter_map(|(pid, p)| Some((pid, p, used(pid, p)?)))
+            .max_by_key(|(_, _, used)| *used);
+        if let Some((_, p, spun)) = busiest
+            && spun >= 40
+            && p.cmdline.contains("wasm-child")
+        {
+            let server_used = used(&server, &after[&server]).unwrap_or_default();
+            break (p.clone(), spun, server_used);
+        }
+        let build = hostile.kiln.build(&id).await;
+        let unfinished = matches!(build["state"].as_str(), Some("queued" | "running"));
+        assert!(
+            std::time::Instant::now() < deadline && unfinished,
+            "nothing spun: {build}\n{}",
+            hostile.kiln.logs(&id).await
+        );
+    };
+    assert!(
+        spinner.cmdline.contains("wasm-child"),
+        "{}",
+        spinner.cmdline
+    );
+    assert_eq!(spinner.uid, uid, "it runs as the sandbox user");
+    assert!(
+        server_used * 4 < spun,
+        "kiln's own process does not run the module ({server_used} ticks against {spun})"
+    );
+
+    let outcome = hostile.finished(&id).await;
+    assert_eq!(outcome.build["state"], "succeeded", "{}", outcome.log);
+    assert!(
+        outcome.log.contains("pre-initialization not used"),
+        "{}",
+        outcome.log
+    );
+    assert!(
+        outcome.log.contains("fuel") || outcome.log.contains("time limit"),
+        "stopped by a limit: {}",
+        outcome.log
+    );
+    hostile.assert_contained().await;
 }
 
 #[tokio::test]

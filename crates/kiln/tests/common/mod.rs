@@ -86,6 +86,11 @@ impl Kiln {
         self.dir.path()
     }
 
+    /// The process id of the running `kiln serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("kiln is running").id()
+    }
+
     fn spawn(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
