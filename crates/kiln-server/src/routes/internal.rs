@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, fields};
-use kiln_domain::{BuildId, Version, VersionBuild};
+use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -86,7 +86,7 @@ pub async fn claim(
         notified.as_mut().enable();
         let claimed = state
             .meta
-            .claim_next(state.config.lease)
+            .claim_next(state.config.lease, &WorkerName::shared())
             .await
             .map_err(|e| ApiError::internal("claiming a build failed", e))?;
         if let Some(claimed) = claimed {
@@ -118,7 +118,7 @@ pub async fn heartbeat(
     let lease = lease_from(&headers, None)?;
     let expires = state
         .meta
-        .heartbeat(build_id, lease, state.config.lease)
+        .heartbeat(build_id, lease, &WorkerName::shared(), state.config.lease)
         .await
         .map_err(|e| lease_error(e, build_id))?;
     Ok(Json(Heartbeat {
@@ -141,7 +141,7 @@ pub async fn source(
     let lease = lease_from(&headers, None)?;
     let claimed = state
         .meta
-        .leased_build(build_id, lease)
+        .leased_build(build_id, lease, &WorkerName::shared())
         .await
         .map_err(|e| lease_error(e, build_id))?;
     source_response(&state, &claimed.source_location).await
@@ -160,7 +160,7 @@ async fn report_form(
     let lease = lease_from(headers, Some(&form))?;
     let claimed = state
         .meta
-        .leased_build(build_id, lease)
+        .leased_build(build_id, lease, &WorkerName::shared())
         .await
         .map_err(|e| lease_error(e, build_id))?;
     Ok((claimed, lease, form))
