@@ -75,6 +75,11 @@ pub struct VersionBuild {
     pub state: BuildState,
     /// How many times a worker has started this build (1 for the first run).
     pub attempt: i32,
+    /// The worker that claimed the latest attempt (`default` for the
+    /// server's shared worker token); null until a worker claims the build.
+    /// It stays once the build ends, so the record says who built it.
+    #[schema(example = "build-host-1")]
+    pub worker: Option<String>,
     pub started: Option<DateTime<Utc>>,
     pub finished: Option<DateTime<Utc>>,
     /// Why the build failed, crashed or was cancelled, in one sentence.

@@ -3,7 +3,7 @@
 //! the server and the worker all speak these types.
 //!
 //! Layout:
-//! - [`ids`]: typed identifiers.
+//! - [`ids`]: typed identifiers and worker names.
 //! - [`phase`], [`language`]: what a plugin declares about itself.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
@@ -16,7 +16,7 @@ pub mod state;
 pub mod worker_api;
 
 pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};
-pub use ids::{AppId, BuildId, OwnerId};
+pub use ids::{AppId, BuildId, OwnerId, WorkerName};
 pub use language::Language;
 pub use phase::{Phase, Phases};
 pub use state::BuildState;

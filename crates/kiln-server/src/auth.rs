@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use kiln_domain::OwnerId;
+use kiln_domain::{OwnerId, WorkerName};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -63,21 +63,27 @@ impl FromRequestParts<AppState> for Owner {
     }
 }
 
-/// A request from a worker, authenticated by the worker token.
-#[derive(Debug, Clone, Copy)]
-pub struct Worker;
+/// A request from a worker, and which worker it is: the holder of a
+/// worker token from the store (`kiln token create --worker NAME`), or of the
+/// server's shared token (`--worker-token`), the worker named `default`.
+/// Looked up on every request, so a revoked token is refused from the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker(pub WorkerName);
 
 impl FromRequestParts<AppState> for Worker {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        if hash_token(token) == state.config.worker_token_hash {
-            Ok(Worker)
-        } else {
-            Err(ApiError::unauthorized(
-                "this endpoint takes the worker token",
-            ))
+        let hash = hash_token(bearer(parts)?);
+        if hash == state.config.worker_token_hash {
+            return Ok(Worker(WorkerName::shared()));
+        }
+        match state.meta.worker_by_token(&hash).await {
+            Ok(Some(name)) => Ok(Worker(name)),
+            Ok(None) => Err(ApiError::unauthorized(
+                "this endpoint takes a worker token; this one is unknown or revoked",
+            )),
+            Err(e) => Err(ApiError::internal("worker token lookup failed", e)),
         }
     }
 }

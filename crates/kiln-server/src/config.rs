@@ -20,7 +20,9 @@ pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// sha256 of the token workers present (see `auth::hash_token`).
+    /// sha256 of the server's shared worker token (see `auth::hash_token`),
+    /// which authenticates as the worker `default`; other workers present
+    /// their own tokens, kept in the metadata store.
     pub worker_token_hash: String,
     /// Limits on uploaded archives; `max_upload_bytes` is also the cap on
     /// the `source_code` field of `POST /version`.

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
         (name = "applications", description = "A customer's plugins"),
         (name = "versions", description = "Uploads and built versions"),
         (name = "builds", description = "Builds and their logs"),
-        (name = "worker", description = "Private: workers and the evaluator (worker token)"),
+        (name = "worker", description = "Private: workers and the evaluator (the worker's own token, or the server's shared one)"),
         (name = "ops", description = "Health, metrics, the signing key and this document"),
     )
 )]

@@ -5,7 +5,7 @@
 //!
 //! Layout:
 //! - [`meta`]: applications, builds (which are also the queue), versions,
-//!   owners and tokens.
+//!   owners, their tokens and the workers' tokens.
 //! - [`blob`]: sources, binaries and logs, written atomically.
 //! - [`keys`]: where each blob of a build lives.
 
@@ -15,7 +15,8 @@ pub mod meta;
 
 pub use blob::{BlobStore, S3Config};
 pub use meta::{
-    BuildFilter, ClaimedBuild, MetaStore, NewBuild, NewVersion, Page, QueueCounts, VersionPatch,
+    BuildFilter, ClaimedBuild, MetaStore, NewBuild, NewVersion, Orphaned, Page, QueueCounts,
+    Revoked, VersionPatch, WorkerToken,
 };
 
 /// A failure of a store operation. `NotFound`, `Conflict` and `LeaseLost`

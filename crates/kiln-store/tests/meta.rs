@@ -1,8 +1,10 @@
 //! The metadata store's behaviour, run against SQLite and a real PostgreSQL
 //! (`KILN_TEST_DATABASE_URL`, started by `scripts/test`).
 
-use kiln_domain::{AppId, BuildId, BuildState, Language, OwnerId, Phases};
-use kiln_store::{BuildFilter, MetaStore, NewBuild, NewVersion, Page, StoreError, VersionPatch};
+use kiln_domain::{AppId, BuildId, BuildState, Language, OwnerId, Phases, WorkerName};
+use kiln_store::{
+    BuildFilter, MetaStore, NewBuild, NewVersion, Orphaned, Page, Revoked, StoreError, VersionPatch,
+};
 use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -84,6 +86,15 @@ fn new_version(build: BuildId) -> NewVersion {
         logs_location: format!("b/{build}/build.log"),
         profile: Some(serde_json::json!({"compile_ms": 10})),
     }
+}
+
+/// The worker of the server's shared token.
+fn shared() -> WorkerName {
+    WorkerName::shared()
+}
+
+fn worker(name: &str) -> WorkerName {
+    WorkerName::parse(name).unwrap()
 }
 
 async fn owner_with_app(store: &MetaStore) -> (OwnerId, AppId) {
@@ -257,7 +268,7 @@ async fn owners_take_turns_in_the_queue(db: TestDb) {
         .id;
     assert_eq!(store.unfinished_builds(alice).await.unwrap(), 3);
     let mut claimed = Vec::new();
-    while let Some(next) = store.claim_next(LEASE).await.unwrap() {
+    while let Some(next) = store.claim_next(LEASE, &shared()).await.unwrap() {
         claimed.push(next.build.id);
     }
     // Bob's one build, queued last, goes as soon as Alice has one running.
@@ -298,7 +309,7 @@ async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
         .await
         .unwrap();
     let claimed = store
-        .claim_next(LEASE)
+        .claim_next(LEASE, &shared())
         .await
         .unwrap()
         .expect("a queued build");
@@ -306,17 +317,17 @@ async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     assert_eq!(claimed.build.state, BuildState::Running);
     assert_eq!(claimed.build.attempt, 1);
     assert!(
-        store.claim_next(LEASE).await.unwrap().is_none(),
+        store.claim_next(LEASE, &shared()).await.unwrap().is_none(),
         "queue should be empty"
     );
 
     store
-        .heartbeat(build.id, claimed.lease_id, LEASE)
+        .heartbeat(build.id, claimed.lease_id, &shared(), LEASE)
         .await
         .unwrap();
     let stale = uuid::Uuid::new_v4();
     assert!(matches!(
-        store.heartbeat(build.id, stale, LEASE).await,
+        store.heartbeat(build.id, stale, &shared(), LEASE).await,
         Err(StoreError::LeaseLost(_))
     ));
     assert!(matches!(
@@ -366,7 +377,7 @@ async fn a_failed_build_keeps_its_logs(db: TestDb) {
         .create_build(&new_build(owner, app, "1.0.0"))
         .await
         .unwrap();
-    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let claimed = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
     let failed = store
         .complete_failure(
             build.id,
@@ -395,7 +406,7 @@ async fn crashes_are_retried_then_final(db: TestDb) {
         .unwrap();
     for attempt in 1..=3 {
         let claimed = store
-            .claim_next(LEASE)
+            .claim_next(LEASE, &shared())
             .await
             .unwrap()
             .expect("build is queued again");
@@ -411,7 +422,7 @@ async fn crashes_are_retried_then_final(db: TestDb) {
         };
         assert_eq!(after.state, expected);
     }
-    assert!(store.claim_next(LEASE).await.unwrap().is_none());
+    assert!(store.claim_next(LEASE, &shared()).await.unwrap().is_none());
 }
 
 async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
@@ -426,7 +437,11 @@ async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
         .await
         .unwrap();
     for attempt in 1..=3 {
-        let claimed = store.claim_next(Duration::ZERO).await.unwrap().unwrap();
+        let claimed = store
+            .claim_next(Duration::ZERO, &shared())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (claimed.build.id, claimed.build.attempt),
             (build.id, attempt)
@@ -451,7 +466,7 @@ async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
         );
     }
     // A build whose worker heartbeats is left alone.
-    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let claimed = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
     assert_eq!(claimed.build.id, live.id);
     assert_eq!(store.reap_expired(3).await.unwrap(), 0);
     assert_eq!(
@@ -467,7 +482,7 @@ async fn cancelling_stops_the_lease(db: TestDb) {
         .create_build(&new_build(owner, app, "1.0.0"))
         .await
         .unwrap();
-    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let claimed = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
     let stranger = store.create_owner("s").await.unwrap();
     assert!(matches!(
         store.cancel_build(stranger, build.id).await,
@@ -476,7 +491,9 @@ async fn cancelling_stops_the_lease(db: TestDb) {
     let cancelled = store.cancel_build(owner, build.id).await.unwrap();
     assert_eq!(cancelled.state, BuildState::Cancelled);
     assert!(matches!(
-        store.heartbeat(build.id, claimed.lease_id, LEASE).await,
+        store
+            .heartbeat(build.id, claimed.lease_id, &shared(), LEASE)
+            .await,
         Err(StoreError::LeaseLost(_))
     ));
     assert!(matches!(
@@ -499,7 +516,7 @@ async fn concurrent_claims_take_each_build_once(db: TestDb) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
-            while let Some(c) = store.claim_next(LEASE).await.unwrap() {
+            while let Some(c) = store.claim_next(LEASE, &shared()).await.unwrap() {
                 got.push(c.build.id);
             }
             got
@@ -521,7 +538,7 @@ async fn versions_update_and_delete(db: TestDb) {
     let mut ids = Vec::new();
     for v in ["1.0.0", "1.1.0"] {
         let b = store.create_build(&new_build(owner, app, v)).await.unwrap();
-        let c = store.claim_next(LEASE).await.unwrap().unwrap();
+        let c = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
         store
             .complete_success(b.id, c.lease_id, &new_version(b.id))
             .await
@@ -585,7 +602,7 @@ async fn deleting_an_application_removes_builds_and_versions(db: TestDb) {
         .create_build(&new_build(owner, app, "1.0.0"))
         .await
         .unwrap();
-    let c = store.claim_next(LEASE).await.unwrap().unwrap();
+    let c = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
     store
         .complete_success(b.id, c.lease_id, &new_version(b.id))
         .await
@@ -603,7 +620,7 @@ async fn deleting_an_application_removes_builds_and_versions(db: TestDb) {
         store.get_build(owner, queued.id).await,
         Err(StoreError::NotFound)
     ));
-    assert!(store.claim_next(LEASE).await.unwrap().is_none());
+    assert!(store.claim_next(LEASE, &shared()).await.unwrap().is_none());
 }
 
 async fn queued_builds_survive_a_restart(db: TestDb) {
@@ -618,8 +635,194 @@ async fn queued_builds_survive_a_restart(db: TestDb) {
         store.get_build(owner, queued.id).await.unwrap().state,
         BuildState::Queued
     );
-    let claimed = store.claim_next(LEASE).await.unwrap().unwrap();
+    let claimed = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
     assert_eq!(claimed.build.id, queued.id);
+}
+
+async fn worker_tokens_are_created_resolved_and_revoked(db: TestDb) {
+    let store = &db.store;
+    let host1 = worker("build-host-1");
+    store.create_worker(&host1, "hash-1").await.unwrap();
+    store
+        .create_worker(&worker("build-host-2"), "hash-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.worker_by_token("hash-1").await.unwrap(),
+        Some(host1.clone())
+    );
+    assert_eq!(store.worker_by_token("nope").await.unwrap(), None);
+    // Worker tokens are not owner tokens.
+    assert_eq!(store.owner_by_token("hash-1").await.unwrap(), None);
+    for (name, hash) in [("build-host-1", "hash-3"), (WorkerName::SHARED, "hash-4")] {
+        let refused = store.create_worker(&worker(name), hash).await;
+        assert!(
+            matches!(&refused, Err(StoreError::Conflict(m)) if m.contains(name)),
+            "{refused:?}"
+        );
+    }
+
+    assert_eq!(
+        store.revoke_worker(&host1, 3).await.unwrap(),
+        Orphaned::default()
+    );
+    assert_eq!(store.worker_by_token("hash-1").await.unwrap(), None);
+    assert!(matches!(
+        store.revoke_worker(&host1, 3).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.revoke_worker(&worker("nobody"), 3).await,
+        Err(StoreError::NotFound)
+    ));
+    // A revoked name is never given out again.
+    assert!(matches!(
+        store.create_worker(&host1, "hash-5").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let listed = store.list_workers().await.unwrap();
+    let names: Vec<_> = listed.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["build-host-1", "build-host-2"]);
+    assert!(listed[0].revoked.is_some() && listed[1].revoked.is_none());
+
+    // By token: an owner's is deleted, a worker's revoked.
+    let owner = store.create_owner("o").await.unwrap();
+    store.add_token(owner, "owner-hash").await.unwrap();
+    store.add_token(owner, "owner-hash-2").await.unwrap();
+    assert_eq!(
+        store.revoke_token("owner-hash", 3).await.unwrap(),
+        Revoked::Owner(owner)
+    );
+    assert_eq!(store.owner_by_token("owner-hash").await.unwrap(), None);
+    assert_eq!(
+        store.owner_by_token("owner-hash-2").await.unwrap(),
+        Some(owner)
+    );
+    assert_eq!(
+        store.revoke_token("hash-2", 3).await.unwrap(),
+        Revoked::Worker(worker("build-host-2"), Orphaned::default())
+    );
+    assert_eq!(store.worker_by_token("hash-2").await.unwrap(), None);
+    for gone in ["owner-hash", "hash-2", "hash-1", "unknown"] {
+        assert!(matches!(
+            store.revoke_token(gone, 3).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
+
+async fn a_worker_acts_only_on_builds_it_claimed(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let (a, b) = (worker("a"), worker("b"));
+    store.create_worker(&a, "hash-a").await.unwrap();
+    store.create_worker(&b, "hash-b").await.unwrap();
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(build.worker, None, "nobody has claimed it yet");
+    let claimed = store.claim_next(LEASE, &a).await.unwrap().unwrap();
+    assert_eq!(claimed.build.worker.as_deref(), Some("a"));
+    let lease = claimed.lease_id;
+
+    // B holding A's lease id is refused like a stale lease.
+    assert!(matches!(
+        store.heartbeat(build.id, lease, &b, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.leased_build(build.id, lease, &b).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.leased_build(build.id, lease, &shared()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    store.heartbeat(build.id, lease, &a, LEASE).await.unwrap();
+    assert_eq!(
+        store
+            .leased_build(build.id, lease, &a)
+            .await
+            .unwrap()
+            .build
+            .id,
+        build.id
+    );
+    store
+        .complete_success(build.id, lease, &new_version(build.id))
+        .await
+        .unwrap();
+    // The record names its builder once it has ended.
+    let done = store.get_build(owner, build.id).await.unwrap();
+    assert_eq!(done.state, BuildState::Succeeded);
+    assert_eq!(done.worker.as_deref(), Some("a"));
+}
+
+async fn revoking_a_worker_requeues_its_running_builds(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let (a, b) = (worker("a"), worker("b"));
+    store.create_worker(&a, "hash-a").await.unwrap();
+    store.create_worker(&b, "hash-b").await.unwrap();
+    let first = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
+    let second = store
+        .create_build(&new_build(owner, app, "2.0.0"))
+        .await
+        .unwrap();
+    let of_a = store.claim_next(LEASE, &a).await.unwrap().unwrap();
+    let of_b = store.claim_next(LEASE, &b).await.unwrap().unwrap();
+    assert_eq!((of_a.build.id, of_b.build.id), (first.id, second.id));
+
+    let orphaned = store.revoke_worker(&a, 3).await.unwrap();
+    assert_eq!(
+        orphaned,
+        Orphaned {
+            requeued: 1,
+            crashed: 0
+        }
+    );
+    let requeued = store.get_build(owner, first.id).await.unwrap();
+    assert_eq!(requeued.state, BuildState::Queued);
+    assert_eq!(requeued.attempt, 1);
+    assert_eq!(
+        requeued.error.as_deref(),
+        Some("its worker's token was revoked; queued again")
+    );
+    assert!(matches!(
+        store.heartbeat(first.id, of_a.lease_id, &a, LEASE).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    // B's build goes on; A claims nothing more, even with a build queued.
+    store
+        .heartbeat(second.id, of_b.lease_id, &b, LEASE)
+        .await
+        .unwrap();
+    assert!(store.claim_next(LEASE, &a).await.unwrap().is_none());
+    let again = store.claim_next(LEASE, &b).await.unwrap().unwrap();
+    assert_eq!((again.build.id, again.build.attempt), (first.id, 2));
+    assert_eq!(again.build.worker.as_deref(), Some("b"));
+
+    // With its attempts used, a build of a revoked worker ends crashed.
+    let orphaned = store.revoke_worker(&b, 2).await.unwrap();
+    assert_eq!(
+        orphaned,
+        Orphaned {
+            requeued: 1,
+            crashed: 1
+        }
+    );
+    let crashed = store.get_build(owner, first.id).await.unwrap();
+    assert_eq!(crashed.state, BuildState::Crashed);
+    assert!(crashed.finished.is_some());
+    assert_eq!(crashed.worker.as_deref(), Some("b"));
+    assert_eq!(
+        store.get_build(owner, second.id).await.unwrap().state,
+        BuildState::Queued
+    );
 }
 
 macro_rules! on_both_backends {
@@ -656,4 +859,7 @@ on_both_backends!(
     versions_update_and_delete,
     deleting_an_application_removes_builds_and_versions,
     queued_builds_survive_a_restart,
+    worker_tokens_are_created_resolved_and_revoked,
+    a_worker_acts_only_on_builds_it_claimed,
+    revoking_a_worker_requeues_its_running_builds,
 );

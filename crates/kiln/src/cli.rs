@@ -39,7 +39,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Runs a plugin on one request in kiln's proxy-wasm host.
     Try(TryArgs),
-    /// Manages owner tokens.
+    /// Manages owner and worker tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// Runs one job on a customer's module handed over by kiln (inside its sandbox).
@@ -52,8 +52,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Creates a token for an owner (created if missing) and prints it on the last line.
+    /// Creates a token for an owner (created if missing) or a new worker, and prints it on the last line.
     Create(TokenArgs),
+    /// Revokes a token at once: an owner's or a worker's (whose running builds are queued again).
+    Revoke(RevokeArgs),
+    /// Lists the workers' tokens and how many tokens each owner has.
+    List(ListArgs),
 }
 
 /// Where metadata lives.
@@ -68,12 +72,38 @@ pub struct StoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("holder").required(true).args(["owner", "worker"])))]
 pub struct TokenArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// The owner (tenant) id the token acts for.
     #[arg(long, env = "KILN_OWNER")]
-    pub owner: i64,
+    pub owner: Option<i64>,
+    /// The name of a new worker (build host) the token identifies, e.g. build-host-1.
+    #[arg(long)]
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["token", "worker"])))]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The token to revoke, an owner's or a worker's; `-` reads it from stdin.
+    pub token: Option<String>,
+    /// Revoke the token of the worker with this name instead.
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Starts of a build before a crash is final, as the server's --max-attempts: a
+    /// revoked worker's running build that has used them ends crashed instead of queued.
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -94,7 +124,9 @@ pub struct ServeArgs {
     /// Largest accepted source upload, in MiB.
     #[arg(long, env = "KILN_MAX_UPLOAD_MIB", default_value_t = 20)]
     pub max_upload_mib: u64,
-    /// The token workers authenticate with; default: generated into DATA_DIR/worker.token.
+    /// The shared worker token (the worker named `default`, used by the builders in this
+    /// process); default: generated into DATA_DIR/worker.token. Other workers get their own
+    /// with `kiln token create --worker NAME`.
     #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
     /// Seconds a claimed build stays leased without a heartbeat.
@@ -131,7 +163,7 @@ pub struct WorkerArgs {
     /// The kiln server, e.g. http://10.0.0.5:8080.
     #[arg(long, env = "KILN_SERVER")]
     pub server: String,
-    /// The server's worker token.
+    /// This worker's token (`kiln token create --worker NAME`), or the server's shared one.
     #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: String,
     /// Builders on this host. Default: one per two cores.

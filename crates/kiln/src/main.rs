@@ -1,6 +1,6 @@
 //! `kiln`: the one binary. `serve` runs the API (and, unless `--workers 0`,
 //! builders in the same process), `worker` runs builders on another host,
-//! `token` issues owner tokens.
+//! `token` issues, lists and revokes owner and worker tokens.
 
 mod build_args;
 mod builders;
@@ -32,6 +32,8 @@ fn main() -> std::process::ExitCode {
             cli::Command::Worker(args) => worker::run(args).await,
             cli::Command::Try(args) => try_cmd::run(args).await,
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
+            cli::Command::Token(cli::TokenCommand::Revoke(args)) => token::revoke(args).await,
+            cli::Command::Token(cli::TokenCommand::List(args)) => token::list(args).await,
             cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });

@@ -22,8 +22,13 @@ async fn error_of(r: reqwest::Response, status: StatusCode) -> Value {
 }
 
 async fn claim(kiln: &Kiln) -> Option<Value> {
+    claim_as(kiln, &kiln.worker_token).await
+}
+
+/// Claims as the worker holding `token`.
+async fn claim_as(kiln: &Kiln, token: &str) -> Option<Value> {
     let r = kiln
-        .worker(Method::POST, "/internal/builds/claim")
+        .worker_as(token, Method::POST, "/internal/builds/claim")
         .send()
         .await
         .unwrap();
@@ -49,7 +54,19 @@ async fn report(
     lease: &str,
     form: reqwest::multipart::Form,
 ) -> reqwest::Response {
-    kiln.worker(Method::POST, &format!("/{kind}/{build}"))
+    report_as(kiln, &kiln.worker_token, kind, build, lease, form).await
+}
+
+/// Reports as the worker holding `token`.
+async fn report_as(
+    kiln: &Kiln,
+    token: &str,
+    kind: &str,
+    build: &str,
+    lease: &str,
+    form: reqwest::multipart::Form,
+) -> reqwest::Response {
+    kiln.worker_as(token, Method::POST, &format!("/{kind}/{build}"))
         .header("x-kiln-lease", lease)
         .multipart(form)
         .send()
@@ -594,11 +611,14 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     assert!(claim(&kiln).await.is_none(), "an empty queue answers 204");
     let build = kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await;
     let build_id = id(&build);
+    assert_eq!(build["worker"], Value::Null, "no worker has claimed it");
 
     let claimed = claim(&kiln).await.expect("the queued build");
     assert_eq!(claimed["build"]["id"], build_id.as_str());
     assert_eq!(claimed["build"]["state"], "running");
     assert_eq!(claimed["build"]["attempt"], 1);
+    // The shared --worker-token is the worker named `default`.
+    assert_eq!(claimed["build"]["worker"], "default");
     let lease = lease(&claimed);
     assert!(
         claim(&kiln).await.is_none(),
@@ -1252,6 +1272,210 @@ async fn health_metrics_and_openapi(db: Db) {
     ] {
         assert!(paths.contains_key(path), "openapi.json lacks {path}");
     }
+    let build = &doc["components"]["schemas"]["VersionBuild"]["properties"];
+    assert!(
+        build["worker"].is_object(),
+        "VersionBuild lacks worker: {build}"
+    );
+}
+
+/// Heartbeat, source and every report as the worker holding `token`, under
+/// `lease`: the statuses, in that order.
+async fn act_on_build(kiln: &Kiln, token: &str, build: &str, lease: &str) -> Vec<StatusCode> {
+    let mut statuses = Vec::new();
+    let hb = format!("/internal/builds/{build}/heartbeat");
+    let source = format!("/internal/builds/{build}/source");
+    for (method, path) in [(Method::POST, &hb), (Method::GET, &source)] {
+        let r = kiln
+            .worker_as(token, method, path)
+            .header("x-kiln-lease", lease)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    let logs = || {
+        reqwest::multipart::Form::new().part(
+            "logs",
+            reqwest::multipart::Part::text("log\n").file_name("build.log"),
+        )
+    };
+    for (kind, form) in [
+        ("build_success", success_form(&WASM)),
+        ("build_fail", logs()),
+        ("build_crash", logs()),
+    ] {
+        let r = report_as(kiln, token, kind, build, lease, form).await;
+        statuses.push(r.status());
+    }
+    statuses
+}
+
+async fn each_worker_acts_only_on_builds_it_claimed(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
+    let a = kiln.token_for_worker("build-host-a");
+    let b = kiln.token_for_worker("build-host-b");
+    assert!(a.starts_with("kilnw_") && a != b);
+    for (name, says) in [
+        ("build-host-a", "already exists"),
+        ("default", "reserved"),
+        ("bad name", "worker name"),
+    ] {
+        let out = kiln.cli(&["token", "create", "--worker", name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{stderr}");
+    }
+    // A worker token is not an owner token.
+    let r = kiln
+        .http
+        .get(kiln.url("/application"))
+        .bearer_auth(&a)
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let claimed = claim_as(&kiln, &a).await.expect("the queued build");
+    assert_eq!(claimed["build"]["worker"], "build-host-a");
+    let lease = lease(&claimed);
+    let before = kiln.build(&build_id).await;
+    assert_eq!(before["worker"], "build-host-a");
+
+    // B, and the shared worker, holding A's valid lease id are refused as
+    // a stale lease is, and change nothing.
+    let blobs = kiln.blob_files();
+    for other in [&b, &kiln.worker_token] {
+        let statuses = act_on_build(&kiln, other, &build_id, &lease).await;
+        assert_eq!(statuses, [StatusCode::CONFLICT; 5], "{statuses:?}");
+    }
+    let r = kiln
+        .worker_as(
+            &b,
+            Method::POST,
+            &format!("/internal/builds/{build_id}/heartbeat"),
+        )
+        .header("x-kiln-lease", &lease)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(r, StatusCode::CONFLICT).await["error"],
+        "lease_lost"
+    );
+    assert_eq!(kiln.blob_files(), blobs, "a refused report stores nothing");
+    assert_eq!(kiln.build(&build_id).await, before);
+
+    // A's own lease still works, and the record names A once it is built.
+    let r = kiln
+        .worker_as(
+            &a,
+            Method::POST,
+            &format!("/internal/builds/{build_id}/heartbeat"),
+        )
+        .header("x-kiln-lease", &lease)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = report_as(
+        &kiln,
+        &a,
+        "build_success",
+        &build_id,
+        &lease,
+        success_form(&WASM),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let built = kiln.build(&build_id).await;
+    assert_eq!(built["state"], "succeeded");
+    assert_eq!(built["worker"], "build-host-a");
+}
+
+async fn revoked_tokens_are_refused_at_once(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
+    let a = kiln.token_for_worker("build-host-a");
+    let app = id(&kiln.create_app("a").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let claimed = claim_as(&kiln, &a).await.expect("the queued build");
+    let lease = lease(&claimed);
+
+    let said = kiln.cli_ok(&["token", "revoke", &a]);
+    assert!(
+        said.contains("worker build-host-a") && said.contains("1 were queued again"),
+        "{said}"
+    );
+    // A's next request is refused, and its build is queued again.
+    let statuses = act_on_build(&kiln, &a, &build_id, &lease).await;
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 5], "{statuses:?}");
+    let r = kiln
+        .worker_as(&a, Method::POST, "/internal/builds/claim")
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+    let requeued = kiln.build(&build_id).await;
+    assert_eq!(requeued["state"], "queued");
+    assert_eq!(requeued["attempt"], 1);
+    assert_eq!(
+        requeued["error"],
+        "its worker's token was revoked; queued again"
+    );
+    let again = claim(&kiln).await.expect("another worker takes it");
+    assert_eq!(again["build"]["attempt"], 2);
+    assert_eq!(again["build"]["worker"], "default");
+
+    // Revoking again, an unknown worker, or the shared token: clear refusals.
+    for (args, says) in [
+        (
+            vec!["token", "revoke", "--worker", "build-host-a"],
+            "revoked already",
+        ),
+        (
+            vec!["token", "revoke", "--worker", "nobody"],
+            "no worker named nobody",
+        ),
+        (vec!["token", "revoke", &a], "no live token"),
+        (
+            vec!["token", "revoke", &kiln.worker_token],
+            "shared worker token",
+        ),
+    ] {
+        let out = kiln.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+    let listed = kiln.cli_ok(&["token", "list"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("build-host-a"))
+        .unwrap();
+    assert!(
+        !line.trim_end().ends_with('-'),
+        "listed as revoked: {listed}"
+    );
+
+    // An owner's token: refused from the next request; its others still work.
+    let other = kiln.token_for_owner(2);
+    let spare = kiln.token_for_owner(2);
+    let apps = |token: String| {
+        let request = kiln.http.get(kiln.url("/application")).bearer_auth(token);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(apps(other.clone()).await.status(), StatusCode::OK);
+    let said = kiln.cli_ok(&["token", "revoke", &other]);
+    assert!(said.contains("owner 2"), "{said}");
+    error_of(apps(other).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(apps(spare).await.status(), StatusCode::OK);
 }
 
 macro_rules! on_both_databases {
@@ -1283,6 +1507,8 @@ on_both_databases!(
     versions_patch_and_delete_with_their_blobs,
     queued_builds_survive_a_restart,
     health_metrics_and_openapi,
+    each_worker_acts_only_on_builds_it_claimed,
+    revoked_tokens_are_refused_at_once,
 );
 
 /// The blob store on a real S3-compatible server.

@@ -1,6 +1,8 @@
-//! The private API of workers and the evaluator. Every call takes the
-//! worker token; every call about a build also takes the lease id of its
-//! claim, so a stale or forged report changes nothing (409).
+//! The private API of workers and the evaluator. Every call takes a worker
+//! token, which names the worker; every call about a build also takes the
+//! lease id of its claim, and is accepted only from the worker that made
+//! that claim, so a stale, forged or another worker's report changes
+//! nothing (409).
 
 use super::versions::{cwasm_name, parse_build_id, source_response};
 use crate::AppState;
@@ -15,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, fields};
-use kiln_domain::{BuildId, Version, VersionBuild};
+use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -64,13 +66,13 @@ pub struct ClaimQuery {
 }
 
 #[utoipa::path(post, path = "/internal/builds/claim", tag = "worker",
-    description = "Claims the oldest queued build with a fresh lease; 204 when none is queued within `wait_seconds`.",
+    description = "Claims the oldest queued build with a fresh lease for the calling worker, which the build records as its `worker`; 204 when none is queued within `wait_seconds`.",
     params(ClaimQuery),
     responses((status = 200, body = Claim), (status = 204), (status = 401, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn claim(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     ApiQuery(query): ApiQuery<ClaimQuery>,
 ) -> ApiResult<Response> {
     let wait =
@@ -83,11 +85,11 @@ pub async fn claim(
         notified.as_mut().enable();
         let claimed = state
             .meta
-            .claim_next(state.config.lease)
+            .claim_next(state.config.lease, &worker.0)
             .await
             .map_err(|e| ApiError::internal("claiming a build failed", e))?;
         if let Some(claimed) = claimed {
-            tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, "build claimed");
+            tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, worker = %worker.0, "build claimed");
             return Ok(Json(claim_answer(claimed)).into_response());
         }
         let now = tokio::time::Instant::now();
@@ -101,13 +103,13 @@ pub async fn claim(
 }
 
 #[utoipa::path(post, path = "/internal/builds/{id}/heartbeat", tag = "worker",
-    description = "Extends the lease. 409 when the build is no longer running under it (cancelled, re-queued, finished): the worker must stop.",
+    description = "Extends the lease. 409 when the build is no longer running under it (cancelled, re-queued, finished) or the lease is another worker's: the worker must stop. 401 once its token is revoked.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
-    responses((status = 200, body = Heartbeat), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Heartbeat), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn heartbeat(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Json<Heartbeat>> {
@@ -115,7 +117,7 @@ pub async fn heartbeat(
     let lease = lease_from(&headers, None)?;
     let expires = state
         .meta
-        .heartbeat(build_id, lease, state.config.lease)
+        .heartbeat(build_id, lease, &worker.0, state.config.lease)
         .await
         .map_err(|e| lease_error(e, build_id))?;
     Ok(Json(Heartbeat {
@@ -125,12 +127,13 @@ pub async fn heartbeat(
 }
 
 #[utoipa::path(get, path = "/internal/builds/{id}/source", tag = "worker",
+    description = "The source archive of a build this worker holds under the lease.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
-    responses((status = 200, body = Vec<u8>), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = Vec<u8>), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn source(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -138,15 +141,17 @@ pub async fn source(
     let lease = lease_from(&headers, None)?;
     let claimed = state
         .meta
-        .leased_build(build_id, lease)
+        .leased_build(build_id, lease, &worker.0)
         .await
         .map_err(|e| lease_error(e, build_id))?;
     source_response(&state, &claimed.source_location).await
 }
 
-/// Reads a report form and checks its lease before anything is stored.
+/// Reads a report form and checks that its lease is `worker`'s before
+/// anything is stored.
 async fn report_form(
     state: &AppState,
+    worker: &WorkerName,
     id: &str,
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
@@ -157,7 +162,7 @@ async fn report_form(
     let lease = lease_from(headers, Some(&form))?;
     let claimed = state
         .meta
-        .leased_build(build_id, lease)
+        .leased_build(build_id, lease, worker)
         .await
         .map_err(|e| lease_error(e, build_id))?;
     Ok((claimed, lease, form))
@@ -185,12 +190,12 @@ const NATIVE_CODE_REFUSED: Refused<'static> = Refused {
 #[utoipa::path(post, path = "/build_success/{id}", tag = "worker",
     description = "Reports a successful build (multipart: `binary`, `logs`, optional `profile` JSON). The server validates the `.wasm` itself, precompiles and signs its `.cwasm` for each configured target, stores the blobs and creates the version in one step. A report that carries precompiled code (`cwasm.*` fields) is refused.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
-    responses((status = 201, body = Version), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+    responses((status = 201, body = Version), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 422, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn build_success(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     Path(id): Path<String>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
@@ -203,7 +208,8 @@ pub async fn build_success(
         ],
         refused: &[NATIVE_CODE_REFUSED],
     };
-    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let (claimed, lease, mut form) =
+        report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let binary = form.required_file(fields::BINARY)?;
     let logs = form.take_file(fields::LOGS).unwrap_or_default();
     let profile = profile_field(&form)?;
@@ -298,18 +304,19 @@ async fn remove_blobs(state: &AppState, blobs: &[(String, Bytes)]) {
 #[utoipa::path(post, path = "/build_fail/{id}", tag = "worker",
     description = "Reports that the customer's code did not build (multipart: `logs`, optional `error`, `profile`).",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
-    responses((status = 200, body = VersionBuild), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = VersionBuild), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn build_fail(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     Path(id): Path<String>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<VersionBuild>> {
     let files = [(fields::LOGS, state.config.max_report_log_bytes)];
     let spec = FormSpec::files(&files);
-    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let (claimed, lease, mut form) =
+        report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let logs = form.required_file(fields::LOGS)?;
     let error = error_field(&form, "the build failed; see its logs");
     let profile = profile_field(&form)?;
@@ -328,18 +335,19 @@ pub async fn build_fail(
 #[utoipa::path(post, path = "/build_crash/{id}", tag = "worker",
     description = "Reports kiln's own failure (multipart: optional `logs`, `error`). The build is queued again until it has used its attempts.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
-    responses((status = 200, body = VersionBuild), (status = 409, body = ErrorBody)),
+    responses((status = 200, body = VersionBuild), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("worker" = [])))]
 pub async fn build_crash(
     State(state): State<AppState>,
-    _: Worker,
+    worker: Worker,
     Path(id): Path<String>,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Json<VersionBuild>> {
     let files = [(fields::LOGS, state.config.max_report_log_bytes)];
     let spec = FormSpec::files(&files);
-    let (claimed, lease, mut form) = report_form(&state, &id, &headers, multipart, &spec).await?;
+    let (claimed, lease, mut form) =
+        report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let error = error_field(&form, "the worker crashed");
     let build = &claimed.build;
     let logs_key = match form.take_file(fields::LOGS) {

@@ -2,6 +2,12 @@
 //! placeholders, times as integer microseconds); the few statements that
 //! differ say why. The builds table is also the build queue: a claim is an
 //! atomic `queued -> running` with a lease, and every report checks that lease.
+//!
+//! A claim records the worker that made it, and a lease id is handed to that
+//! one worker and never reused: a heartbeat, a source download or the
+//! opening check of a report ([`MetaStore::leased_build`]) names the worker
+//! and is refused for another worker's lease. Once that check passed, a report
+//! completing under the same lease id cannot land on anyone else's claim.
 
 mod rows;
 
@@ -9,8 +15,9 @@ use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use kiln_domain::{
     AppId, Application, BuildId, BuildState, Language, OwnerId, Phases, Version, VersionBuild,
+    WorkerName,
 };
-use rows::{AppRow, BuildRow, VersionRow, to_us};
+use rows::{AppRow, BuildRow, VersionRow, WorkerRow, to_us};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -43,7 +50,7 @@ pub struct MetaStore {
 
 const BUILD_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, state, attempt, started_us, finished_us, error, source_location, logs_location, \
-     profile, lease_id, options";
+     profile, lease_id, options, worker";
 
 const VERSION_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, source_location, binary_location, logs_location, binary_sha256, binary_size, profile, options";
@@ -107,6 +114,52 @@ impl Default for Page {
         Self {
             limit: 50,
             offset: 0,
+        }
+    }
+}
+
+/// A worker's credential as the store knows it (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerToken {
+    pub name: WorkerName,
+    pub created: DateTime<Utc>,
+    /// When the token was revoked; it is refused from then on.
+    pub revoked: Option<DateTime<Utc>>,
+}
+
+/// What became of the running builds of a worker that lost its token (or
+/// went silent): each is queued again, or ends `crashed` when it has used
+/// its attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Orphaned {
+    pub requeued: u64,
+    pub crashed: u64,
+}
+
+/// What `revoke_token` revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// An owner's token; the owner's other tokens still work.
+    Owner(OwnerId),
+    /// A worker's token, with what became of its running builds.
+    Worker(WorkerName, Orphaned),
+}
+
+/// Running builds that lost their worker. Both kinds end the same way: the
+/// reaper's, in [`MetaStore::end_orphans`].
+enum Orphans<'a> {
+    /// Their lease expired before this time (µs): the worker went silent.
+    LeaseExpiredBefore(i64),
+    /// Their worker's token is being revoked.
+    ClaimedBy(&'a WorkerName),
+}
+
+impl Orphans<'_> {
+    /// Why, as the build record's error says it.
+    fn reason(&self) -> &'static str {
+        match self {
+            Orphans::LeaseExpiredBefore(_) => "the worker stopped reporting",
+            Orphans::ClaimedBy(_) => "its worker's token was revoked",
         }
     }
 }
@@ -279,6 +332,117 @@ impl MetaStore {
                 .await
         })?;
         Ok(id.map(OwnerId))
+    }
+
+    /// How many tokens each owner holds, by owner id.
+    pub async fn owner_token_counts(&self) -> Result<Vec<(OwnerId, i64)>> {
+        let rows: Vec<(i64, i64)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT owner_id, COUNT(*) FROM tokens GROUP BY owner_id ORDER BY owner_id")
+                .fetch_all(pool)
+                .await
+        })?;
+        Ok(rows.into_iter().map(|(o, n)| (OwnerId(o), n)).collect())
+    }
+
+    /// Records the token of a new worker by its hash. `Conflict` when the
+    /// name is taken, even by a revoked token (names are never reused, so a
+    /// build's worker is one credential), or is the shared token's.
+    pub async fn create_worker(&self, name: &WorkerName, token_hash: &str) -> Result<()> {
+        if name.is_shared() {
+            return Err(StoreError::Conflict(format!(
+                "the worker name {name:?} is reserved for the server's shared --worker-token; choose another"
+            )));
+        }
+        with_pool!(self, pool => {
+            sqlx::query("INSERT INTO workers (name, token_hash, created_us) VALUES ($1, $2, $3)")
+                .bind(name.as_str())
+                .bind(token_hash)
+                .bind(now_us())
+                .execute(pool)
+                .await.map(|r| r.rows_affected())
+        })
+        .map_err(|e| {
+            conflict_on_unique(
+                e,
+                format!(
+                    "a worker named {name:?} already exists; worker names are never reused, \
+                     even after a revocation, so choose another"
+                ),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The worker a token stands for, unless it is unknown or revoked.
+    /// Read on every request: a revocation holds from the next one.
+    pub async fn worker_by_token(&self, token_hash: &str) -> Result<Option<WorkerName>> {
+        let name: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT name FROM workers WHERE token_hash = $1 AND revoked_us IS NULL")
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await
+        })?;
+        name.map(|n| {
+            WorkerName::parse(&n).map_err(|e| StoreError::Corrupt(format!("worker name: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Every worker token, revoked ones too, by name.
+    pub async fn list_workers(&self) -> Result<Vec<WorkerToken>> {
+        let rows: Vec<WorkerRow> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT name, created_us, revoked_us FROM workers ORDER BY name")
+                .fetch_all(pool)
+                .await
+        })?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    /// Revokes a worker's token and, in the same transaction, ends its
+    /// running builds as an expired lease would: queued again, or `crashed`
+    /// once they have used `max_attempts`. `NotFound` for an unknown name,
+    /// `Conflict` when the token was revoked already.
+    pub async fn revoke_worker(&self, name: &WorkerName, max_attempts: i32) -> Result<Orphaned> {
+        let revoked = self
+            .end_orphans(&Orphans::ClaimedBy(name), max_attempts)
+            .await?;
+        match revoked {
+            Some(orphaned) => Ok(orphaned),
+            None => {
+                let known = self
+                    .list_workers()
+                    .await?
+                    .into_iter()
+                    .any(|w| &w.name == name);
+                if known {
+                    Err(StoreError::Conflict(format!(
+                        "the token of worker {name} was revoked already"
+                    )))
+                } else {
+                    Err(StoreError::NotFound)
+                }
+            }
+        }
+    }
+
+    /// Revokes whichever token hashes to `token_hash`: an owner's token is
+    /// deleted, a worker's is revoked as by [`Self::revoke_worker`].
+    /// `NotFound` when no live token has this hash.
+    pub async fn revoke_token(&self, token_hash: &str, max_attempts: i32) -> Result<Revoked> {
+        let owner: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("DELETE FROM tokens WHERE hash = $1 RETURNING owner_id")
+                .bind(token_hash)
+                .fetch_optional(pool)
+                .await
+        })?;
+        if let Some(owner) = owner {
+            return Ok(Revoked::Owner(OwnerId(owner)));
+        }
+        let Some(name) = self.worker_by_token(token_hash).await? else {
+            return Err(StoreError::NotFound);
+        };
+        let orphaned = self.revoke_worker(&name, max_attempts).await?;
+        Ok(Revoked::Worker(name, orphaned))
     }
 
     // ---- applications ------------------------------------------------------
@@ -552,8 +716,14 @@ impl MetaStore {
     /// Claims a queued build: `queued -> running` with a fresh lease,
     /// atomically. `None` when the queue is empty. The oldest build of the
     /// owners with the fewest builds running goes first: one owner's burst
-    /// of uploads does not hold everyone else's builds back.
-    pub async fn claim_next(&self, lease: Duration) -> Result<Option<ClaimedBuild>> {
+    /// of uploads does not hold everyone else's builds back. The build
+    /// records `worker` as its claimer; a worker whose token is revoked
+    /// claims nothing, even in a claim that was waiting when it was revoked.
+    pub async fn claim_next(
+        &self,
+        lease: Duration,
+        worker: &WorkerName,
+    ) -> Result<Option<ClaimedBuild>> {
         let lease_id = Uuid::new_v4();
         let now = now_us();
         let expires = now + lease.as_micros() as i64;
@@ -565,14 +735,17 @@ impl MetaStore {
         };
         let sql = format!(
             "UPDATE builds SET state = 'running', attempt = attempt + 1, lease_id = $1, lease_expires_us = $2, \
-             started_us = $3, error = NULL \
+             started_us = $3, error = NULL, worker = $4 \
              WHERE id = (SELECT id FROM builds b WHERE state = 'queued' \
                ORDER BY (SELECT COUNT(*) FROM builds r WHERE r.owner_id = b.owner_id AND r.state = 'running'), \
                created_us, id LIMIT 1 {lock}) \
-             AND state = 'queued' RETURNING {BUILD_COLS}"
+             AND state = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.name = $4 AND w.revoked_us IS NOT NULL) \
+             RETURNING {BUILD_COLS}"
         );
         let row: Option<BuildRow> = with_pool!(self, pool => {
-            sqlx::query_as(&sql).bind(lease_id).bind(expires).bind(now).fetch_optional(pool).await
+            sqlx::query_as(&sql).bind(lease_id).bind(expires).bind(now).bind(worker.as_str())
+                .fetch_optional(pool).await
         })?;
         let Some(row) = row else { return Ok(None) };
         let source_location = row.source_location.clone();
@@ -585,19 +758,22 @@ impl MetaStore {
     }
 
     /// Extends a lease. `LeaseLost` when the build is no longer running
-    /// under it (cancelled, re-queued, finished).
+    /// under it (cancelled, re-queued, finished) or the lease is another
+    /// worker's.
     pub async fn heartbeat(
         &self,
         id: BuildId,
         lease_id: Uuid,
+        worker: &WorkerName,
         lease: Duration,
     ) -> Result<DateTime<Utc>> {
         let expires = now_us() + lease.as_micros() as i64;
         let changed = with_pool!(self, pool => {
-            sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND state = 'running'")
+            sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND worker = $4 AND state = 'running'")
                 .bind(expires)
                 .bind(id.0)
                 .bind(lease_id)
+                .bind(worker.as_str())
                 .execute(pool)
                 .await.map(|r| r.rows_affected())
         })?;
@@ -607,13 +783,22 @@ impl MetaStore {
         Ok(rows::from_us(expires))
     }
 
-    /// The build a worker holds under `lease_id`, with its source location.
-    pub async fn leased_build(&self, id: BuildId, lease_id: Uuid) -> Result<ClaimedBuild> {
+    /// The build `worker` holds under `lease_id`, with its source location.
+    /// `LeaseLost` for a stale lease and for another worker's alike.
+    pub async fn leased_build(
+        &self,
+        id: BuildId,
+        lease_id: Uuid,
+        worker: &WorkerName,
+    ) -> Result<ClaimedBuild> {
         let row = self.build_row(None, id).await.map_err(|e| match e {
             StoreError::NotFound => StoreError::LeaseLost(id),
             e => e,
         })?;
-        if row.lease_id != Some(lease_id) || row.state != "running" {
+        if row.lease_id != Some(lease_id)
+            || row.state != "running"
+            || row.worker.as_deref() != Some(worker.as_str())
+        {
             return Err(StoreError::LeaseLost(id));
         }
         let source_location = row.source_location.clone();
@@ -760,31 +945,66 @@ impl MetaStore {
     /// them `crashed` once they have used `max_attempts`. Returns how many
     /// builds it touched.
     pub async fn reap_expired(&self, max_attempts: i32) -> Result<u64> {
-        let now = now_us();
-        let (crashed, requeued) = with_pool!(self, pool => {
-            async {
-                let mut tx = pool.begin().await?;
-                let crashed = sqlx::query(
-                    "UPDATE builds SET state = 'crashed', finished_us = $1, \
-                     error = 'the worker stopped reporting and the build used all its attempts', \
-                     lease_id = NULL, lease_expires_us = NULL \
-                     WHERE state = 'running' AND lease_expires_us < $1 AND attempt >= $2",
-                )
-                .bind(now).bind(max_attempts).execute(&mut *tx).await?.rows_affected();
-                let requeued = sqlx::query(
-                    "UPDATE builds SET state = 'queued', error = 'the worker stopped reporting; queued again', \
-                     lease_id = NULL, lease_expires_us = NULL \
-                     WHERE state = 'running' AND lease_expires_us < $1",
-                )
-                .bind(now).execute(&mut *tx).await?.rows_affected();
-                tx.commit().await?;
-                Ok::<_, sqlx::Error>((crashed, requeued))
-            }.await
-        })?;
+        let orphans = Orphans::LeaseExpiredBefore(now_us());
+        let Orphaned { requeued, crashed } = self
+            .end_orphans(&orphans, max_attempts)
+            .await?
+            .unwrap_or_default();
         if crashed + requeued > 0 {
             tracing::warn!(crashed, requeued, "reaped builds with expired leases");
         }
         Ok(crashed + requeued)
+    }
+
+    /// Ends the running builds `orphans` selects, in one transaction: those
+    /// that used `max_attempts` are `crashed`, the others queued again (the
+    /// next claim counts attempt + 1). For a revocation the worker's token
+    /// is marked revoked first, in the same transaction; `None` when it has
+    /// no live token, and then nothing changes.
+    async fn end_orphans(
+        &self,
+        orphans: &Orphans<'_>,
+        max_attempts: i32,
+    ) -> Result<Option<Orphaned>> {
+        let now = now_us();
+        let (expired_before, worker) = match orphans {
+            Orphans::LeaseExpiredBefore(t) => (Some(*t), None),
+            Orphans::ClaimedBy(name) => (None, Some(name.as_str())),
+        };
+        let crash_error = format!("{} and the build used all its attempts", orphans.reason());
+        let requeue_error = format!("{}; queued again", orphans.reason());
+        // The running builds selected: by lease expiry or by claimer.
+        const SELECTED: &str = "state = 'running' AND ($1 IS NULL OR lease_expires_us < $1) \
+             AND ($2 IS NULL OR worker = $2)";
+        let ended = with_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                if let Some(worker) = worker {
+                    let revoked = sqlx::query(
+                        "UPDATE workers SET revoked_us = $1 WHERE name = $2 AND revoked_us IS NULL",
+                    )
+                    .bind(now).bind(worker).execute(&mut *tx).await?.rows_affected();
+                    if revoked == 0 {
+                        return Ok(None);
+                    }
+                }
+                let crashed = sqlx::query(&format!(
+                    "UPDATE builds SET state = 'crashed', finished_us = $3, error = $4, \
+                     lease_id = NULL, lease_expires_us = NULL WHERE {SELECTED} AND attempt >= $5"
+                ))
+                .bind(expired_before).bind(worker).bind(now).bind(&crash_error).bind(max_attempts)
+                .execute(&mut *tx).await?.rows_affected();
+                let requeued = sqlx::query(&format!(
+                    "UPDATE builds SET state = 'queued', error = $3, \
+                     lease_id = NULL, lease_expires_us = NULL WHERE {SELECTED}"
+                ))
+                .bind(expired_before).bind(worker).bind(&requeue_error)
+                .execute(&mut *tx).await?.rows_affected();
+                tx.commit().await?;
+                Ok::<_, sqlx::Error>(Some(Orphaned { requeued, crashed }))
+            }.await
+        })?;
+        Ok(ended)
     }
 
     // ---- versions --------------------------------------------------------------

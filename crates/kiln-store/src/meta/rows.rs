@@ -5,7 +5,7 @@ use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
 use kiln_domain::{
     AppId, Application, BuildId, BuildOptions, BuildState, Language, OwnerId, Phases, Version,
-    VersionBuild,
+    VersionBuild, WorkerName,
 };
 use uuid::Uuid;
 
@@ -68,6 +68,7 @@ pub struct BuildRow {
     pub profile: Option<String>,
     pub lease_id: Option<Uuid>,
     pub options: String,
+    pub worker: Option<String>,
 }
 
 impl TryFrom<BuildRow> for VersionBuild {
@@ -87,11 +88,31 @@ impl TryFrom<BuildRow> for VersionBuild {
             created: from_us(r.created_us),
             state: BuildState::parse(&r.state).map_err(|e| corrupt("state", e))?,
             attempt: r.attempt,
+            worker: r.worker,
             started: r.started_us.map(from_us),
             finished: r.finished_us.map(from_us),
             error: r.error,
             logs_location: r.logs_location,
             profile: parse_profile(r.profile)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct WorkerRow {
+    pub name: String,
+    pub created_us: i64,
+    pub revoked_us: Option<i64>,
+}
+
+impl TryFrom<WorkerRow> for crate::meta::WorkerToken {
+    type Error = StoreError;
+
+    fn try_from(r: WorkerRow) -> Result<Self> {
+        Ok(Self {
+            name: WorkerName::parse(&r.name).map_err(|e| corrupt("worker name", e))?,
+            created: from_us(r.created_us),
+            revoked: r.revoked_us.map(from_us),
         })
     }
 }

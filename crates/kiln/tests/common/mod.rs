@@ -199,34 +199,49 @@ impl Kiln {
             .bearer_auth(&self.worker_token)
     }
 
-    /// Creates another owner with `kiln token create` and returns its token.
-    pub fn token_for_owner(&self, owner: i64) -> String {
+    /// A request as the worker holding `token`.
+    pub fn worker_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Runs a `kiln` command on this server's data dir and database.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        command
-            .args([
-                "token",
-                "create",
-                "--owner",
-                &owner.to_string(),
-                "--data-dir",
-            ])
-            .arg(self.dir.path());
+        command.args(args).arg("--data-dir").arg(self.dir.path());
         if let Some(i) = self.args.iter().position(|a| a == "--database-url") {
             command.args(["--database-url", &self.args[i + 1]]);
         }
-        let out = command.env("KILN_LOG", "warn").output().unwrap();
+        command
+            .env("KILN_LOG", "warn")
+            .env_remove("KILN_WORKER_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a `kiln` command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
         assert!(
             out.status.success(),
-            "token create failed: {}",
+            "kiln {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned()
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Creates another owner with `kiln token create` and returns its token.
+    pub fn token_for_owner(&self, owner: i64) -> String {
+        last_line(&self.cli_ok(&["token", "create", "--owner", &owner.to_string()]))
+    }
+
+    /// Creates a worker with `kiln token create --worker` and returns its token.
+    pub fn token_for_worker(&self, name: &str) -> String {
+        last_line(&self.cli_ok(&["token", "create", "--worker", name]))
     }
 
     pub async fn create_app(&self, name: &str) -> Value {
@@ -364,6 +379,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path)
         }
     }
+}
+
+fn last_line(out: &str) -> String {
+    out.lines().last().unwrap().trim().to_owned()
 }
 
 fn read_token(path: &Path) -> String {
