@@ -445,11 +445,30 @@ async fn wasm_children_answer_from_their_job_directory(kiln: &Kiln, deny: &str, 
         "no init function to run: {outcome}"
     );
 
-    std::fs::write(dir.path().join("candidate.wasm"), &looping).unwrap();
+    std::fs::write(dir.path().join("candidate.wasm"), b"\0asm garbage").unwrap();
     let outcome = child(dir.path(), smoke);
     assert!(
-        outcome["done"] == false || outcome["plugin_failed"].is_string(),
-        "another module does not answer alike: {outcome}"
+        outcome["host_failed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("compile"),
+        "a module that does not compile is not compared: {outcome}"
+    );
+    // A trial's own job reads the .cwasm the server compiled; it never
+    // compiles one itself.
+    std::fs::write(dir.path().join("plugin.wasm"), &looping).unwrap();
+    let trial = serde_json::json!({
+        "kind": "trial",
+        "request": {"path": "/loop"},
+        "limits": {"fuel": 100_000_000, "wall": {"secs": 1, "nanos": 0}, "memory_bytes": 64 << 20}
+    });
+    let outcome = child(dir.path(), trial);
+    assert!(
+        outcome["host_failed"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("plugin.cwasm"),
+        "{outcome}"
     );
 }
 
