@@ -62,13 +62,71 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
 /// The captured text, with a marker when bytes were dropped.
 fn finish(log: &SharedLog, cap: usize) -> (String, bool) {
     let log = log.lock().unwrap_or_else(|e| e.into_inner());
-    let mut text = String::from_utf8_lossy(&log.bytes).into_owned();
-    let truncated = log.dropped > 0;
+    // The cap may have cut a character: leave out its first bytes.
+    let lossy = String::from_utf8_lossy(without_partial_char(&log.bytes));
+    // Invalid bytes turn into U+FFFD, which is longer than one byte: cut
+    // again, on a character boundary.
+    let mut text = kiln_domain::text::cap(&lossy, cap).to_owned();
+    let dropped = log.dropped + (lossy.len() - text.len()) as u64;
+    let truncated = dropped > 0;
     if truncated {
         text.push_str(&format!(
-            "\n[kiln: log truncated after {cap} bytes; {} more bytes dropped]\n",
-            log.dropped
+            "\n[kiln: log truncated after {cap} bytes; {dropped} more bytes dropped]\n"
         ));
     }
     (text, truncated)
+}
+
+/// `bytes` without the first bytes of a character it ends with, if the
+/// rest of that character is missing.
+fn without_partial_char(bytes: &[u8]) -> &[u8] {
+    for back in 1..=3.min(bytes.len()) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 != 0x80 {
+            // A leading byte (or ASCII): the length its character needs.
+            let needs = match byte {
+                0xF0.. => 4,
+                0xE0.. => 3,
+                0xC0.. => 2,
+                _ => 1,
+            };
+            return if needs > back {
+                &bytes[..bytes.len() - back]
+            } else {
+                bytes
+            };
+        }
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compiler's output quotes the customer's code: multibyte text
+    /// past the cap, at every alignment, is cut on a character boundary
+    /// and stays within the cap.
+    #[tokio::test]
+    async fn multibyte_output_past_the_cap_is_cut_on_a_character_boundary() {
+        let cap = 1000;
+        for shift in 0..9 {
+            let output = format!("{}{}", "x".repeat(shift), "🦀é日".repeat(cap));
+            let log = SharedLog::default();
+            drain(output.as_bytes(), log.clone(), cap).await;
+            let (text, truncated) = finish(&log, cap);
+            assert!(truncated);
+            let (kept, marker) = text.split_once("\n[kiln: log truncated").unwrap();
+            assert!(kept.len() <= cap && kept.len() > cap - 4, "{}", kept.len());
+            assert!(output.starts_with(kept), "no replacement character kept");
+            assert!(marker.starts_with(&format!(" after {cap} bytes;")));
+        }
+    }
+
+    #[test]
+    fn output_within_the_cap_is_kept_whole() {
+        let log = SharedLog::default();
+        log.lock().unwrap().bytes = "🦀 ok\n".as_bytes().to_vec();
+        assert_eq!(finish(&log, 100), ("🦀 ok\n".to_owned(), false));
+    }
 }
