@@ -1,10 +1,24 @@
 //! Capturing a run's output: stdout and stderr into one capped buffer.
 //! Past the cap the pipes are still drained, so the child never blocks.
+//! When the last byte arrived is kept too, for the no-output limit.
 
+use crate::{Limits, RunOutcome};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How waiting for a run ended.
+pub(crate) enum Waited {
+    /// The command ended by itself.
+    Exited(std::io::Result<ExitStatus>),
+    /// A limit stopped it: [`RunOutcome::TimedOut`] or
+    /// [`RunOutcome::IdleTimedOut`]. The caller kills what is left.
+    Stopped(RunOutcome),
+}
 
 /// A child's stdout and stderr, drained into one log capped at `cap` bytes.
 pub(crate) struct Capture {
@@ -16,7 +30,7 @@ pub(crate) struct Capture {
 impl Capture {
     /// Starts draining `child`'s piped stdout and stderr.
     pub(crate) fn start(child: &mut Child, cap: usize) -> Self {
-        let log = SharedLog::default();
+        let log = SharedLog::new(Mutex::new(LogBuffer::new()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let pipes = [
@@ -24,6 +38,38 @@ impl Capture {
             tokio::spawn(drain(stderr, log.clone(), cap)),
         ];
         Self { log, cap, pipes }
+    }
+
+    /// Waits for `child` to end, or for the wall time or the no-output
+    /// limit of `limits` to pass, whichever comes first.
+    pub(crate) async fn wait(&self, child: &mut Child, limits: &Limits) -> Waited {
+        let silence = async {
+            match limits.no_output {
+                Some(limit) => self.silence(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => Waited::Exited(status),
+            _ = tokio::time::sleep(limits.wall_time) => Waited::Stopped(RunOutcome::TimedOut),
+            _ = silence => Waited::Stopped(RunOutcome::IdleTimedOut),
+        }
+    }
+
+    /// Returns once nothing was printed for `limit`.
+    async fn silence(&self, limit: Duration) {
+        loop {
+            let last = self
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_output;
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
     }
 
     /// Waits for both pipes to close (every writer has exited) and returns
@@ -35,10 +81,22 @@ impl Capture {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LogBuffer {
     bytes: Vec<u8>,
     dropped: u64,
+    /// When the last byte arrived (kept or dropped), or the run started.
+    last_output: Instant,
+}
+
+impl LogBuffer {
+    fn new() -> Self {
+        Self {
+            bytes: Vec::new(),
+            dropped: 0,
+            last_output: Instant::now(),
+        }
+    }
 }
 
 type SharedLog = Arc<Mutex<LogBuffer>>;
@@ -52,6 +110,7 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
             Ok(n) => n,
         };
         let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.last_output = Instant::now();
         let room = cap.saturating_sub(log.bytes.len());
         let kept = n.min(room);
         log.bytes.extend_from_slice(&buf[..kept]);
@@ -112,7 +171,7 @@ mod tests {
         let cap = 1000;
         for shift in 0..9 {
             let output = format!("{}{}", "x".repeat(shift), "🦀é日".repeat(cap));
-            let log = SharedLog::default();
+            let log = SharedLog::new(Mutex::new(LogBuffer::new()));
             drain(output.as_bytes(), log.clone(), cap).await;
             let (text, truncated) = finish(&log, cap);
             assert!(truncated);
@@ -125,7 +184,7 @@ mod tests {
 
     #[test]
     fn output_within_the_cap_is_kept_whole() {
-        let log = SharedLog::default();
+        let log = SharedLog::new(Mutex::new(LogBuffer::new()));
         log.lock().unwrap().bytes = "🦀 ok\n".as_bytes().to_vec();
         assert_eq!(finish(&log, 100), ("🦀 ok\n".to_owned(), false));
     }

@@ -573,6 +573,10 @@ impl Pipeline {
                 "the build exceeded its time limit of {} s",
                 limits.wall_time.as_secs()
             ))),
+            RunOutcome::IdleTimedOut => Err(Failure::Customer(format!(
+                "the build printed nothing for {} s and was stopped",
+                limits.no_output.unwrap_or_default().as_secs()
+            ))),
             RunOutcome::OutOfMemory => Err(Failure::Customer(format!(
                 "the build ran out of memory (limit {} MiB)",
                 limits.memory_bytes / (1024 * 1024)

@@ -76,6 +76,8 @@ impl SandboxedTrials {
             max_processes: kiln_sandbox::DEFAULT_MAX_PROCESSES,
             cpu_cores: 1.0,
             wall_time: COMPILE_TIME,
+            // A trial prints little; its wall time alone bounds it.
+            no_output: None,
             disk_bytes: 2 * MAX_CWASM_BYTES,
             max_log_bytes: 64 << 10,
         };
