@@ -146,15 +146,15 @@ struct TestServer {
 }
 
 impl TestServer {
-    /// A server on a free port whose crashes are final at once (one
-    /// attempt), so a crashed build stays `crashed`.
-    async fn start() -> Self {
+    /// A server on a free port that starts a build at most `max_attempts`
+    /// times.
+    async fn start(max_attempts: i32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
         let meta = MetaStore::connect(&url).await.unwrap();
         let blobs = BlobStore::local(&dir.path().join("blobs")).unwrap();
         let mut config = ServerConfig::new(kiln_server::auth::hash_token(WORKER_TOKEN));
-        config.max_attempts = 1;
+        config.max_attempts = max_attempts;
         let state = AppState::new(meta.clone(), blobs.clone(), config);
         let server = Server::bind("127.0.0.1:0".parse().unwrap(), state)
             .await
@@ -222,31 +222,63 @@ impl Drop for TestServer {
     }
 }
 
+/// One builder against `server`, with the toolchain that panics once and
+/// no sandbox; stopped with the returned token.
+struct Builder {
+    toolchain: Arc<PanicsOnce>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    scratch: tempfile::TempDir,
+}
+
+impl Builder {
+    fn start(server: &TestServer) -> Self {
+        let scratch = tempfile::tempdir().unwrap();
+        let toolchain = Arc::new(PanicsOnce::default());
+        let pipeline = Pipeline::new(
+            PipelineConfig::default(),
+            Arc::new(Unsandboxed::new(scratch.path().to_owned())),
+            vec![toolchain.clone()],
+        )
+        .unwrap();
+        let client = Client::new(&server.base, WORKER_TOKEN).unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(kiln_worker::run_builders(
+            Arc::new(pipeline),
+            client,
+            1,
+            stop.clone(),
+            Duration::from_secs(5),
+        ));
+        Self {
+            toolchain,
+            stop,
+            task,
+            scratch,
+        }
+    }
+
+    /// Stops the builder and checks it left no scratch directory.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(self.scratch.path()).unwrap().count(),
+            0,
+            "every build's scratch directory is gone"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_build_that_panics_ends_crashed_and_the_builder_goes_on() {
-    let server = TestServer::start().await;
+    // One attempt: the crash is final, so the build stays `crashed`.
+    let server = TestServer::start(1).await;
     let source = archive(&plugin());
     let first = server.queue("1.0.0", source.clone()).await;
     let second = server.queue("1.0.1", source).await;
-
-    let scratch = tempfile::tempdir().unwrap();
-    let toolchain = Arc::new(PanicsOnce::default());
-    let pipeline = Pipeline::new(
-        PipelineConfig::default(),
-        Arc::new(Unsandboxed::new(scratch.path().to_owned())),
-        vec![toolchain.clone()],
-    )
-    .unwrap();
-    let client = Client::new(&server.base, WORKER_TOKEN).unwrap();
-    let stop = CancellationToken::new();
     // One builder: the same one must build both.
-    let builders = tokio::spawn(kiln_worker::run_builders(
-        Arc::new(pipeline),
-        client,
-        1,
-        stop.clone(),
-        Duration::from_secs(5),
-    ));
+    let builder = Builder::start(&server);
 
     let crashed = server
         .wait_until_finished(first, Duration::from_secs(60))
@@ -267,15 +299,21 @@ async fn a_build_that_panics_ends_crashed_and_the_builder_goes_on() {
         "{:?}",
         succeeded.error
     );
-    assert_eq!(toolchain.prepared.load(Ordering::SeqCst), 2);
+    assert_eq!(builder.toolchain.prepared.load(Ordering::SeqCst), 2);
     let version = server.meta.get_version(server.owner, second).await.unwrap();
     assert_eq!(version.binary_size, plugin().len() as i64);
+    builder.stop().await;
+}
 
-    stop.cancel();
-    builders.await.unwrap();
-    assert_eq!(
-        std::fs::read_dir(scratch.path()).unwrap().count(),
-        0,
-        "both builds' scratch directories are gone"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_panics_is_retried() {
+    let server = TestServer::start(3).await;
+    let build = server.queue("1.0.0", archive(&plugin())).await;
+    let builder = Builder::start(&server);
+    let built = server
+        .wait_until_finished(build, Duration::from_secs(120))
+        .await;
+    assert_eq!(built.state, BuildState::Succeeded, "{:?}", built.error);
+    assert_eq!(built.attempt, 2, "the crashed attempt released its lease");
+    builder.stop().await;
 }
