@@ -7,12 +7,14 @@
 //! - [`phase`], [`language`]: what a plugin declares about itself.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
+//! - [`text`]: cutting text to a size on a character boundary.
 
 pub mod entities;
 pub mod ids;
 pub mod language;
 pub mod phase;
 pub mod state;
+pub mod text;
 pub mod worker_api;
 
 pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};

@@ -9,6 +9,11 @@ use uuid::Uuid;
 /// The header every worker report carries: the lease id of its claim.
 pub const LEASE_HEADER: &str = "x-kiln-lease";
 
+/// The `error` code of the 409 that tells a worker the build is no longer
+/// its own (cancelled, re-queued, finished, or an unknown lease). Other
+/// 409s are other conflicts.
+pub const LEASE_LOST_CODE: &str = "lease_lost";
+
 /// A build handed to a worker by `POST /internal/builds/claim`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claim {

@@ -5,7 +5,7 @@
 //! build's scratch directory visible.
 
 use crate::cgroup::{self, Cgroup};
-use crate::log;
+use crate::log::{self, Waited};
 use crate::scratch::{Scratch, chown_tree};
 use crate::{
     GUEST_SCRATCH, Limits, MountKind, RunOutcome, RunReport, Sandbox, SandboxCommand, SandboxError,
@@ -275,8 +275,7 @@ impl Sandbox for Bubblewrap {
 
         let capture = log::Capture::start(&mut child, limits.max_log_bytes);
 
-        let waited = tokio::time::timeout(limits.wall_time, child.wait()).await;
-        let timed_out = waited.is_err();
+        let waited = capture.wait(&mut child, limits).await;
         // Whatever happened, nothing of the run outlives it.
         let kill = tokio::task::spawn_blocking(move || {
             cgroup.kill_all();
@@ -285,20 +284,20 @@ impl Sandbox for Bubblewrap {
         let cgroup = kill
             .await
             .map_err(|e| SandboxError::io("killing the run", std::io::Error::other(e)))?;
-        let status = match waited {
-            Ok(status) => Some(status.map_err(|e| SandboxError::io("waiting for bubblewrap", e))?),
-            Err(_) => {
+        let ended = match waited {
+            Waited::Exited(status) => {
+                Ok(status.map_err(|e| SandboxError::io("waiting for bubblewrap", e))?)
+            }
+            Waited::Stopped(outcome) => {
                 let _ = child.kill().await;
-                None
+                Err(outcome)
             }
         };
         let (log, log_truncated) = capture.finish().await;
-        let outcome = if timed_out {
-            RunOutcome::TimedOut
-        } else if cgroup.oom_killed() {
-            RunOutcome::OutOfMemory
-        } else {
-            RunOutcome::of(status.expect("a run that did not time out has a status"))
+        let outcome = match ended {
+            Err(stopped) => stopped,
+            Ok(_) if cgroup.oom_killed() => RunOutcome::OutOfMemory,
+            Ok(status) => RunOutcome::of(status),
         };
         let peak_memory_bytes = cgroup.peak_memory();
         tokio::task::spawn_blocking(move || cgroup.remove())

@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_PROCESSES: u32 = 512;
 pub const DEFAULT_CPU_CORES: f64 = 2.0;
 /// Default wall-clock limit of one build.
 pub const DEFAULT_WALL_TIME: Duration = Duration::from_secs(300);
+/// Default longest time one build may print nothing.
+pub const DEFAULT_NO_OUTPUT: Duration = Duration::from_secs(120);
 /// Default size of the build's private tmpfs: 2 GiB.
 pub const DEFAULT_DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// Default cap on the captured log (stdout and stderr together): 1 MiB.
@@ -33,6 +35,10 @@ pub struct Limits {
     pub cpu_cores: f64,
     /// Wall-clock time after which the whole tree is killed.
     pub wall_time: Duration,
+    /// Time without a byte on stdout or stderr after which the whole tree
+    /// is killed: a hung build stops long before its wall time. `None`: no
+    /// such limit (the wall time still holds).
+    pub no_output: Option<Duration>,
     /// Size of the writable tmpfs the build works in, in bytes.
     pub disk_bytes: u64,
     /// Bytes of combined stdout/stderr kept; the rest is dropped and a
@@ -47,6 +53,7 @@ impl Default for Limits {
             max_processes: DEFAULT_MAX_PROCESSES,
             cpu_cores: DEFAULT_CPU_CORES,
             wall_time: DEFAULT_WALL_TIME,
+            no_output: Some(DEFAULT_NO_OUTPUT),
             disk_bytes: DEFAULT_DISK_BYTES,
             max_log_bytes: DEFAULT_MAX_LOG_BYTES,
         }
@@ -107,6 +114,8 @@ pub enum RunOutcome {
     Signaled(i32),
     /// Killed at the wall-clock limit.
     TimedOut,
+    /// Killed after printing nothing for [`Limits::no_output`].
+    IdleTimedOut,
     /// Killed by the out-of-memory killer at the memory limit.
     OutOfMemory,
 }

@@ -23,6 +23,7 @@ fn limits() -> Limits {
         max_processes: 64,
         cpu_cores: 1.0,
         wall_time: Duration::from_secs(30),
+        no_output: Some(Duration::from_secs(30)),
         disk_bytes: 16 << 20,
         max_log_bytes: 64 << 10,
     }
@@ -229,6 +230,60 @@ async fn wall_time_is_limited() {
     let report = run_with(sh("sleep 3600 & sleep 3600"), limits, |_| {}).await;
     assert_eq!(report.outcome, RunOutcome::TimedOut);
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn a_silent_build_is_stopped_at_the_no_output_limit() {
+    let started = Instant::now();
+    let limits = Limits {
+        no_output: Some(Duration::from_secs(2)),
+        ..limits()
+    };
+    // A child keeps the pipes open: the whole cgroup must go.
+    let report = run_with(sh("echo started; sleep 3600 & sleep 3600"), limits, |_| {}).await;
+    assert_eq!(report.outcome, RunOutcome::IdleTimedOut, "{}", report.log);
+    assert!(report.log.contains("started"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_build_that_keeps_printing_is_not_stopped_for_silence() {
+    let started = Instant::now();
+    let limits = Limits {
+        no_output: Some(Duration::from_secs(2)),
+        ..limits()
+    };
+    let report = run_with(
+        sh("for i in 1 2 3 4 5 6 7 8; do echo tick $i >&2; sleep 0.5; done; echo done"),
+        limits,
+        |_| {},
+    )
+    .await;
+    assert_eq!(report.outcome, RunOutcome::Exited(0), "{}", report.log);
+    assert!(report.log.contains("done"));
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "ran longer than the limit"
+    );
+}
+
+/// The compiler's output quotes the customer's code: multibyte text past
+/// the cap is cut on a character boundary.
+#[tokio::test]
+async fn multibyte_output_past_the_cap_is_cut_on_a_character_boundary() {
+    let report = run("yes 'x🦀é日' | head -c 300000").await;
+    assert!(report.log_truncated);
+    let (kept, _) = report
+        .log
+        .split_once("\n[kiln: log truncated after 65536 bytes")
+        .expect("a truncation marker");
+    assert!(kept.len() <= 64 << 10 && kept.len() > (64 << 10) - 4);
+    assert!(!kept.contains('\u{FFFD}'), "a cut character was kept");
+    assert!("x🦀é日\n".repeat(10_000).starts_with(kept));
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ impl ApiError {
             StoreError::NotFound => Self::not_found(what, id),
             StoreError::Conflict(message) => Self::conflict("conflict", message),
             StoreError::LeaseLost(build) => Self::conflict(
-                "lease_lost",
+                kiln_domain::worker_api::LEASE_LOST_CODE,
                 format!("build {build} is not running under this lease"),
             ),
             other => Self::internal("store operation failed", other),

@@ -425,6 +425,48 @@ async fn crashes_are_retried_then_final(db: TestDb) {
     assert!(store.claim_next(LEASE, &shared()).await.unwrap().is_none());
 }
 
+fn database_error<T>(result: &Result<T, StoreError>) -> bool {
+    matches!(result, Err(StoreError::Database(_)))
+}
+
+/// A lost lease and a database that cannot answer are different errors:
+/// a worker drops a build on the first, and must not on the second.
+async fn a_database_error_is_not_a_lost_lease(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let build = store
+        .create_build(&new_build(owner, app, "1.0.0"))
+        .await
+        .unwrap();
+    let claimed = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
+    let stale = uuid::Uuid::new_v4();
+    assert!(matches!(
+        store.report_crash(build.id, stale, None, "x", 3).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store
+            .report_crash(BuildId::new(), stale, None, "x", 3)
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    store.close().await;
+    let lease = claimed.lease_id;
+    let crash = store.report_crash(build.id, lease, None, "x", 3).await;
+    assert!(database_error(&crash), "{crash:?}");
+    let beat = store.heartbeat(build.id, lease, &shared(), LEASE).await;
+    assert!(database_error(&beat), "{beat:?}");
+    let leased = store.leased_build(build.id, lease, &shared()).await;
+    assert!(database_error(&leased), "{leased:?}");
+    let failed = store
+        .complete_failure(build.id, lease, "logs", "x", None)
+        .await;
+    assert!(database_error(&failed), "{failed:?}");
+    // The cause is kept, for the log.
+    let e = crash.unwrap_err();
+    assert!(std::error::Error::source(&e).is_some(), "{e}");
+}
+
 async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
     let store = &db.store;
     let (owner, app) = owner_with_app(store).await;
@@ -853,6 +895,7 @@ on_both_backends!(
     simultaneous_uploads_respect_the_unfinished_limit,
     a_failed_build_keeps_its_logs,
     crashes_are_retried_then_final,
+    a_database_error_is_not_a_lost_lease,
     expired_leases_are_requeued_then_crashed,
     cancelling_stops_the_lease,
     concurrent_claims_take_each_build_once,

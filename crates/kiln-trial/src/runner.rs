@@ -68,7 +68,7 @@ pub struct Runner {
 
 /// The limits of one child: its own memory, time and disk, a CPU core,
 /// and processes enough for wasmtime's compiler threads. It prints
-/// little, so its idle limit is its time limit.
+/// little, so only its time limit bounds it.
 fn limits(memory_bytes: u64, wall_time: Duration, disk_bytes: u64) -> Limits {
     Limits {
         memory_bytes,
@@ -77,6 +77,7 @@ fn limits(memory_bytes: u64, wall_time: Duration, disk_bytes: u64) -> Limits {
         wall_time,
         disk_bytes,
         max_log_bytes: MAX_CHILD_LOG_BYTES,
+        no_output: None,
     }
 }
 
@@ -247,7 +248,8 @@ impl Runner {
         }
         let report = self.sandbox.run(&self.command(), scratch, limits).await?;
         if report.outcome != RunOutcome::Exited(0) {
-            let log = capped(&report.log);
+            // What a child says is untrusted: kiln's log is not its to fill.
+            let log = kiln_domain::text::cap(&report.log, MAX_LOGGED_BYTES);
             tracing::warn!(step, outcome = ?report.outcome, log, "a sandboxed child did not finish");
         }
         stopped(report.outcome, step, limits)
@@ -266,16 +268,6 @@ impl Runner {
             }],
         }
     }
-}
-
-/// At most [`MAX_LOGGED_BYTES`] of a child's words: what it says is
-/// untrusted, and kiln's log is not its to fill.
-fn capped(text: &str) -> &str {
-    let mut end = text.len().min(MAX_LOGGED_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// How a child that did not run to its end came out: the module's fault

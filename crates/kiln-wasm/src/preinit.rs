@@ -25,33 +25,51 @@ pub fn init_export(wasm: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// What Wizer reads from the initialized instance. Its trait cannot fail,
+/// so what cannot be read is kept in `refused` (and a placeholder value
+/// handed back), and the snapshot is then refused: the module is the
+/// customer's, and nothing in it may panic the builder.
 struct Snapshot<'a> {
     store: &'a mut Store<HostState>,
     instance: Instance,
+    refused: Option<String>,
+}
+
+impl Snapshot<'_> {
+    fn refuse(&mut self, reason: String) {
+        self.refused.get_or_insert(reason);
+    }
 }
 
 impl InstanceState for Snapshot<'_> {
     async fn global_get(&mut self, name: &str, _hint: wasmparser::ValType) -> SnapshotVal {
-        let global = self
-            .instance
-            .get_global(&mut *self.store, name)
-            .expect("wizer names an exported global");
+        let Some(global) = self.instance.get_global(&mut *self.store, name) else {
+            self.refuse(format!("the module exports no global {name:?}"));
+            return SnapshotVal::I32(0);
+        };
         match global.get(&mut *self.store) {
             Val::I32(x) => SnapshotVal::I32(x),
             Val::I64(x) => SnapshotVal::I64(x),
             Val::F32(x) => SnapshotVal::F32(x),
             Val::F64(x) => SnapshotVal::F64(x),
             Val::V128(x) => SnapshotVal::V128(x.as_u128()),
-            other => panic!("a global of type {other:?} cannot be snapshotted"),
+            other => {
+                self.refuse(format!(
+                    "the global {name:?} holds {other:?}, which cannot be snapshotted"
+                ));
+                SnapshotVal::I32(0)
+            }
         }
     }
 
     async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
-        let memory = self
-            .instance
-            .get_memory(&mut *self.store, name)
-            .expect("wizer names an exported memory");
-        contents(memory.data(&*self.store))
+        match self.instance.get_memory(&mut *self.store, name) {
+            Some(memory) => contents(memory.data(&*self.store)),
+            None => {
+                self.refuse(format!("the module exports no memory {name:?}"));
+                contents(&[]);
+            }
+        }
     }
 }
 
@@ -90,7 +108,70 @@ pub fn preinitialize(
     let mut state = Snapshot {
         store: &mut store,
         instance,
+        refused: None,
     };
     let snapshot = futures::executor::block_on(wizer.snapshot(&cx, &mut state)).map_err(setup)?;
+    if let Some(reason) = state.refused {
+        return Err(setup(reason));
+    }
     Ok(Some(snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        ConstExpr, ExportKind, ExportSection, GlobalSection, GlobalType, HeapType, Module, ValType,
+    };
+
+    /// A module exporting a funcref global `table_ref` (Wizer refuses a
+    /// mutable one up front; this one reaches the snapshot's reader).
+    fn module_with_a_funcref_global() -> Vec<u8> {
+        let mut globals = GlobalSection::new();
+        globals.global(
+            GlobalType {
+                val_type: ValType::FUNCREF,
+                mutable: false,
+                shared: false,
+            },
+            &ConstExpr::ref_null(HeapType::FUNC),
+        );
+        let mut exports = ExportSection::new();
+        exports.export("table_ref", ExportKind::Global, 0);
+        let mut module = Module::new();
+        module.section(&globals).section(&exports);
+        module.finish()
+    }
+
+    #[test]
+    fn what_cannot_be_snapshotted_is_refused_not_a_panic() {
+        let engine = HostEngine::new().unwrap();
+        let plugin = engine.compile(&module_with_a_funcref_global()).unwrap();
+        let limits = TrialLimits::default();
+        let mut store = engine
+            .store(|l| HostState::new(l, Vec::new()), &limits)
+            .unwrap();
+        let instance = plugin.instance_pre().instantiate(&mut store).unwrap();
+        let mut state = Snapshot {
+            store: &mut store,
+            instance,
+            refused: None,
+        };
+        let hint = wasmparser::ValType::I32;
+        futures::executor::block_on(state.global_get("table_ref", hint));
+        assert!(
+            state
+                .refused
+                .as_deref()
+                .is_some_and(|r| r.contains("cannot be snapshotted")),
+            "{:?}",
+            state.refused
+        );
+        futures::executor::block_on(state.global_get("missing", hint));
+        futures::executor::block_on(
+            state.memory_contents("missing", |bytes| assert!(bytes.is_empty())),
+        );
+        // The first reason is the one reported.
+        assert!(state.refused.unwrap().contains("table_ref"));
+    }
 }

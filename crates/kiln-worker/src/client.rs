@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use kiln_domain::BuildId;
-use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, fields};
+use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, fields};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use std::time::Duration;
@@ -16,11 +16,15 @@ pub enum ClientError {
     LeaseLost(BuildId),
     #[error("the server refused the worker token")]
     Unauthorized,
-    #[error("{context}: the server answered {status}: {body}")]
+    /// Any other refusal. `code` is the `error` of the server's JSON body
+    /// (`None` when the body was not one); `message` its sentence, or the
+    /// start of the body.
+    #[error("{context}: the server answered {status}{}: {message}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Status {
         context: &'static str,
         status: StatusCode,
-        body: String,
+        code: Option<String>,
+        message: String,
     },
     #[error("{context}: {source}")]
     Http {
@@ -30,6 +34,45 @@ pub enum ClientError {
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
+
+/// Most bytes of a refusal's message kept in a [`ClientError::Status`].
+const MAX_MESSAGE_BYTES: usize = 500;
+
+/// The JSON body of every error the server answers.
+#[derive(Debug, serde::Deserialize)]
+struct ErrorAnswer {
+    error: String,
+    message: String,
+}
+
+/// Classifies a refusal by the code in its body, not by its status alone:
+/// a 409 means a lost lease only when its code says so.
+fn refusal(
+    context: &'static str,
+    status: StatusCode,
+    body: &str,
+    build: Option<BuildId>,
+) -> ClientError {
+    let answer: Option<ErrorAnswer> = serde_json::from_str(body).ok();
+    match (status, &answer, build) {
+        (StatusCode::UNAUTHORIZED, _, _) => ClientError::Unauthorized,
+        (StatusCode::CONFLICT, Some(answer), Some(build)) if answer.error == LEASE_LOST_CODE => {
+            ClientError::LeaseLost(build)
+        }
+        _ => {
+            let (code, message) = match answer {
+                Some(answer) => (Some(answer.error), answer.message),
+                None => (None, body.to_owned()),
+            };
+            ClientError::Status {
+                context,
+                status,
+                code: code.map(|c| kiln_domain::text::cap(&c, MAX_MESSAGE_BYTES).to_owned()),
+                message: kiln_domain::text::cap(&message, MAX_MESSAGE_BYTES).to_owned(),
+            }
+        }
+    }
+}
 
 /// What a successful build reports.
 #[derive(Debug, Default)]
@@ -82,21 +125,12 @@ impl Client {
             .send()
             .await
             .map_err(|source| ClientError::Http { context, source })?;
-        match response.status() {
-            s if s.is_success() => Ok(response),
-            StatusCode::UNAUTHORIZED => Err(ClientError::Unauthorized),
-            StatusCode::CONFLICT if build.is_some() => {
-                Err(ClientError::LeaseLost(build.expect("checked above")))
-            }
-            status => {
-                let body = response.text().await.unwrap_or_default();
-                Err(ClientError::Status {
-                    context,
-                    status,
-                    body: body.chars().take(500).collect(),
-                })
-            }
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
         }
+        let body = response.text().await.unwrap_or_default();
+        Err(refusal(context, status, &body, build))
     }
 
     /// Claims a build, waiting up to `wait` for one to be queued.
@@ -151,7 +185,8 @@ impl Client {
                 return Err(ClientError::Status {
                     context: "downloading the source",
                     status: StatusCode::PAYLOAD_TOO_LARGE,
-                    body: format!("the source is larger than {max_bytes} bytes"),
+                    code: None,
+                    message: format!("the source is larger than {max_bytes} bytes"),
                 });
             }
         }
@@ -202,5 +237,101 @@ impl Client {
         self.send(request, "reporting a result", Some(build))
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request with `status` and `body`.
+    async fn answering(status: u16, body: String) -> Client {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        Client::new(&format!("http://{addr}"), "token").unwrap()
+    }
+
+    fn json(code: &str, message: &str) -> String {
+        serde_json::json!({ "error": code, "message": message }).to_string()
+    }
+
+    #[tokio::test]
+    async fn only_a_lease_lost_code_is_a_lost_lease() {
+        let build = BuildId::new();
+        let client = answering(409, json("lease_lost", "not under this lease")).await;
+        let e = client.heartbeat(build, Uuid::new_v4()).await.unwrap_err();
+        assert!(matches!(e, ClientError::LeaseLost(b) if b == build), "{e}");
+
+        let client = answering(409, json("conflict", "this version already exists")).await;
+        let e = client.heartbeat(build, Uuid::new_v4()).await.unwrap_err();
+        match e {
+            ClientError::Status {
+                status,
+                code,
+                message,
+                ..
+            } => {
+                assert_eq!(status, StatusCode::CONFLICT);
+                assert_eq!(code.as_deref(), Some("conflict"));
+                assert_eq!(message, "this version already exists");
+            }
+            e => panic!("not a status error: {e}"),
+        }
+
+        // A 409 without kiln's body (a proxy's, say) is not a lost lease either.
+        let client = answering(409, "<html>conflict</html>".into()).await;
+        let e = client.heartbeat(build, Uuid::new_v4()).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Status { code: None, message, .. } if message == "<html>conflict</html>"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_multibyte_refusal_past_the_cap_is_cut_on_a_character_boundary() {
+        for shift in 0..4 {
+            let message = format!("{}{}", "x".repeat(shift), "🦀é日".repeat(MAX_MESSAGE_BYTES));
+            let client = answering(500, json("internal_error", &message)).await;
+            let e = client
+                .heartbeat(BuildId::new(), Uuid::new_v4())
+                .await
+                .unwrap_err();
+            let ClientError::Status { message: kept, .. } = e else {
+                panic!("not a status error: {e}");
+            };
+            assert!(kept.len() <= MAX_MESSAGE_BYTES && kept.len() > MAX_MESSAGE_BYTES - 4);
+            assert!(message.starts_with(&kept));
+            // The same for a body that is not JSON.
+            let client = answering(502, message.clone()).await;
+            let e = client
+                .heartbeat(BuildId::new(), Uuid::new_v4())
+                .await
+                .unwrap_err();
+            let ClientError::Status { message: kept, .. } = e else {
+                panic!("not a status error: {e}");
+            };
+            assert!(kept.len() <= MAX_MESSAGE_BYTES && message.starts_with(&kept));
+        }
     }
 }

@@ -17,10 +17,13 @@ pub mod pipeline;
 pub use client::Client;
 pub use pipeline::{Pipeline, PipelineConfig};
 
+use futures::FutureExt;
 use kiln_domain::worker_api::Claim;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How long a claim request waits on an empty queue.
 pub const CLAIM_WAIT: Duration = Duration::from_secs(20);
@@ -63,14 +66,15 @@ async fn run_claimed(
     let build = claim.build.id;
     tracing::info!(%build, attempt = claim.build.attempt, "building");
     let lost = CancellationToken::new();
-    let beat = tokio::spawn(heartbeat(
+    // Bound to this build: however `run` ends (even by a panic), the
+    // heartbeat ends with it and the lease can expire.
+    let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         client.clone(),
         claim.clone(),
         pipeline.config.heartbeat,
         lost.clone(),
-    ));
+    )));
     pipeline.run(client, &claim, &lost, abort).await;
-    beat.abort();
 }
 
 /// Extends the lease until aborted; cancels `lost` when the server says the
@@ -137,9 +141,20 @@ async fn builder_loop(
 ) {
     tracing::debug!(index, "builder started");
     while !stop.is_cancelled() {
-        match try_build_next(pipeline, client, stop, abort).await {
-            Ok(_) => {}
-            Err(e) => {
+        // `Pipeline::run` reports a panic of the build as a crash; this
+        // catches one anywhere else, so the builder goes on claiming (the
+        // build's lease then expires and it is retried).
+        let step = AssertUnwindSafe(try_build_next(pipeline, client, stop, abort)).catch_unwind();
+        match step.await {
+            Ok(Ok(_)) => {}
+            Err(panic) => {
+                tracing::error!(
+                    index,
+                    panic = pipeline::panic_message(&*panic),
+                    "a builder step panicked; going on"
+                );
+            }
+            Ok(Err(e)) => {
                 tracing::warn!(index, error = %e, "cannot reach the server; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY_PAUSE) => {}

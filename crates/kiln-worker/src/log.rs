@@ -50,11 +50,7 @@ impl BuildLog {
             self.text.push_str(text);
             return;
         }
-        let mut cut = room;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        self.text.push_str(&text[..cut]);
+        self.text.push_str(kiln_domain::text::cap(text, room));
         let _ = write!(
             self.text,
             "\n[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n"
@@ -95,5 +91,23 @@ mod tests {
         );
         log.kiln("after");
         assert!(!log.text().contains("after"));
+    }
+
+    /// The compiler's output quotes the customer's code: multibyte text
+    /// past the cap, at every alignment, is cut on a character boundary.
+    #[test]
+    fn multibyte_text_past_the_cap_is_cut_on_a_character_boundary() {
+        for shift in 0..4 {
+            let mut log = BuildLog::default();
+            log.output(&"x".repeat(shift));
+            let flood = "🦀é日".repeat(MAX_LOG_BYTES / 4);
+            log.output(&flood);
+            let text = log.text();
+            let marker = format!("\n[kiln: log truncated at {MAX_LOG_BYTES} bytes]\n");
+            let kept = text.strip_suffix(&marker).expect("the marker ends the log");
+            assert!(kept.len() <= MAX_LOG_BYTES && kept.len() > MAX_LOG_BYTES - 4);
+            let lead = if shift > 0 { shift + 1 } else { 0 };
+            assert!(flood.starts_with(&kept[lead..]));
+        }
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::client::{Client, ClientError, SuccessReport};
 use crate::log::{BuildLog, millis};
+use futures::FutureExt;
 use kiln_build::Toolchain;
 use kiln_build::archive::{self, ArchiveLimits};
 use kiln_domain::Language;
@@ -12,6 +13,7 @@ use kiln_domain::worker_api::Claim;
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
 use kiln_trial::{Outcome, Runner};
 use serde_json::{Map, Value, json};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,15 @@ impl From<ClientError> for Failure {
             e => Failure::Ours(e.to_string()),
         }
     }
+}
+
+/// What a caught panic said, for the log and the crash report.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// The result of the build stages.
@@ -163,8 +174,14 @@ impl Pipeline {
             claim.build.attempt,
             self.sandbox.name()
         ));
+        // A panic in kiln's own code ends this build as a crash (retried,
+        // its lease released), not the builder.
+        let build =
+            AssertUnwindSafe(self.build(client, claim, &mut log, &mut stages)).catch_unwind();
         let result = tokio::select! {
-            result = self.build(client, claim, &mut log, &mut stages) => result,
+            result = build => result.unwrap_or_else(|panic| {
+                Err(Failure::Ours(format!("kiln's build code panicked: {}", panic_message(&*panic))))
+            }),
             _ = lost.cancelled() => Err(Failure::LeaseLost),
             _ = abort.cancelled() => Err(Failure::Ours("the worker shut down during the build".into())),
         };
@@ -505,6 +522,10 @@ impl Pipeline {
             RunOutcome::TimedOut => Err(Failure::Customer(format!(
                 "the build exceeded its time limit of {} s",
                 limits.wall_time.as_secs()
+            ))),
+            RunOutcome::IdleTimedOut => Err(Failure::Customer(format!(
+                "the build printed nothing for {} s and was stopped",
+                limits.no_output.unwrap_or_default().as_secs()
             ))),
             RunOutcome::OutOfMemory => Err(Failure::Customer(format!(
                 "the build ran out of memory (limit {} MiB)",

@@ -44,6 +44,14 @@ pub struct BuildArgs {
     /// Wall-clock limit of one build, in seconds.
     #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value_t = 300)]
     pub build_timeout: u64,
+    /// Seconds one build may print nothing before it is stopped (at least 1; at or above --build-timeout only the time limit applies).
+    #[arg(
+        long,
+        env = "KILN_BUILD_IDLE_TIMEOUT",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub build_idle_timeout: u64,
     /// Memory limit of one build, in MiB.
     #[arg(long, env = "KILN_BUILD_MEMORY_MIB", default_value_t = 2048)]
     pub build_memory_mib: u64,

@@ -1590,3 +1590,19 @@ async fn without_a_sandbox_trials_are_refused() {
         "{error}"
     );
 }
+
+/// A nonsense limit is refused at start, with the flag named.
+#[test]
+fn a_zero_idle_timeout_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--build-idle-timeout", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--build-idle-timeout"), "{stderr}");
+}

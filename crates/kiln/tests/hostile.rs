@@ -29,9 +29,14 @@ struct Outcome {
 
 impl Hostile {
     async fn start() -> Hostile {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with `extra` flags after the corpus's own.
+    async fn start_with(extra: &[&str]) -> Hostile {
         std::fs::create_dir_all("/var/lib/kiln").unwrap();
         let sandbox_root = tempfile::tempdir_in("/var/lib/kiln").unwrap();
-        let kiln = Kiln::start_with(vec![
+        let mut args: Vec<String> = vec![
             "--workers".into(),
             "1".into(),
             "--build-timeout".into(),
@@ -40,7 +45,9 @@ impl Hostile {
             "1024".into(),
             "--sandbox-root".into(),
             sandbox_root.path().display().to_string(),
-        ]);
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let kiln = Kiln::start_with(args);
         let app = kiln.create_app("hostile").await["id"]
             .as_str()
             .unwrap()
@@ -390,6 +397,19 @@ async fn time_is_capped() {
     assert_eq!(out.build["state"], "failed", "{}", out.build);
     assert!(
         out.build["error"].as_str().unwrap().contains("time limit"),
+        "{}",
+        out.build
+    );
+    h.assert_contained().await;
+}
+
+#[tokio::test]
+async fn silence_is_capped() {
+    let h = Hostile::start_with(&["--build-idle-timeout", "10"]).await;
+    let out = h.build("sleep-forever", &[]).await;
+    assert_eq!(out.build["state"], "failed", "{}", out.build);
+    assert_eq!(
+        out.build["error"], "the build printed nothing for 10 s and was stopped",
         "{}",
         out.build
     );

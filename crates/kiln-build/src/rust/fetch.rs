@@ -74,12 +74,10 @@ async fn cargo(config: &RustConfig, args: &[&str], log: &mut String) -> Result<(
             ))
         })?
         .map_err(|e| ToolchainError::io("running cargo to fetch dependencies", e))?;
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    text.truncate(MAX_FETCH_LOG.min(text.len()));
-    while !text.is_char_boundary(text.len()) {
-        text.pop();
-    }
-    log.push_str(&text);
+    let text = String::from_utf8_lossy(&output.stderr);
+    // cargo repeats the customer's manifest: cut on a character boundary.
+    let text = kiln_domain::text::cap(&text, MAX_FETCH_LOG);
+    log.push_str(text);
     if !output.status.success() {
         if let Some(line) = text
             .lines()
@@ -200,4 +198,54 @@ pub(super) fn write_build_home(scratch: &Path) -> Result<(), ToolchainError> {
     let config = "[net]\noffline = true\n";
     std::fs::write(scratch.join("cargo-home/config.toml"), config)
         .map_err(|e| ToolchainError::io("writing the cargo configuration", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for cargo that prints `stderr` and exits with `status`.
+    fn fake_cargo(dir: &Path, stderr: &str, status: i32) -> RustConfig {
+        let bin = dir.join("toolchain/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(dir.join("stderr.txt"), stderr).unwrap();
+        let script = format!(
+            "#!/bin/sh\ncat '{}' >&2\nexit {status}\n",
+            dir.join("stderr.txt").display()
+        );
+        std::fs::write(bin.join("cargo"), script).unwrap();
+        std::fs::set_permissions(bin.join("cargo"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        let cache = dir.join("cache");
+        create_cache(&cache).unwrap();
+        RustConfig {
+            toolchain_dir: dir.join("toolchain"),
+            cache_dir: cache,
+            ..RustConfig::default()
+        }
+    }
+
+    /// cargo's output repeats the customer's Cargo.toml: multibyte text
+    /// past the cap, cut at every alignment, is kept whole up to a
+    /// character boundary.
+    #[tokio::test]
+    async fn multibyte_output_past_the_cap_is_cut_on_a_character_boundary() {
+        for shift in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let stderr = format!(
+                "{}{}\nerror: no matching package named `日本`\n",
+                "x".repeat(shift),
+                "🦀é日".repeat(MAX_FETCH_LOG / 4)
+            );
+            let config = fake_cargo(dir.path(), &stderr, 101);
+            let mut log = String::new();
+            let result = cargo(&config, &["vendor"], &mut log).await;
+            assert!(
+                matches!(result, Err(ToolchainError::Fetch(_))),
+                "{result:?}"
+            );
+            assert!(log.len() <= MAX_FETCH_LOG && log.len() > MAX_FETCH_LOG - 4);
+            assert!(stderr.starts_with(&log));
+        }
+    }
 }

@@ -16,7 +16,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, fields};
+use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, fields};
 use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
@@ -36,7 +36,7 @@ fn lease_from(headers: &HeaderMap, form: Option<&Form>) -> ApiResult<Uuid> {
             )
         })?;
     Uuid::parse_str(raw.trim())
-        .map_err(|_| ApiError::conflict("lease_lost", "the lease id is not valid"))
+        .map_err(|_| ApiError::conflict(LEASE_LOST_CODE, "the lease id is not valid"))
 }
 
 fn lease_error(e: StoreError, id: BuildId) -> ApiError {
@@ -174,10 +174,19 @@ fn profile_field(form: &Form) -> ApiResult<Option<serde_json::Value>> {
         .transpose()
 }
 
+/// Most bytes of a reported error kept on the build record.
+const MAX_ERROR_BYTES: usize = 2000;
+
 fn error_field(form: &Form, default: &str) -> String {
-    let text = form.text(fields::ERROR).unwrap_or(default).trim();
+    error_text(form.text(fields::ERROR), default)
+}
+
+/// The reported error, trimmed, at most [`MAX_ERROR_BYTES`] (it quotes the
+/// customer's code and output, so it is cut on a character boundary).
+fn error_text(reported: Option<&str>, default: &str) -> String {
+    let text = reported.unwrap_or(default).trim();
     let text = if text.is_empty() { default } else { text };
-    text.chars().take(2000).collect()
+    kiln_domain::text::cap(text, MAX_ERROR_BYTES).to_owned()
 }
 
 /// What a report carrying native code is told.
@@ -387,5 +396,30 @@ pub async fn reap_forever(state: AppState) {
             Ok(_) => state.queue_signal.notify_waiters(),
             Err(e) => tracing::error!(%e, "reaping expired leases failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multibyte_error_past_the_cap_is_cut_on_a_character_boundary() {
+        for shift in 0..4 {
+            let reported = format!("{}{}", "x".repeat(shift), "🦀é日".repeat(MAX_ERROR_BYTES));
+            let kept = error_text(Some(&reported), "default");
+            assert!(kept.len() <= MAX_ERROR_BYTES && kept.len() > MAX_ERROR_BYTES - 4);
+            assert!(reported.starts_with(&kept));
+        }
+    }
+
+    #[test]
+    fn a_missing_or_blank_error_is_the_default() {
+        assert_eq!(error_text(None, "the worker crashed"), "the worker crashed");
+        assert_eq!(
+            error_text(Some("  \n"), "the worker crashed"),
+            "the worker crashed"
+        );
+        assert_eq!(error_text(Some(" 日本 "), "x"), "日本");
     }
 }

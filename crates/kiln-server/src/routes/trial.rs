@@ -56,7 +56,7 @@ fn answer(outcome: Result<Outcome<TrialResult>, TrialError>) -> ApiResult<Json<T
         )),
         Ok(Outcome::HostFailed(message)) => Err(ApiError::internal(
             "running a trial failed",
-            capped(&message),
+            kiln_domain::text::cap(&message, MAX_LOGGED_BYTES),
         )),
         Err(e @ TrialError::Unavailable(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -67,14 +67,9 @@ fn answer(outcome: Result<Outcome<TrialResult>, TrialError>) -> ApiResult<Json<T
     }
 }
 
-/// What of a child's own words is logged: it is untrusted.
-fn capped(text: &str) -> &str {
-    let mut end = text.len().min(4 << 10);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+/// What of a child's own words goes into the server's log: they are
+/// untrusted.
+const MAX_LOGGED_BYTES: usize = 4 << 10;
 
 #[utoipa::path(post, path = "/version/{id}/try", tag = "versions",
     description = "Runs the version on one request in kiln's proxy-wasm host, in the build sandbox, with fuel, time and memory limits. Answers the request as forwarded (or the local response the plugin sent), the response after the filter, and the plugin's logs.",

@@ -886,10 +886,12 @@ impl MetaStore {
         error: &str,
         max_attempts: i32,
     ) -> Result<VersionBuild> {
-        let row = self
-            .build_row(None, id)
-            .await
-            .map_err(|_| StoreError::LeaseLost(id))?;
+        let row = self.build_row(None, id).await.map_err(|e| match e {
+            StoreError::NotFound => StoreError::LeaseLost(id),
+            // A database that cannot answer is not a lost lease: the
+            // worker must not take it for one and drop the build.
+            e => e,
+        })?;
         if row.attempt < max_attempts {
             let changed = with_pool!(self, pool => {
                 sqlx::query(
