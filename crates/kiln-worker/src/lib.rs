@@ -78,7 +78,8 @@ async fn run_claimed(
 }
 
 /// Extends the lease until aborted; cancels `lost` when the server says the
-/// build is no longer ours (cancelled or re-queued), which stops the build.
+/// build is no longer ours (cancelled or re-queued) or refuses the token
+/// (revoked), which stops the build.
 async fn heartbeat(client: Client, claim: Claim, every: Duration, lost: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
@@ -88,6 +89,12 @@ async fn heartbeat(client: Client, claim: Claim, every: Duration, lost: Cancella
             Ok(_) => {}
             Err(client::ClientError::LeaseLost(build)) => {
                 tracing::warn!(%build, "lease lost (cancelled or re-queued); stopping the build");
+                lost.cancel();
+                return;
+            }
+            // A revoked token: the server has queued the build again.
+            Err(client::ClientError::Unauthorized) => {
+                tracing::error!(build = %claim.build.id, "the server refused this worker's token (revoked?); stopping the build");
                 lost.cancel();
                 return;
             }
