@@ -1511,6 +1511,83 @@ on_both_databases!(
     revoked_tokens_are_refused_at_once,
 );
 
+/// An archive as large as the default limits take: 180 MiB unpacked in
+/// four files of 45 MiB (the per-file limit is 50), sparse enough to
+/// compress under the 20 MiB upload limit and the ratio limit of 200.
+fn largest_archive() -> Vec<u8> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut content = vec![0u8; 45 << 20];
+    for byte in content.iter_mut().step_by(64) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for i in 0..4 {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("data/{i}.bin"), &content[..])
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Inspecting an upload decompresses the whole archive; the API goes on
+/// answering while the largest are inspected, even when it has a single
+/// thread to answer on.
+#[tokio::test]
+async fn the_api_answers_while_the_largest_archives_are_inspected() {
+    let one_thread = vec![("TOKIO_WORKER_THREADS".to_owned(), "1".to_owned())];
+    let kiln = Kiln::start_with_env(vec!["--workers".into(), "0".into()], one_thread);
+    let app = id(&kiln.create_app("big").await);
+    let archive = largest_archive();
+    assert!(archive.len() < 20 << 20, "{} bytes", archive.len());
+    let uploads: Vec<_> = (0..3)
+        .map(|i| {
+            let fields = [
+                ("plugin_id", app.clone()),
+                ("version", format!("1.0.{i}")),
+                ("plugin_language", "rust".into()),
+                ("phases", PHASES.into()),
+            ];
+            let form = fields
+                .into_iter()
+                .fold(reqwest::multipart::Form::new(), |f, (k, v)| f.text(k, v))
+                .part(
+                    "source_code",
+                    reqwest::multipart::Part::bytes(archive.clone()).file_name("big.tar.gz"),
+                );
+            tokio::spawn(kiln.post("/version").multipart(form).send())
+        })
+        .collect();
+    let mut probes = Vec::new();
+    while uploads.iter().any(|u| !u.is_finished()) {
+        let started = std::time::Instant::now();
+        let r = kiln.http.get(kiln.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        probes.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for upload in uploads {
+        let r = upload.await.unwrap().unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "the archive is within the limits"
+        );
+    }
+    // Inspecting one of these archives takes tens of milliseconds: on the
+    // request thread, about half the probes would wait for one.
+    probes.sort();
+    let (median, slowest) = (probes[probes.len() / 2], probes[probes.len() - 1]);
+    assert!(median < Duration::from_millis(20), "{probes:?}");
+    assert!(slowest < Duration::from_millis(100), "{probes:?}");
+}
+
 /// The blob store on a real S3-compatible server.
 #[tokio::test]
 async fn s3_blob_store_end_to_end() {

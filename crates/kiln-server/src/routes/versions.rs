@@ -56,12 +56,18 @@ fn unsupported_archive(message: String) -> ApiError {
 }
 
 /// Refuses an archive that is not a `.tar.gz` or `.zip`, or that breaks the
-/// archive limits, before anything is stored.
-fn check_archive(state: &AppState, bytes: &[u8]) -> ApiResult<ArchiveKind> {
+/// archive limits, before anything is stored. Inspecting decompresses up
+/// to the unpacked limit (200 MiB by default): it runs off the async
+/// threads, so the API keeps answering meanwhile.
+async fn check_archive(state: &AppState, bytes: &Bytes) -> ApiResult<ArchiveKind> {
     let kind = archive::detect(bytes).ok_or_else(|| {
         unsupported_archive("source_code must be a .tar.gz or .zip archive".into())
     })?;
-    archive::inspect(bytes, &state.config.archive_limits).map_err(|e| match e {
+    let (bytes, limits) = (bytes.clone(), state.config.archive_limits.clone());
+    let inspected = tokio::task::spawn_blocking(move || archive::inspect(&bytes, &limits))
+        .await
+        .map_err(|e| ApiError::internal("inspecting an archive failed", e))?;
+    inspected.map_err(|e| match e {
         archive::ArchiveError::NotAnArchive | archive::ArchiveError::Corrupt(_) => {
             unsupported_archive(format!(
                 "source_code is not a readable .tar.gz or .zip archive: {e}"
@@ -144,7 +150,7 @@ pub async fn upload(
         .await
         .map_err(|e| ApiError::from_store(e, "application", &plugin_id))?;
     check_unfinished_builds(&state, owner).await?;
-    let kind = check_archive(&state, &source)?;
+    let kind = check_archive(&state, &source).await?;
 
     let id = BuildId::new();
     let source_location = keys::source(app_id, id, extension(kind));

@@ -25,6 +25,8 @@ pub struct Kiln {
     pub worker_token: String,
     pub http: reqwest::Client,
     args: Vec<String>,
+    /// Environment variables of the server process besides kiln's log level.
+    env: Vec<(String, String)>,
 }
 
 /// Whether services started by `scripts/test` are required.
@@ -63,6 +65,11 @@ impl Kiln {
     }
 
     pub fn start_with(args: Vec<String>) -> Kiln {
+        Self::start_with_env(args, Vec::new())
+    }
+
+    /// As [`Kiln::start_with`], with these environment variables.
+    pub fn start_with_env(args: Vec<String>, env: Vec<(String, String)>) -> Kiln {
         let dir = tempfile::tempdir().unwrap();
         let mut kiln = Kiln {
             child: None,
@@ -75,6 +82,7 @@ impl Kiln {
                 .build()
                 .unwrap(),
             args,
+            env,
         };
         kiln.spawn();
         kiln.admin_token = read_token(&kiln.dir.path().join("admin.token"));
@@ -99,6 +107,7 @@ impl Kiln {
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(&self.args)
+            .envs(self.env.iter().cloned())
             .env(
                 "KILN_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
