@@ -23,6 +23,10 @@ pub struct Claim {
     pub lease_id: Uuid,
     /// The lease ends then unless a heartbeat extends it.
     pub lease_expires: DateTime<Utc>,
+    /// How long each heartbeat extends the lease, in seconds: a worker
+    /// beats every third of it, whatever its own clock says.
+    #[serde(default)]
+    pub lease_seconds: u64,
     /// Where to download the source archive (a path on the server).
     pub source_path: String,
     /// `tar.gz` or `zip`.

@@ -68,13 +68,39 @@ async fn run_claimed(
     let lost = CancellationToken::new();
     // Bound to this build: however `run` ends (even by a panic), the
     // heartbeat ends with it and the lease can expire.
+    let every = heartbeat_period(pipeline.config.heartbeat, claim.lease_seconds);
     let _heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         client.clone(),
         claim.clone(),
-        pipeline.config.heartbeat,
+        every,
         lost.clone(),
     )));
     pipeline.run(client, &claim, &lost, abort).await;
+}
+
+/// How often to extend the lease: every third of what the server grants
+/// (so two beats may be lost before it expires), at most `longest`.
+fn heartbeat_period(longest: Duration, granted_seconds: u64) -> Duration {
+    match granted_seconds {
+        // A server that does not say: the configured period.
+        0 => longest,
+        granted => longest.min(Duration::from_secs(granted) / 3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heartbeat_period;
+    use std::time::Duration;
+
+    #[test]
+    fn a_worker_beats_three_times_per_lease_at_most_as_configured() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(heartbeat_period(ten, 60), ten);
+        assert_eq!(heartbeat_period(ten, 9), Duration::from_secs(3));
+        assert_eq!(heartbeat_period(ten, 3), Duration::from_secs(1));
+        assert_eq!(heartbeat_period(ten, 0), ten, "a server that does not say");
+    }
 }
 
 /// Extends the lease until aborted; cancels `lost` when the server says the

@@ -1,7 +1,7 @@
 //! A builder against a real server (kiln-server's router on a free port,
 //! SQLite and a blob directory in a temp dir), with a toolchain scripted
 //! for the test and no sandbox: what a builder does when kiln's own code
-//! panics inside a build.
+//! panics inside a build, and how it keeps a short lease.
 
 use kiln_build::{Prepared, Toolchain, ToolchainError};
 use kiln_domain::{BuildId, BuildState, Language, OwnerId, Phases};
@@ -23,6 +23,8 @@ const WORKER_TOKEN: &str = "worker-token-for-tests";
 #[derive(Debug, Default)]
 struct PanicsOnce {
     prepared: AtomicUsize,
+    /// Prepares without panicking, taking this long, when set.
+    slow: Option<Duration>,
 }
 
 #[async_trait::async_trait]
@@ -32,8 +34,11 @@ impl Toolchain for PanicsOnce {
     }
 
     async fn prepare(&self, _scratch: &Path, _src: &Path) -> Result<Prepared, ToolchainError> {
-        if self.prepared.fetch_add(1, Ordering::SeqCst) == 0 {
-            panic!("a bug in kiln's own code");
+        let first = self.prepared.fetch_add(1, Ordering::SeqCst) == 0;
+        match self.slow {
+            Some(takes) => tokio::time::sleep(takes).await,
+            None if first => panic!("a bug in kiln's own code"),
+            None => {}
         }
         Ok(Prepared {
             project: "src".into(),
@@ -149,12 +154,19 @@ impl TestServer {
     /// A server on a free port that starts a build at most `max_attempts`
     /// times.
     async fn start(max_attempts: i32) -> Self {
+        Self::start_with(max_attempts, kiln_server::config::DEFAULT_LEASE).await
+    }
+
+    /// As [`TestServer::start`], granting leases of `lease`, reaped each second.
+    async fn start_with(max_attempts: i32, lease: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
         let meta = MetaStore::connect(&url).await.unwrap();
         let blobs = BlobStore::local(&dir.path().join("blobs")).unwrap();
         let mut config = ServerConfig::new(kiln_server::auth::hash_token(WORKER_TOKEN));
         config.max_attempts = max_attempts;
+        config.lease = lease;
+        config.reap_interval = Duration::from_secs(1);
         let key = kiln_wasm::signing::new_signing_key().unwrap();
         let artifacts = kiln_server::artifacts::Precompiler::new(&[], key).unwrap();
         let state = AppState::new(meta.clone(), blobs.clone(), config, artifacts);
@@ -235,8 +247,12 @@ struct Builder {
 
 impl Builder {
     fn start(server: &TestServer) -> Self {
+        Self::start_with(server, PanicsOnce::default())
+    }
+
+    fn start_with(server: &TestServer, toolchain: PanicsOnce) -> Self {
         let scratch = tempfile::tempdir().unwrap();
-        let toolchain = Arc::new(PanicsOnce::default());
+        let toolchain = Arc::new(toolchain);
         // No kiln binary for the module's runs here: the startup profile is
         // left out (the log says why) and the build still succeeds.
         let pipeline = Pipeline::new(
@@ -319,5 +335,24 @@ async fn a_build_that_panics_is_retried() {
         .await;
     assert_eq!(built.state, BuildState::Succeeded, "{:?}", built.error);
     assert_eq!(built.attempt, 2, "the crashed attempt released its lease");
+    builder.stop().await;
+}
+
+/// A lease shorter than the builder's own heartbeat period (10 s) holds:
+/// the builder beats every third of the lease the server granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_is_kept_by_beating_faster() {
+    let server = TestServer::start_with(1, Duration::from_secs(3)).await;
+    let build = server.queue("1.0.0", archive(&plugin())).await;
+    let slow = PanicsOnce {
+        slow: Some(Duration::from_secs(7)),
+        ..PanicsOnce::default()
+    };
+    let builder = Builder::start_with(&server, slow);
+    let built = server
+        .wait_until_finished(build, Duration::from_secs(60))
+        .await;
+    assert_eq!(built.state, BuildState::Succeeded, "{:?}", built.error);
+    assert_eq!(built.attempt, 1, "the lease never expired");
     builder.stop().await;
 }

@@ -42,7 +42,8 @@ pub struct BuildArgs {
     #[arg(long, env = "KILN_REGISTRY_PROXY")]
     pub registry_proxy: Option<String>,
     /// Wall-clock limit of one build, in seconds.
-    #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value_t = 300)]
+    #[arg(long, env = "KILN_BUILD_TIMEOUT", default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub build_timeout: u64,
     /// Seconds one build may print nothing before it is stopped (at least 1; at or above --build-timeout only the time limit applies).
     #[arg(

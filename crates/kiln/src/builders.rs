@@ -36,7 +36,7 @@ fn limits(args: &BuildArgs) -> Limits {
         memory_bytes: args.build_memory_mib * MIB,
         max_processes: args.build_processes,
         cpu_cores: args.build_cpus,
-        wall_time: Duration::from_secs(args.build_timeout.max(1)),
+        wall_time: Duration::from_secs(args.build_timeout),
         no_output: Some(Duration::from_secs(args.build_idle_timeout)),
         disk_bytes: args.build_disk_mib * MIB,
         max_log_bytes: (args.build_log_kib * 1024) as usize,

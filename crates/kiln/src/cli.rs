@@ -129,17 +129,21 @@ pub struct ServeArgs {
     /// with `kiln token create --worker NAME`.
     #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: Option<String>,
-    /// Seconds a claimed build stays leased without a heartbeat.
-    #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60)]
+    /// Seconds a claimed build stays leased without a heartbeat (at least 3: workers beat every third of it).
+    #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(3..))]
     pub lease_seconds: u64,
     /// Times a build is started before a crash is final.
-    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3,
+        value_parser = clap::value_parser!(i32).range(1..))]
     pub max_attempts: i32,
     /// Builds one owner may have queued or running; more uploads get 429.
-    #[arg(long, env = "KILN_MAX_UNFINISHED_BUILDS", default_value_t = 20)]
+    #[arg(long, env = "KILN_MAX_UNFINISHED_BUILDS", default_value_t = 20,
+        value_parser = clap::value_parser!(i64).range(1..))]
     pub max_unfinished_builds: i64,
     /// Seconds between looks for builds whose lease expired.
-    #[arg(long, env = "KILN_REAP_INTERVAL_SECONDS", default_value_t = 5)]
+    #[arg(long, env = "KILN_REAP_INTERVAL_SECONDS", default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..))]
     pub reap_interval_seconds: u64,
     /// Builders run in this process; 0 makes an API-only node. Default: one per two cores.
     #[arg(long, env = "KILN_WORKERS")]

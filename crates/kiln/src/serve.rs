@@ -145,10 +145,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut config = ServerConfig::new(hash_token(&worker_token));
     config.archive_limits = builders::archive_limits(&args.build, args.max_upload_mib);
-    config.lease = Duration::from_secs(args.lease_seconds.max(1));
-    config.max_attempts = args.max_attempts.max(1);
-    config.max_unfinished_builds = args.max_unfinished_builds.max(1);
-    config.reap_interval = Duration::from_secs(args.reap_interval_seconds.max(1));
+    config.lease = Duration::from_secs(args.lease_seconds);
+    config.max_attempts = args.max_attempts;
+    config.max_unfinished_builds = args.max_unfinished_builds;
+    config.reap_interval = Duration::from_secs(args.reap_interval_seconds);
     let artifacts = precompiler(&args)?;
     let mut state = AppState::new(meta.clone(), blobs.clone(), config, artifacts);
     state.trials = std::sync::Arc::new(builders::trial_host(&args.build));

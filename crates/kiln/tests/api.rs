@@ -883,7 +883,7 @@ async fn crashes_are_retried_then_final(db: Db) {
 async fn an_expired_lease_is_requeued(db: Db) {
     let Some(kiln) = Kiln::start(
         db,
-        &["--lease-seconds", "1", "--reap-interval-seconds", "1"],
+        &["--lease-seconds", "3", "--reap-interval-seconds", "1"],
     )
     .await
     else {
@@ -1669,17 +1669,28 @@ async fn without_a_sandbox_trials_are_refused() {
 }
 
 /// A nonsense limit is refused at start, with the flag named.
+/// A setting that cannot work stops `kiln serve` at start, with a sentence
+/// that names its flag.
 #[test]
-fn a_zero_idle_timeout_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--build-idle-timeout", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--build-idle-timeout"), "{stderr}");
+fn settings_that_cannot_work_are_refused_at_start() {
+    for (flag, value) in [
+        ("--build-idle-timeout", "0"),
+        ("--lease-seconds", "2"),
+        ("--max-attempts", "0"),
+        ("--max-unfinished-builds", "0"),
+        ("--reap-interval-seconds", "0"),
+        ("--build-timeout", "0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} was taken");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{stderr}");
+    }
 }

@@ -43,7 +43,7 @@ fn lease_error(e: StoreError, id: BuildId) -> ApiError {
     ApiError::from_store(e, "build", id)
 }
 
-fn claim_answer(claimed: ClaimedBuild) -> Claim {
+fn claim_answer(claimed: ClaimedBuild, lease: Duration) -> Claim {
     let id = claimed.build.id;
     let kind = if claimed.source_location.ends_with(".zip") {
         "zip"
@@ -54,6 +54,7 @@ fn claim_answer(claimed: ClaimedBuild) -> Claim {
         build: claimed.build,
         lease_id: claimed.lease_id,
         lease_expires: claimed.lease_expires,
+        lease_seconds: lease.as_secs(),
         source_path: format!("/internal/builds/{id}/source"),
         source_kind: kind.into(),
     }
@@ -90,7 +91,7 @@ pub async fn claim(
             .map_err(|e| ApiError::internal("claiming a build failed", e))?;
         if let Some(claimed) = claimed {
             tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, worker = %worker.0, "build claimed");
-            return Ok(Json(claim_answer(claimed)).into_response());
+            return Ok(Json(claim_answer(claimed, state.config.lease)).into_response());
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
