@@ -88,21 +88,6 @@ fn heartbeat_period(longest: Duration, granted_seconds: u64) -> Duration {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::heartbeat_period;
-    use std::time::Duration;
-
-    #[test]
-    fn a_worker_beats_three_times_per_lease_at_most_as_configured() {
-        let ten = Duration::from_secs(10);
-        assert_eq!(heartbeat_period(ten, 60), ten);
-        assert_eq!(heartbeat_period(ten, 9), Duration::from_secs(3));
-        assert_eq!(heartbeat_period(ten, 3), Duration::from_secs(1));
-        assert_eq!(heartbeat_period(ten, 0), ten, "a server that does not say");
-    }
-}
-
 /// Extends the lease until aborted; cancels `lost` when the server says the
 /// build is no longer ours (cancelled or re-queued) or refuses the token
 /// (revoked), which stops the build.
@@ -197,4 +182,19 @@ async fn builder_loop(
         }
     }
     tracing::debug!(index, "builder stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heartbeat_period;
+    use std::time::Duration;
+
+    #[test]
+    fn a_worker_beats_three_times_per_lease_at_most_as_configured() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(heartbeat_period(ten, 60), ten);
+        assert_eq!(heartbeat_period(ten, 9), Duration::from_secs(3));
+        assert_eq!(heartbeat_period(ten, 3), Duration::from_secs(1));
+        assert_eq!(heartbeat_period(ten, 0), ten, "a server that does not say");
+    }
 }
