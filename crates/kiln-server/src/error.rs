@@ -13,7 +13,12 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds after which to try again (`Retry-After`), for a 503.
+    pub retry_after: Option<u64>,
 }
+
+/// What a client waits before trying again while a store is down.
+const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -31,6 +36,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A dependency is down: 503 with `Retry-After`.
+    pub fn unavailable(what: &str) -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECONDS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{what} is unavailable; try again shortly"),
+            )
         }
     }
 
@@ -63,8 +81,17 @@ impl ApiError {
     }
 
     /// An internal failure: logged in full, shown to the client as a
-    /// sentence without details.
-    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+    /// sentence without details. A store that cannot be reached is an
+    /// outage, not a bug: that answers 503 with `Retry-After`.
+    pub fn internal<E: std::fmt::Display + 'static>(context: &str, error: E) -> Self {
+        let store = (&error as &dyn std::any::Any).downcast_ref::<StoreError>();
+        if let Some(store) = store.filter(|e| e.is_unavailable()) {
+            tracing::warn!(error = %store, "{context}: a store is unavailable");
+            return Self::unavailable(match store {
+                StoreError::Blob(_) => "the blob store",
+                _ => "the database",
+            });
+        }
         tracing::error!(%error, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,7 +126,13 @@ impl IntoResponse for ApiError {
             error: self.code.to_owned(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
         builds::list, builds::get, builds::logs, builds::cancel,
         internal::claim, internal::heartbeat, internal::source,
         internal::build_success, internal::build_fail, internal::build_crash,
-        ops::signing_key, ops::healthz, ops::metrics, ops::openapi_json,
+        ops::signing_key, ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
     ),
     components(schemas(ErrorBody, kiln_domain::BuildState, kiln_domain::Phase, kiln_domain::Language)),
     modifiers(&Security),

@@ -35,6 +35,30 @@ pub enum ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// The first pause before a report is sent again; it doubles each time.
+const FIRST_REPORT_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of a report.
+const MAX_REPORT_PAUSE: Duration = Duration::from_secs(30);
+/// How long a report is retried while the server is unavailable.
+pub const DEFAULT_REPORT_PATIENCE: Duration = Duration::from_secs(300);
+
+impl ClientError {
+    /// Whether trying again later may succeed: the server could not be
+    /// reached, or said it is unavailable for now.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { .. } => true,
+            ClientError::Status { status, .. } => matches!(
+                *status,
+                StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Most bytes of a refusal's message kept in a [`ClientError::Status`].
 const MAX_MESSAGE_BYTES: usize = 500;
 
@@ -87,6 +111,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// How long reports are retried while the server is unavailable.
+    report_patience: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -107,6 +133,7 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            report_patience: DEFAULT_REPORT_PATIENCE,
         })
     }
 
@@ -196,13 +223,18 @@ impl Client {
     pub async fn success(&self, claim: &Claim, report: SuccessReport) -> Result<()> {
         // Only the `.wasm`: native code comes from the server's own
         // precompilation, never from a worker.
-        let form = Form::new()
-            .part(
-                fields::BINARY,
-                Part::bytes(report.binary.to_vec()).file_name("plugin.wasm"),
-            )
-            .part(fields::LOGS, Part::text(report.logs).file_name("build.log"))
-            .text(fields::PROFILE, report.profile.to_string());
+        let form = || {
+            Form::new()
+                .part(
+                    fields::BINARY,
+                    Part::bytes(report.binary.to_vec()).file_name("plugin.wasm"),
+                )
+                .part(
+                    fields::LOGS,
+                    Part::text(report.logs.clone()).file_name("build.log"),
+                )
+                .text(fields::PROFILE, report.profile.to_string())
+        };
         self.report(claim, "build_success", form).await
     }
 
@@ -213,30 +245,60 @@ impl Client {
         error: &str,
         profile: serde_json::Value,
     ) -> Result<()> {
-        let form = Form::new()
-            .part(fields::LOGS, Part::text(logs).file_name("build.log"))
-            .text(fields::ERROR, error.to_owned())
-            .text(fields::PROFILE, profile.to_string());
+        let form = || {
+            Form::new()
+                .part(
+                    fields::LOGS,
+                    Part::text(logs.clone()).file_name("build.log"),
+                )
+                .text(fields::ERROR, error.to_owned())
+                .text(fields::PROFILE, profile.to_string())
+        };
         self.report(claim, "build_fail", form).await
     }
 
     pub async fn crash(&self, claim: &Claim, logs: String, error: &str) -> Result<()> {
-        let form = Form::new()
-            .part(fields::LOGS, Part::text(logs).file_name("build.log"))
-            .text(fields::ERROR, error.to_owned());
+        let form = || {
+            Form::new()
+                .part(
+                    fields::LOGS,
+                    Part::text(logs.clone()).file_name("build.log"),
+                )
+                .text(fields::ERROR, error.to_owned())
+        };
         self.report(claim, "build_crash", form).await
     }
 
-    async fn report(&self, claim: &Claim, endpoint: &str, form: Form) -> Result<()> {
+    /// Sends a report, again and again while the server cannot be reached
+    /// or answers that it is unavailable (backing off up to
+    /// [`MAX_REPORT_PAUSE`], for at most the report patience): a finished
+    /// build is reported, not built again. The server refuses it once its
+    /// lease has gone to another worker.
+    async fn report(&self, claim: &Claim, endpoint: &str, form: impl Fn() -> Form) -> Result<()> {
         let build = claim.build.id;
-        let request = self
-            .http
-            .post(self.url(&format!("/{endpoint}/{build}")))
-            .header(LEASE_HEADER, claim.lease_id.to_string())
-            .multipart(form);
-        self.send(request, "reporting a result", Some(build))
-            .await?;
-        Ok(())
+        let give_up = tokio::time::Instant::now() + self.report_patience;
+        let mut pause = FIRST_REPORT_PAUSE;
+        loop {
+            let request = self
+                .http
+                .post(self.url(&format!("/{endpoint}/{build}")))
+                .header(LEASE_HEADER, claim.lease_id.to_string())
+                .multipart(form());
+            match self.send(request, "reporting a result", Some(build)).await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(%build, error = %e, ?pause, "the report did not get through; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_REPORT_PAUSE);
+                }
+                result => return result.map(drop),
+            }
+        }
+    }
+
+    /// How long reports are retried while the server is unavailable.
+    pub fn with_report_patience(mut self, patience: Duration) -> Self {
+        self.report_patience = patience;
+        self
     }
 }
 
@@ -267,6 +329,35 @@ mod tests {
                     );
                     let _ = socket.write_all(answer.as_bytes()).await;
                 });
+            }
+        });
+        Client::new(&format!("http://{addr}"), "token").unwrap()
+    }
+
+    /// A server that answers `unavailable` times 503, then 200 with `{}`.
+    async fn unavailable_then_ok(unavailable: usize) -> Client {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut answered = 0;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let status = if answered < unavailable { 503 } else { 200 };
+                answered += 1;
+                let mut request = Vec::new();
+                let mut buf = [0u8; 65536];
+                // The whole multipart body: its end is the closing boundary.
+                while !request.ends_with(b"--\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = json("unavailable", "the database is unavailable");
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
             }
         });
         Client::new(&format!("http://{addr}"), "token").unwrap()
@@ -333,5 +424,39 @@ mod tests {
             };
             assert!(kept.len() <= MAX_MESSAGE_BYTES && message.starts_with(&kept));
         }
+    }
+
+    fn claim() -> Claim {
+        serde_json::from_value(serde_json::json!({
+            "build": {
+                "id": BuildId::new(), "application_id": uuid::Uuid::new_v4(), "owner_id": 1,
+                "version": "1.0.0", "language": "rust", "phases": ["request_headers"],
+                "conf": "", "notes": "", "options": {}, "state": "running", "attempt": 1,
+                "created": "2026-01-01T00:00:00Z", "worker": null, "started": null,
+                "finished": null, "error": null, "logs_location": null, "profile": null
+            },
+            "lease_id": Uuid::new_v4(),
+            "lease_expires": "2026-01-01T00:01:00Z",
+            "source_path": "/internal/builds/x/source",
+            "source_kind": "tar.gz"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_report_is_sent_again_while_the_server_is_unavailable() {
+        let client = unavailable_then_ok(2).await;
+        let started = std::time::Instant::now();
+        client.crash(&claim(), "log".into(), "why").await.unwrap();
+        assert!(started.elapsed() >= FIRST_REPORT_PAUSE * 3, "it backed off");
+        let impatient = unavailable_then_ok(5)
+            .await
+            .with_report_patience(Duration::from_secs(2));
+        let e = client_error(impatient.crash(&claim(), "log".into(), "why").await);
+        assert!(e.is_transient(), "{e}");
+    }
+
+    fn client_error(result: Result<()>) -> ClientError {
+        result.expect_err("refused")
     }
 }

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/builds/{id}/source", get(internal::source))
         .route("/signing-key", get(ops::signing_key))
         .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi_json))
         .merge(upload)

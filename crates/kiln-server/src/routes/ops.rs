@@ -1,7 +1,7 @@
 //! Health, metrics and the API description.
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult};
 use crate::openapi::ApiDoc;
 use axum::Json;
 use axum::extract::State;
@@ -18,24 +18,67 @@ pub struct Health {
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "ops",
-    responses((status = 200, body = Health), (status = 500, body = ErrorBody)))]
-pub async fn healthz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    state
-        .meta
-        .ping()
-        .await
-        .map_err(|e| ApiError::internal("health check: database unreachable", e))?;
-    Ok(Json(Health {
+    description = "Liveness: the process answers. It does not look at the database or the blob store (see `/readyz`).",
+    responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
+    Json(Health {
         status: "ok",
         database: state.meta.backend_name(),
-        blobs: state
-            .blobs
-            .describe()
-            .split("://")
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-    }))
+        blobs: blob_scheme(&state),
+    })
+}
+
+fn blob_scheme(state: &AppState) -> String {
+    let described = state.blobs.describe();
+    described.split("://").next().unwrap_or_default().to_owned()
+}
+
+/// Whether each dependency answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ok` when every dependency answers, else `unavailable`.
+    pub status: &'static str,
+    /// `ok`, or why the database did not answer.
+    pub database: String,
+    /// `ok`, or why the blob store did not answer.
+    pub blobs: String,
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    description = "Readiness: whether the database and the blob store answer. 503 with `Retry-After` names the one that is down.",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    let timeout = std::time::Duration::from_secs(3);
+    let said = |result: Result<Result<(), kiln_store::StoreError>, _>| match result {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: a dependency did not answer");
+            "unavailable".to_owned()
+        }
+        Err(_) => "unavailable: no answer within 3 s".to_owned(),
+    };
+    let database = tokio::time::timeout(timeout, state.meta.ping());
+    let blobs = tokio::time::timeout(timeout, async {
+        state.blobs.exists("readyz").await.map(drop)
+    });
+    let (database, blobs) = tokio::join!(database, blobs);
+    let (database, blobs) = (said(database), said(blobs));
+    let ready = database == "ok" && blobs == "ok";
+    let body = Json(Readiness {
+        status: if ready { "ok" } else { "unavailable" },
+        database,
+        blobs,
+    });
+    if ready {
+        body.into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            body,
+        )
+            .into_response()
+    }
 }
 
 /// The public half of the key every `.cwasm` this server serves is signed

@@ -56,7 +56,7 @@ fn answer(outcome: Result<Outcome<TrialResult>, TrialError>) -> ApiResult<Json<T
         )),
         Ok(Outcome::HostFailed(message)) => Err(ApiError::internal(
             "running a trial failed",
-            kiln_domain::text::cap(&message, MAX_LOGGED_BYTES),
+            kiln_domain::text::cap(&message, MAX_LOGGED_BYTES).to_owned(),
         )),
         Err(e @ TrialError::Unavailable(_)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

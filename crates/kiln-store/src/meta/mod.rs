@@ -48,6 +48,10 @@ pub struct MetaStore {
     backend: Backend,
 }
 
+/// The longest a request waits for a database connection: when the
+/// database is down, the API answers 503 well within its own timeout.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 const BUILD_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, state, attempt, started_us, finished_us, error, source_location, logs_location, \
      profile, lease_id, options, worker";
@@ -204,6 +208,7 @@ impl MetaStore {
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -238,7 +243,7 @@ impl MetaStore {
     async fn connect_postgres(options: PgConnectOptions) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
