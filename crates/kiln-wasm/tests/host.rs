@@ -110,7 +110,12 @@ fn deny_path_answers_locally() {
         header(&local.headers, "content-type"),
         Some("application/json")
     );
-    assert!(result.forwarded.is_none() && result.response.is_none());
+    assert!(result.forwarded.is_none());
+    // As in Envoy, the local reply goes through the response callbacks.
+    let response = result.response.expect("the client gets the local reply");
+    assert_eq!(response.status, 403);
+    assert_eq!(header(&response.headers, "x-deny-path"), Some("checked"));
+    assert_eq!(header(&response.headers, "content-length"), Some("21"));
     let passed = run_trial(
         &engine,
         &plugin,
