@@ -3,7 +3,7 @@
 //! every HTTP call out. The result says what the plugin did, with its logs.
 
 use crate::host::{HostEngine, HostError, KeptTooMuch, LocalResponse, LogLine, Plugin};
-use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, run_scenario};
+use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, ScenarioResult, run_scenario};
 pub use crate::scenario::{Message, Response};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -234,21 +234,28 @@ pub fn run_trial(
     limits: &TrialLimits,
 ) -> Result<TrialResult, HostError> {
     let (result, error) = run_scenario(engine, plugin, &request.scenario(), limits)?;
-    if let Some(error) = error {
-        return Err(error);
+    match error {
+        Some(error) => Err(error),
+        None => Ok(result.into()),
     }
-    let mut logs = result.logs;
-    let exchange = result.exchanges.into_iter().next().unwrap_or_default();
-    logs.extend(exchange.logs);
-    Ok(TrialResult {
-        forwarded: exchange.forwarded,
-        local_response: exchange.local_response,
-        response: exchange.response,
-        logs,
-        instantiate_us: result.instantiate_us,
-        exchange_us: result.exchange_us,
-        teardown_us: result.teardown_us,
-    })
+}
+
+impl From<ScenarioResult> for TrialResult {
+    /// The first request of a scenario, with every log line in order.
+    fn from(result: ScenarioResult) -> Self {
+        let mut logs = result.logs;
+        let exchange = result.exchanges.into_iter().next().unwrap_or_default();
+        logs.extend(exchange.logs);
+        Self {
+            forwarded: exchange.forwarded,
+            local_response: exchange.local_response,
+            response: exchange.response,
+            logs,
+            instantiate_us: result.instantiate_us,
+            exchange_us: result.exchange_us,
+            teardown_us: result.teardown_us,
+        }
+    }
 }
 
 /// Whether two builds of a plugin answer a fixed smoke request the same.
