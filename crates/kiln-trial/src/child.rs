@@ -9,8 +9,8 @@ use crate::job::{
 };
 use anyhow::Context;
 use kiln_wasm::{
-    EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest, TrialResult, run_trial,
-    smoke_equivalent, startup_profile,
+    EngineSettings, HostEngine, HostError, Scenario, ScenarioResult, TrialLimits, TrialRequest,
+    TrialResult, run_scenario, run_trial, smoke_equivalent, startup_profile,
 };
 use serde::Serialize;
 use std::path::Path;
@@ -22,6 +22,7 @@ pub fn run(dir: &Path) -> anyhow::Result<()> {
     let job: Job = serde_json::from_slice(&job).context("parsing the job")?;
     let outcome = match job {
         Job::Trial { request, limits } => json(trial(dir, &request, &limits)),
+        Job::Scenario { scenario, limits } => json(scenario_run(dir, &scenario, &limits)),
         Job::Smoke { conf } => json(smoke(dir, &conf)),
         Job::Preinit { conf, limits } => json(preinit(dir, &conf, &limits)),
         Job::Profile { conf, runs } => json(profile(dir, &conf, runs)),
@@ -56,6 +57,19 @@ fn trial(
     // process started; no code of the module has run in this sandbox yet.
     let plugin = unsafe { engine.load_trusted(&cwasm)? };
     run_trial(&engine, &plugin, request, limits)
+}
+
+fn scenario_run(
+    dir: &Path,
+    scenario: &Scenario,
+    limits: &TrialLimits,
+) -> Result<ScenarioResult, HostError> {
+    let engine = trial_engine()?;
+    let cwasm = read(dir, PLUGIN_CWASM)?;
+    // SAFETY: as in `trial`: the server compiled this `.cwasm` itself and
+    // wrote it here before this process started.
+    let plugin = unsafe { engine.load_trusted(&cwasm)? };
+    Ok(run_scenario(&engine, &plugin, scenario, limits)?.0)
 }
 
 fn smoke(dir: &Path, conf: &str) -> Result<bool, HostError> {

@@ -3,7 +3,7 @@
 //! child's [`Outcome`] in [`OUTCOME_FILE`]. Everything the child writes is
 //! untrusted: the module ran in that process.
 
-use kiln_wasm::{HostError, TrialLimits, TrialRequest};
+use kiln_wasm::{HostError, Scenario, TrialLimits, TrialRequest};
 use serde::{Deserialize, Serialize};
 
 /// The job, as JSON.
@@ -27,6 +27,14 @@ pub enum Job {
     /// [`kiln_wasm::TrialResult`].
     Trial {
         request: TrialRequest,
+        limits: TrialLimits,
+    },
+    /// A scenario's requests through one instance of [`PLUGIN_CWASM`],
+    /// within `limits` for the whole scenario; the outcome holds a
+    /// [`kiln_wasm::ScenarioResult`], whose `failure` says where the
+    /// plugin trapped or hit a limit.
+    Scenario {
+        scenario: Scenario,
         limits: TrialLimits,
     },
     /// Whether [`PLUGIN_WASM`] and [`CANDIDATE_WASM`] answer a smoke

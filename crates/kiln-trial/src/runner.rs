@@ -9,7 +9,7 @@ use kiln_sandbox::{
     GUEST_SCRATCH, Limits, Mount, MountKind, RunOutcome, Sandbox, SandboxCommand, SandboxError,
     Scratch, read_output_file,
 };
-use kiln_wasm::{StartupProfile, TrialLimits, TrialRequest, TrialResult};
+use kiln_wasm::{Scenario, ScenarioResult, StartupProfile, TrialLimits, TrialRequest, TrialResult};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +111,32 @@ impl Runner {
         };
         let inputs = [(PLUGIN_CWASM, cwasm)];
         let ran = self.run("the trial", &job, &inputs, &limits, max_outcome, None);
+        Ok(ran.await?.0)
+    }
+
+    /// A scenario through `cwasm` (compiled by the caller with the trial
+    /// engine's settings), within `trial` for the whole scenario.
+    pub async fn scenario(
+        &self,
+        cwasm: &[u8],
+        scenario: Scenario,
+        trial: TrialLimits,
+    ) -> Result<Outcome<ScenarioResult>, RunnerError> {
+        // Each exchange repeats what the plugin kept and what the scenario
+        // gave (origin responses, call-out answers), which the API bounds.
+        let given = serde_json::to_vec(&scenario).map_or(0, |j| j.len() as u64);
+        let max_outcome = 8 * trial.host_bytes as u64 + 4 * given + OUTCOME_BYTES;
+        let limits = limits(
+            trial.memory_bytes as u64 + HOST_MEMORY_BYTES,
+            trial.wall + START_TIME,
+            cwasm.len() as u64 + max_outcome,
+        );
+        let job = Job::Scenario {
+            scenario,
+            limits: trial,
+        };
+        let inputs = [(PLUGIN_CWASM, cwasm)];
+        let ran = self.run("the scenario", &job, &inputs, &limits, max_outcome, None);
         Ok(ran.await?.0)
     }
 

@@ -5,7 +5,10 @@
 use crate::job::Outcome;
 use crate::runner::{Runner, RunnerError};
 use bytes::Bytes;
-use kiln_wasm::{EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest, TrialResult};
+use kiln_wasm::{
+    EngineSettings, HostEngine, HostError, Scenario, ScenarioResult, TrialLimits, TrialRequest,
+    TrialResult,
+};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -109,13 +112,38 @@ impl Trials {
         module: Module,
         request: TrialRequest,
     ) -> Result<Outcome<TrialResult>, TrialError> {
-        let runner = match &self.place {
-            Place::Sandboxed(runner) => runner,
-            Place::Unavailable(reason) => return Err(TrialError::Unavailable(reason.clone())),
-        };
+        let runner = self.runner()?;
         // The semaphore is never closed, so acquiring cannot fail.
         let _permit = self.permits.acquire().await.expect("never closed");
-        let cwasm = match module {
+        let cwasm = self.cwasm(key, module).await?;
+        Ok(runner.trial(&cwasm, request, self.limits).await?)
+    }
+
+    /// Runs `scenario` through `module` (the module stored at `key`), the
+    /// limits holding for the whole scenario.
+    pub async fn run_scenario(
+        &self,
+        key: String,
+        module: Module,
+        scenario: Scenario,
+    ) -> Result<Outcome<ScenarioResult>, TrialError> {
+        let runner = self.runner()?;
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let cwasm = self.cwasm(key, module).await?;
+        Ok(runner.scenario(&cwasm, scenario, self.limits).await?)
+    }
+
+    fn runner(&self) -> Result<&Runner, TrialError> {
+        match &self.place {
+            Place::Sandboxed(runner) => Ok(runner),
+            Place::Unavailable(reason) => Err(TrialError::Unavailable(reason.clone())),
+        }
+    }
+
+    /// The module's `.cwasm`, compiled now if it was not kept.
+    async fn cwasm(&self, key: String, module: Module) -> Result<Arc<Vec<u8>>, TrialError> {
+        Ok(match module {
             Module::Compiled(cwasm) => cwasm,
             Module::Wasm(wasm) => {
                 let cwasm = Arc::new(self.compile(wasm).await?);
@@ -124,8 +152,7 @@ impl Trials {
                 }
                 cwasm
             }
-        };
-        Ok(runner.trial(&cwasm, request, self.limits).await?)
+        })
     }
 
     /// Compiles `wasm` off the async threads. Cranelift runs none of the

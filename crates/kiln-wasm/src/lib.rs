@@ -7,7 +7,8 @@
 //! - [`check`]: validation and the proxy-wasm ABI exports (wasmparser only).
 //! - [`abi`]: the ABI's enums and wire formats.
 //! - [`host`]: the engine, plugins and host functions.
-//! - [`trial`]: one HTTP exchange through a plugin.
+//! - [`scenario`]: requests in a row through one running plugin, as Envoy runs them.
+//! - [`trial`]: one HTTP exchange through a plugin (a scenario of one).
 //! - [`signing`]: signed `.cwasm` artifacts, the only native code kiln serves.
 
 pub mod abi;
@@ -16,11 +17,18 @@ pub mod host;
 pub mod optimize;
 pub mod preinit;
 pub mod profile;
+pub mod scenario;
 pub mod signing;
 pub mod trial;
 
-pub use host::{EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Plugin};
+pub use host::{
+    CallOut, EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Metric, MetricKind,
+    Plugin,
+};
 pub use profile::{StartupProfile, host_triple, startup_profile};
+pub use scenario::{
+    Exchange, Failure, Held, Scenario, ScenarioRequest, ScenarioResult, run_scenario,
+};
 pub use trial::{
     InvalidRequest, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
     smoke_equivalent,

@@ -1,16 +1,13 @@
-//! Trying a plugin on one HTTP exchange: the request goes through the
-//! plugin's request callbacks, is either answered locally or forwarded to a
-//! stub upstream, and the upstream's response goes through the response
-//! callbacks. The result says what the plugin did, with its logs.
+//! Trying a plugin on one HTTP exchange: a [`Scenario`] of one request,
+//! whose stub upstream is both the origin's response and the answer of
+//! every HTTP call out. The result says what the plugin did, with its logs.
 
-use crate::abi::{BufferType, MapType};
-use crate::host::{HostEngine, HostError, HostState, KeptTooMuch, LocalResponse, LogLine, Plugin};
+use crate::host::{HostEngine, HostError, KeptTooMuch, LocalResponse, LogLine, Plugin};
+use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, ScenarioResult, run_scenario};
+pub use crate::scenario::{Message, Response};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
-use wasmtime::{Instance, Store, Trap, Val};
-
-const ROOT_CONTEXT: u32 = 1;
-const HTTP_CONTEXT: u32 = 2;
+use std::time::Duration;
+use wasmtime::Trap;
 
 /// The upstream the request is forwarded to, and the answer of any HTTP
 /// call the plugin dispatches.
@@ -69,7 +66,7 @@ fn root() -> String {
 /// A trial request that no HTTP proxy would hand a filter.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct InvalidRequest(String);
+pub struct InvalidRequest(pub(crate) String);
 
 impl TrialRequest {
     /// Refuses what a proxy would refuse before any filter sees it: a
@@ -77,31 +74,34 @@ impl TrialRequest {
     /// an origin path, a control character in a header value, a status
     /// outside 100–599. A plugin is tried on requests it can meet.
     pub fn check(&self) -> Result<(), InvalidRequest> {
-        let invalid = |message: String| Err(InvalidRequest(message));
-        if !is_token(&self.method) {
-            return invalid(format!(
-                "the method {:?} is not an HTTP method (letters, digits and !#$%&'*+-.^_`|~)",
-                self.method
-            ));
-        }
-        // A proxy strips the fragment before a filter sees the path.
-        let allowed = |c: char| c.is_ascii_graphic() && c != '#';
-        let asterisk = self.path == "*" && self.method == "OPTIONS";
-        if !(self.path.starts_with('/') || asterisk) || !self.path.chars().all(allowed) {
-            return invalid(format!(
-                "the path {:?} must start with / (or be * for OPTIONS) and hold only visible ASCII characters without # (percent-encode the rest)",
-                self.path
-            ));
-        }
-        check_fields("request", &self.headers)?;
+        check_request(&self.method, &self.path, &self.headers)?;
         check_fields("upstream", &self.upstream.headers)?;
         if !(100..=599).contains(&self.upstream.status) {
-            return invalid(format!(
+            return Err(InvalidRequest(format!(
                 "the upstream status {} is not an HTTP status (100 to 599)",
                 self.upstream.status
-            ));
+            )));
         }
         Ok(())
+    }
+
+    /// The scenario this request is: one request, whose stub upstream
+    /// also answers every call out, whatever its cluster.
+    pub fn scenario(&self) -> Scenario {
+        Scenario {
+            conf: self.conf.clone(),
+            requests: vec![ScenarioRequest {
+                method: self.method.clone(),
+                path: self.path.clone(),
+                headers: self.headers.clone(),
+                body: self.body.clone(),
+                origin: self.upstream.clone(),
+                ..ScenarioRequest::get("/")
+            }],
+            clusters: [(ANY_CLUSTER.to_owned(), self.upstream.clone())].into(),
+            ticks: self.ticks,
+            ..Scenario::default()
+        }
     }
 
     pub fn get(path: &str) -> Self {
@@ -117,6 +117,29 @@ impl TrialRequest {
     }
 }
 
+/// Refuses a request line or header no proxy would hand a filter.
+pub(crate) fn check_request(
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(), InvalidRequest> {
+    let invalid = |message: String| Err(InvalidRequest(message));
+    if !is_token(method) {
+        return invalid(format!(
+            "the method {method:?} is not an HTTP method (letters, digits and !#$%&'*+-.^_`|~)"
+        ));
+    }
+    // A proxy strips the fragment before a filter sees the path.
+    let allowed = |c: char| c.is_ascii_graphic() && c != '#';
+    let asterisk = path == "*" && method == "OPTIONS";
+    if !(path.starts_with('/') || asterisk) || !path.chars().all(allowed) {
+        return invalid(format!(
+            "the path {path:?} must start with / (or be * for OPTIONS) and hold only visible ASCII characters without # (percent-encode the rest)"
+        ));
+    }
+    check_fields("request", headers)
+}
+
 /// RFC 9110's token: the characters of a method or a header name.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
@@ -124,11 +147,14 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn check_fields(whose: &str, headers: &[(String, String)]) -> Result<(), InvalidRequest> {
+pub(crate) fn check_fields(
+    whose: &str,
+    headers: &[(String, String)],
+) -> Result<(), InvalidRequest> {
     for (name, value) in headers {
         if !is_token(name) {
             return Err(InvalidRequest(format!(
-                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; :method, :path and :status come from the method, path and upstream status; :authority is kiln.test, :scheme http)"
+                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; :method, :path and :status come from the method, path and upstream status; :authority from the Host header (default kiln.test), :scheme is http)"
             )));
         }
         if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
@@ -170,27 +196,14 @@ impl Default for TrialLimits {
     }
 }
 
-/// An HTTP message as the plugin left it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
     /// The request as forwarded upstream; `None` when answered locally.
     pub forwarded: Option<Message>,
     /// The response the plugin sent itself, if it did.
     pub local_response: Option<LocalResponse>,
-    /// The upstream's response after the response callbacks.
+    /// What the client got after the response callbacks: the upstream's
+    /// response, or the local one.
     pub response: Option<Response>,
     pub logs: Vec<LogLine>,
     /// Microseconds: instantiation, start to the end of the exchange, and
@@ -201,7 +214,7 @@ pub struct TrialResult {
     pub teardown_us: u64,
 }
 
-fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
+pub(crate) fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
     if e.downcast_ref::<KeptTooMuch>().is_some() {
         return HostError::HostMemory(limits.host_bytes);
     }
@@ -212,243 +225,37 @@ fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
     }
 }
 
-struct Run<'a> {
-    store: Store<HostState>,
-    instance: Instance,
-    limits: &'a TrialLimits,
-}
-
-impl Run<'_> {
-    /// Calls an export; `None` when the plugin does not export it.
-    fn call(&mut self, name: &str, args: &[u32]) -> Result<Option<i32>, HostError> {
-        let Some(func) = self.instance.get_func(&mut self.store, name) else {
-            return Ok(None);
-        };
-        let args: Vec<Val> = args.iter().map(|&a| Val::I32(a as i32)).collect();
-        let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
-        func.call(&mut self.store, &args, &mut results)
-            .map_err(|e| trap(e, self.limits))?;
-        Ok(results.first().and_then(Val::i32).or(Some(0)))
-    }
-
-    fn require(&mut self, name: &str, args: &[u32]) -> Result<i32, HostError> {
-        self.call(name, args)?
-            .ok_or_else(|| HostError::MissingExport(name.into()))
-    }
-
-    fn state(&mut self) -> &mut HostState {
-        self.store.data_mut()
-    }
-
-    fn answered(&mut self) -> bool {
-        self.state().local_response.is_some()
-    }
-
-    /// Answers every HTTP call the plugin dispatched with the stub upstream.
-    fn deliver_calls(&mut self, upstream: &UpstreamStub) -> Result<(), HostError> {
-        while let Some(call) = self.state().pending_calls.pop_front() {
-            let headers = upstream_headers(upstream);
-            let n = headers.len() as u32;
-            *self.state().map_mut(MapType::HttpCallResponseHeaders) = headers;
-            self.state().buffers.insert(
-                BufferType::HttpCallResponseBody as u32,
-                upstream.body.clone().into_bytes(),
-            );
-            self.call(
-                "proxy_on_http_call_response",
-                &[call.context, call.token, n, upstream.body.len() as u32, 0],
-            )?;
-        }
-        Ok(())
-    }
-
-    fn start(&mut self, request: &TrialRequest) -> Result<(), HostError> {
-        self.call("_initialize", &[])?;
-        self.require("proxy_on_context_create", &[ROOT_CONTEXT, 0])?;
-        self.call("proxy_on_vm_start", &[ROOT_CONTEXT, 0])?;
-        let conf_len = request.conf.len() as u32;
-        if self.call("proxy_on_configure", &[ROOT_CONTEXT, conf_len])? == Some(0) {
-            return Err(HostError::Trap(
-                "the plugin refused its configuration (proxy_on_configure returned false)".into(),
-            ));
-        }
-        for _ in 0..request.ticks {
-            self.call("proxy_on_tick", &[ROOT_CONTEXT])?;
-        }
-        Ok(())
-    }
-
-    fn exchange(
-        &mut self,
-        request: &TrialRequest,
-    ) -> Result<(Option<Message>, Option<Response>), HostError> {
-        let pseudo = [
-            (":method", request.method.as_str()),
-            (":path", request.path.as_str()),
-            (":authority", "kiln.test"),
-            (":scheme", "http"),
-        ];
-        let headers = header_map(&pseudo, &request.headers);
-        let n = headers.len() as u32;
-        *self.state().map_mut(MapType::HttpRequestHeaders) = headers;
-        self.state().current_context = HTTP_CONTEXT;
-        self.require("proxy_on_context_create", &[HTTP_CONTEXT, ROOT_CONTEXT])?;
-        let no_body = request.body.is_empty() as u32;
-        self.call("proxy_on_request_headers", &[HTTP_CONTEXT, n, no_body])?;
-        self.deliver_calls(&request.upstream)?;
-        if self.answered() {
-            return Ok((None, None));
-        }
-        if !request.body.is_empty() {
-            self.deliver_body(
-                BufferType::HttpRequestBody,
-                "proxy_on_request_body",
-                &request.body,
-            )?;
-            self.deliver_calls(&request.upstream)?;
-            if self.answered() {
-                return Ok((None, None));
-            }
-        }
-        let forwarded = Message {
-            headers: self.state().map_mut(MapType::HttpRequestHeaders).clone(),
-            body: body_of(self.state(), BufferType::HttpRequestBody),
-        };
-
-        let upstream = &request.upstream;
-        let headers = upstream_headers(upstream);
-        let n = headers.len() as u32;
-        *self.state().map_mut(MapType::HttpResponseHeaders) = headers;
-        self.call(
-            "proxy_on_response_headers",
-            &[HTTP_CONTEXT, n, upstream.body.is_empty() as u32],
-        )?;
-        if !upstream.body.is_empty() && !self.answered() {
-            self.deliver_body(
-                BufferType::HttpResponseBody,
-                "proxy_on_response_body",
-                &upstream.body,
-            )?;
-        }
-        self.deliver_calls(upstream)?;
-        if self.answered() {
-            return Ok((Some(forwarded), None));
-        }
-        let mut headers = self.state().map_mut(MapType::HttpResponseHeaders).clone();
-        let status = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(upstream.status);
-        headers.retain(|(k, _)| k != ":status");
-        let body = body_of(self.state(), BufferType::HttpResponseBody);
-        Ok((
-            Some(forwarded),
-            Some(Response {
-                status,
-                headers,
-                body,
-            }),
-        ))
-    }
-
-    /// Puts `body` in `buffer` and hands it to `callback` as the whole body.
-    fn deliver_body(
-        &mut self,
-        buffer: BufferType,
-        callback: &str,
-        body: &str,
-    ) -> Result<(), HostError> {
-        self.state()
-            .buffers
-            .insert(buffer as u32, body.as_bytes().to_vec());
-        self.call(callback, &[HTTP_CONTEXT, body.len() as u32, 1])?;
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<(), HostError> {
-        self.call("proxy_on_log", &[HTTP_CONTEXT])?;
-        self.call("proxy_on_done", &[HTTP_CONTEXT])?;
-        self.call("proxy_on_delete", &[HTTP_CONTEXT])?;
-        Ok(())
-    }
-}
-
-/// A header map as the plugin sees it: the pseudo-headers, then `headers`
-/// with lowercased names.
-fn header_map(pseudo: &[(&str, &str)], headers: &[(String, String)]) -> Vec<(String, String)> {
-    let pseudo = pseudo
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
-    let headers = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
-    pseudo.chain(headers).collect()
-}
-
-/// The stub upstream's response headers, `:status` first.
-fn upstream_headers(upstream: &UpstreamStub) -> Vec<(String, String)> {
-    header_map(
-        &[(":status", &upstream.status.to_string())],
-        &upstream.headers,
-    )
-}
-
-fn body_of(state: &HostState, buffer: BufferType) -> String {
-    String::from_utf8_lossy(
-        state
-            .buffers
-            .get(&(buffer as u32))
-            .map_or(&[][..], Vec::as_slice),
-    )
-    .into_owned()
-}
-
-/// Instantiates `plugin` and runs one exchange through it.
+/// Instantiates `plugin` and runs one exchange through it; a trap or a
+/// limit is an error.
 pub fn run_trial(
     engine: &HostEngine,
     plugin: &Plugin,
     request: &TrialRequest,
     limits: &TrialLimits,
 ) -> Result<TrialResult, HostError> {
-    let mut store = engine.store(
-        |store_limits| {
-            let mut state = HostState::new(store_limits, request.conf.clone().into_bytes());
-            state.properties.method = request.method.clone();
-            state.properties.path = request.path.clone();
-            state
-        },
-        limits,
-    )?;
+    let (result, error) = run_scenario(engine, plugin, &request.scenario(), limits)?;
+    match error {
+        Some(error) => Err(error),
+        None => Ok(result.into()),
+    }
+}
 
-    let started = Instant::now();
-    let instance = plugin
-        .instance_pre()
-        .instantiate(&mut store)
-        .map_err(|e| trap(e, limits))?;
-    let instantiate_us = started.elapsed().as_micros() as u64;
-    let mut run = Run {
-        store,
-        instance,
-        limits,
-    };
-    let exchange_started = Instant::now();
-    run.start(request)?;
-    let (forwarded, response) = run.exchange(request)?;
-    run.finish()?;
-    let exchange_us = exchange_started.elapsed().as_micros() as u64;
-    let teardown_started = Instant::now();
-    let state = run.store.into_data();
-    let teardown_us = teardown_started.elapsed().as_micros() as u64;
-    Ok(TrialResult {
-        forwarded,
-        local_response: state.local_response,
-        response,
-        logs: state.logs,
-        instantiate_us,
-        exchange_us,
-        teardown_us,
-    })
+impl From<ScenarioResult> for TrialResult {
+    /// The first request of a scenario, with every log line in order.
+    fn from(result: ScenarioResult) -> Self {
+        let mut logs = result.logs;
+        let exchange = result.exchanges.into_iter().next().unwrap_or_default();
+        logs.extend(exchange.logs);
+        Self {
+            forwarded: exchange.forwarded,
+            local_response: exchange.local_response,
+            response: exchange.response,
+            logs,
+            instantiate_us: result.instantiate_us,
+            exchange_us: result.exchange_us,
+            teardown_us: result.teardown_us,
+        }
+    }
 }
 
 /// Whether two builds of a plugin answer a fixed smoke request the same.
@@ -506,7 +313,7 @@ mod tests {
             "GET *"
         );
         let header = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
-        assert!(refused(|r| r.headers = header(":authority", "x")).contains("kiln.test"));
+        assert!(refused(|r| r.headers = header(":authority", "x")).contains("Host header"));
         assert!(refused(|r| r.headers = header("a b", "x")).contains("\"a b\""));
         assert!(refused(|r| r.headers = header("x", "1\r\ny: 2")).contains("control character"));
         assert!(refused(|r| r.upstream.headers = header("x", "\0")).contains("upstream header"));

@@ -1,7 +1,10 @@
 //! The proxy-wasm host against real filters built from the SDK: the
 //! examples and a misbehaving fixture.
 
-use kiln_wasm::{EngineSettings, HostEngine, HostError, TrialLimits, TrialRequest, run_trial};
+use kiln_wasm::{
+    EngineSettings, HostEngine, HostError, Scenario, ScenarioRequest, TrialLimits, TrialRequest,
+    run_scenario, run_trial,
+};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -110,7 +113,12 @@ fn deny_path_answers_locally() {
         header(&local.headers, "content-type"),
         Some("application/json")
     );
-    assert!(result.forwarded.is_none() && result.response.is_none());
+    assert!(result.forwarded.is_none());
+    // As in Envoy, the local reply goes through the response callbacks.
+    let response = result.response.expect("the client gets the local reply");
+    assert_eq!(response.status, 403);
+    assert_eq!(header(&response.headers, "x-deny-path"), Some("checked"));
+    assert_eq!(header(&response.headers, "content-length"), Some("21"));
     let passed = run_trial(
         &engine,
         &plugin,
@@ -446,4 +454,146 @@ fn the_edge_loads_only_artifacts_signed_for_it_by_the_key_it_trusts() {
         engine.load_signed(&arm, &trusted),
         Err(HostError::Incompatible(why)) if why.contains("aarch64")
     ));
+}
+
+fn scenario(conf: &str, requests: Vec<ScenarioRequest>) -> Scenario {
+    Scenario {
+        conf: conf.into(),
+        requests,
+        ..Scenario::default()
+    }
+}
+
+#[test]
+fn a_trap_keeps_the_logs_and_names_the_callback() {
+    let engine = engine();
+    let plugin = engine
+        .compile(&build("tests/fixtures/filters/misbehaving"))
+        .unwrap();
+    let requests = vec![
+        ScenarioRequest::get("/fine"),
+        ScenarioRequest::get("/panic"),
+    ];
+    let (result, error) = run_scenario(
+        &engine,
+        &plugin,
+        &scenario("", requests),
+        &TrialLimits::default(),
+    )
+    .unwrap();
+    assert!(matches!(error, Some(HostError::Trap(_))), "{error:?}");
+    let failure = result.failure.expect("a failure");
+    assert_eq!(failure.callback, "proxy_on_request_headers");
+    assert_eq!(failure.request, Some(1));
+    assert_eq!(result.exchanges.len(), 2);
+    assert!(
+        result.exchanges[0].response.is_some(),
+        "the first went through"
+    );
+    let logs: Vec<_> = result.exchanges[1]
+        .logs
+        .iter()
+        .map(|l| &l.message)
+        .collect();
+    assert!(logs.iter().any(|l| *l == "about to panic"), "{logs:?}");
+}
+
+#[test]
+fn counters_shared_data_and_two_clusters_carry_across_a_scenario_file() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/gatekeeper")).unwrap();
+    let file = repo().join("examples/gatekeeper/scenario.json");
+    let scenario: Scenario = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    scenario.check().unwrap();
+    let (result, error) =
+        run_scenario(&engine, &plugin, &scenario, &TrialLimits::default()).unwrap();
+    assert!(error.is_none(), "{error:?}");
+    let statuses: Vec<_> = result
+        .exchanges
+        .iter()
+        .map(|e| e.response.as_ref().unwrap().status)
+        .collect();
+    assert_eq!(statuses, [401, 403, 200, 200, 429]);
+    let clusters: Vec<_> = result.exchanges[2]
+        .calls
+        .iter()
+        .map(|c| c.cluster.as_str())
+        .collect();
+    assert_eq!(clusters, ["auth", "quota"]);
+    let metric = |name: &str| {
+        result
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .value
+    };
+    assert_eq!(
+        (metric("gatekeeper_allowed"), metric("gatekeeper_denied")),
+        (2, 3)
+    );
+    assert_eq!(result.shared_data["gatekeeper.count"], "3");
+}
+
+#[test]
+fn a_call_to_a_cluster_the_scenario_does_not_list_is_refused() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/gatekeeper")).unwrap();
+    let mut request = ScenarioRequest::get("/");
+    request.headers.push(("authorization".into(), "x".into()));
+    let mut only_auth = scenario("", vec![request]);
+    only_auth
+        .clusters
+        .insert("nothing".into(), Default::default());
+    let (result, _) = run_scenario(&engine, &plugin, &only_auth, &TrialLimits::default()).unwrap();
+    let exchange = &result.exchanges[0];
+    assert_eq!(
+        exchange.response.as_ref().unwrap().status,
+        503,
+        "{exchange:?}"
+    );
+    assert!(exchange.calls.is_empty());
+}
+
+/// Remaining difference: kiln's clock stands still during a request and
+/// moves only by the scenario's `after_ms` (Envoy's timer fires in real
+/// time), so a timer that has not come due has not fired.
+#[test]
+fn time_moves_only_when_the_scenario_says() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/ticker")).unwrap();
+    let ticked = |after_ms: u64| {
+        let mut first = ScenarioRequest::get("/");
+        first.after_ms = after_ms;
+        let (result, _) = run_scenario(
+            &engine,
+            &plugin,
+            &scenario("", vec![first, ScenarioRequest::get("/")]),
+            &TrialLimits::default(),
+        )
+        .unwrap();
+        let response = result.exchanges[1].response.clone().unwrap();
+        (
+            header(&response.headers, "x-ticker-ticked").map(str::to_owned),
+            header(&response.headers, "x-ticker-hits").map(str::to_owned),
+            result.ticks,
+        )
+    };
+    assert_eq!(ticked(0), (Some("0".into()), Some("2".into()), 0));
+    assert_eq!(ticked(99), (Some("0".into()), Some("2".into()), 0));
+    assert_eq!(ticked(100), (Some("1".into()), Some("2".into()), 1));
+}
+
+/// Remaining difference: one request on its own (the flags, or the API's
+/// single-request body) answers every call out with its upstream stub,
+/// whatever the cluster, where Envoy refuses a cluster it does not know.
+#[test]
+fn a_single_request_answers_every_call_out_with_its_upstream() {
+    let engine = engine();
+    let plugin = engine.compile(&build("examples/gatekeeper")).unwrap();
+    let mut request = TrialRequest::get("/");
+    request.headers.push(("authorization".into(), "x".into()));
+    let result = run_trial(&engine, &plugin, &request, &TrialLimits::default()).unwrap();
+    // Both calls got the upstream's 200: the request went on.
+    assert!(result.forwarded.is_some(), "{result:?}");
 }

@@ -208,6 +208,12 @@ pub struct TryArgs {
     /// A file with the plugin configuration (default: the version's conf).
     #[arg(long)]
     pub conf: Option<std::path::PathBuf>,
+    /// A scenario file (JSON): requests in a row through one running
+    /// plugin, their origin responses, call-out answers per cluster and
+    /// time passing between requests; instead of --request and the flags
+    /// that describe one request.
+    #[arg(long, conflicts_with_all = ["request", "headers", "body", "upstream_status", "upstream_headers", "upstream_body", "ticks"])]
+    pub scenario: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

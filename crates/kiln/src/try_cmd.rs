@@ -1,10 +1,14 @@
-//! `kiln try`: runs a plugin on one request in kiln's proxy-wasm host and
-//! prints what it did. The plugin is a `.wasm` file or a version on a kiln
-//! server (its binary and configuration are downloaded).
+//! `kiln try`: runs a plugin on one request, or a scenario of requests, in
+//! kiln's proxy-wasm host and prints what it did. The plugin is a `.wasm`
+//! file or a version on a kiln server (its binary and configuration are
+//! downloaded).
 
 use crate::cli::TryArgs;
 use anyhow::{Context, bail};
-use kiln_wasm::{HostEngine, TrialLimits, TrialRequest, TrialResult, run_trial, startup_profile};
+use kiln_wasm::{
+    Exchange, HostEngine, Scenario, ScenarioResult, TrialLimits, TrialRequest, TrialResult,
+    run_scenario, startup_profile,
+};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -81,11 +85,33 @@ fn request(args: &TryArgs) -> anyhow::Result<TrialRequest> {
     Ok(request)
 }
 
+/// The scenario from `--scenario`, checked before anything is downloaded.
+fn scenario(path: &std::path::Path, args: &TryArgs) -> anyhow::Result<Scenario> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut scenario: Scenario = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a scenario", path.display()))?;
+    if let Some(conf) = &args.conf {
+        scenario.conf =
+            std::fs::read_to_string(conf).with_context(|| format!("reading {}", conf.display()))?;
+    }
+    scenario.check()?;
+    Ok(scenario)
+}
+
 pub async fn run(args: TryArgs) -> anyhow::Result<()> {
-    let mut request = request(&args)?;
+    // One request is a scenario of one; its result keeps its own shape.
+    let (single, mut scenario) = match &args.scenario {
+        Some(path) => (None, scenario(path, &args)?),
+        None => {
+            let request = request(&args)?;
+            let scenario = request.scenario();
+            (Some(request), scenario)
+        }
+    };
     let (wasm, stored_conf) = load(&args).await?;
-    if args.conf.is_none() {
-        request.conf = stored_conf.unwrap_or_default();
+    if args.conf.is_none() && scenario.conf.is_empty() {
+        scenario.conf = stored_conf.unwrap_or_default();
     }
     let limits = TrialLimits {
         wall: Duration::from_millis(args.timeout_ms),
@@ -113,15 +139,19 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
                 (engine, plugin)
             }
         };
-        let result = run_trial(&engine, &plugin, &request, &limits)?;
+        let (result, _) = run_scenario(&engine, &plugin, &scenario, &limits)?;
         let profile = (profile && !kiln_wasm::signing::is_signed(&wasm))
-            .then(|| startup_profile(&HostEngine::edge()?, &wasm, &request.conf, 50))
+            .then(|| startup_profile(&HostEngine::edge()?, &wasm, &scenario.conf, 50))
             .transpose()?;
         Ok((result, profile))
     })
     .await??;
+    let failure = result.failure.clone();
     if args.json {
-        let mut value = serde_json::to_value(&result)?;
+        let mut value = match (&single, failure.is_none()) {
+            (Some(_), true) => serde_json::to_value(TrialResult::from(result.clone()))?,
+            _ => serde_json::to_value(&result)?,
+        };
         if let Some(profile) = profile {
             value["startup_profile"] = serde_json::to_value(profile)?;
         }
@@ -134,6 +164,17 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
                 p.runs, p.jit_compile_us, p.cwasm_load_us, p.instantiate_us, p.first_response_us
             );
         }
+    }
+    if let Some(failure) = failure {
+        let during = match failure.request {
+            Some(i) => format!(" during request {}", i + 1),
+            None => String::new(),
+        };
+        bail!(
+            "the plugin failed in {}{during}: {}",
+            failure.callback,
+            failure.message
+        );
     }
     Ok(())
 }
@@ -172,53 +213,108 @@ fn headers(out: &mut String, headers: &[(String, String)]) {
     }
 }
 
-fn render(args: &TryArgs, result: &TrialResult) -> String {
+fn render(args: &TryArgs, result: &ScenarioResult) -> String {
     let mut out = String::new();
-    match (&result.local_response, &result.forwarded) {
-        (Some(local), forwarded) => {
+    let start = |out: &mut String, logs: &[kiln_wasm::LogLine]| {
+        for line in logs {
+            let _ = writeln!(out, "  [{}] {}", line.level, line.message);
+        }
+    };
+    if !result.logs.is_empty() {
+        let _ = writeln!(out, "plugin logs outside requests (start, timer):");
+        start(&mut out, &result.logs);
+    }
+    for (i, exchange) in result.exchanges.iter().enumerate() {
+        let name = match &args.scenario {
+            Some(_) => format!("request {}", i + 1),
+            None => args.request.clone(),
+        };
+        if args.scenario.is_some() {
+            let _ = writeln!(out, "== request {} ==", i + 1);
+        }
+        render_exchange(&mut out, &name, exchange);
+    }
+    if !result.metrics.is_empty() {
+        let _ = writeln!(out, "metrics:");
+        for m in &result.metrics {
+            let _ = writeln!(out, "  {} ({:?}): {}", m.name, m.kind, m.value);
+        }
+    }
+    if args.scenario.is_some() && !result.shared_data.is_empty() {
+        let _ = writeln!(out, "shared data:");
+        for (k, v) in &result.shared_data {
+            let _ = writeln!(out, "  {k} = {v}");
+        }
+    }
+    if let Some(failure) = &result.failure {
+        let _ = writeln!(
+            out,
+            "the plugin failed in {}: {}",
+            failure.callback, failure.message
+        );
+    }
+    out
+}
+
+fn render_exchange(out: &mut String, name: &str, exchange: &Exchange) {
+    for call in &exchange.calls {
+        let path = call
+            .headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map_or("", |(_, v)| v.as_str());
+        let _ = writeln!(out, "call out to cluster {}: {path}", call.cluster);
+    }
+    match (&exchange.local_response, &exchange.forwarded, exchange.held) {
+        (Some(local), forwarded, _) => {
             if forwarded.is_some() {
                 let _ = writeln!(
                     out,
                     "request forwarded upstream; the plugin then answered itself:"
                 );
             } else {
-                let _ = writeln!(
-                    out,
-                    "the plugin answered {} itself (not forwarded):",
-                    args.request
-                );
+                let _ = writeln!(out, "the plugin answered {name} itself (not forwarded):");
             }
             let _ = writeln!(out, "  status {}", local.status);
-            headers(&mut out, &local.headers);
+            headers(out, &local.headers);
             if !local.body.is_empty() {
                 let _ = writeln!(out, "  body: {}", local.body);
             }
         }
-        (None, Some(forwarded)) => {
+        (None, _, Some(kiln_wasm::Held::Request)) => {
+            let _ = writeln!(
+                out,
+                "the plugin paused the request and never resumed it; at the stream idle timeout the client gets:"
+            );
+        }
+        (None, Some(forwarded), held) => {
             let _ = writeln!(out, "request as forwarded upstream:");
-            headers(&mut out, &forwarded.headers);
+            headers(out, &forwarded.headers);
             if !forwarded.body.is_empty() {
                 let _ = writeln!(out, "  body: {}", forwarded.body);
             }
+            if held == Some(kiln_wasm::Held::Response) {
+                let _ = writeln!(
+                    out,
+                    "the plugin paused the response and never resumed it; at the stream idle timeout the client gets:"
+                );
+            }
         }
-        (None, None) => {
-            let _ = writeln!(out, "the plugin paused the request and never resumed it");
-        }
+        (None, None, _) => {}
     }
-    if let Some(response) = &result.response {
-        let _ = writeln!(out, "response after the filter:");
+    if let Some(response) = &exchange.response {
+        let _ = writeln!(out, "response to the client, after the filter:");
         let _ = writeln!(out, "  status {}", response.status);
-        headers(&mut out, &response.headers);
+        headers(out, &response.headers);
         if !response.body.is_empty() {
             let _ = writeln!(out, "  body: {}", response.body);
         }
     }
     let _ = writeln!(out, "plugin logs:");
-    if result.logs.is_empty() {
+    if exchange.logs.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
-    for line in &result.logs {
+    for line in &exchange.logs {
         let _ = writeln!(out, "  [{}] {}", line.level, line.message);
     }
-    out
 }

@@ -334,6 +334,40 @@ async fn versions_can_be_tried_over_the_api_and_a_loop_is_stopped() {
         .unwrap();
     let tried: Value = r.json().await.unwrap();
     assert_eq!(tried["response"]["status"], 200, "{tried}");
+    // A scenario runs its requests through one instance, in the sandbox;
+    // a local reply goes through the response callbacks.
+    let r = kiln
+        .post(&format!("/version/{deny}/try"))
+        .json(&serde_json::json!({"requests": [{"path": "/admin"}, {"path": "/public", "after_ms": 10}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let tried: Value = r.json().await.unwrap();
+    let exchanges = tried["exchanges"]
+        .as_array()
+        .expect("one exchange per request");
+    assert_eq!(exchanges[0]["response"]["status"], 403, "{tried}");
+    assert!(
+        exchanges[0]["response"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-deny-path"),
+        "{tried}"
+    );
+    assert_eq!(exchanges[1]["response"]["status"], 200, "{tried}");
+    let r = kiln
+        .post(&format!("/version/{deny}/try"))
+        .json(&serde_json::json!({"path": "/x", "requests": [{"path": "/admin"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "one request or a scenario"
+    );
     // A request no proxy would hand a filter is refused, not run.
     let r = kiln
         .post(&format!("/version/{deny}/try"))

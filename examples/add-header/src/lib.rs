@@ -24,7 +24,9 @@ impl RootContext for AddHeaderRoot {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AddHeader { conf: self.conf.clone() }))
+        Some(Box::new(AddHeader {
+            conf: self.conf.clone(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,5 +1,6 @@
 //! Answers requests under `/admin` itself with a 403 and a JSON body;
-//! every other request goes on to the upstream.
+//! every other request goes on to the upstream. Every response, its own
+//! 403 too, carries `x-deny-path: checked`.
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
@@ -25,6 +26,12 @@ impl HttpContext for DenyPath {
             );
             return Action::Pause;
         }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end: bool) -> Action {
+        // Every response passes here, the filter's own 403 too.
+        self.set_http_response_header("x-deny-path", Some("checked"));
         Action::Continue
     }
 }

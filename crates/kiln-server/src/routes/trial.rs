@@ -1,5 +1,5 @@
-//! `POST /version/{id}/try`: runs a version on one request in kiln's
-//! proxy-wasm host. The plugin is untrusted code running on the server, so
+//! `POST /version/{id}/try`: runs a version on one request, or on a
+//! scenario of requests, in kiln's proxy-wasm host. The plugin is untrusted code running on the server, so
 //! each trial has fuel, time and memory limits, only a few run at once,
 //! and on a node with a sandbox each runs in it, in a process of its own.
 
@@ -13,10 +13,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kiln_trial::trials::TrialError;
 use kiln_trial::{Module, Outcome};
-use kiln_wasm::{TrialRequest, TrialResult, UpstreamStub};
-use serde::Deserialize;
+use kiln_wasm::{
+    Scenario, ScenarioRequest, ScenarioResult, TrialRequest, TrialResult, UpstreamStub,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-/// One request to run through the plugin.
+/// One request to run through the plugin, or (with `requests`) a scenario:
+/// requests in a row through one running plugin, as `kiln try --scenario`
+/// reads it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TryBody {
@@ -35,6 +40,67 @@ pub struct TryBody {
     pub upstream: UpstreamStub,
     /// The plugin configuration; default: the version's `conf`.
     pub conf: Option<String>,
+    /// A scenario's requests, each {method, path, headers, body, origin,
+    /// clusters, after_ms}; the single request's fields must then be unset.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub requests: Option<Vec<ScenarioRequest>>,
+    /// A scenario's call-out answers by cluster name ({status, headers, body}; `*`: any other).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub clusters: BTreeMap<String, UpstreamStub>,
+    /// A scenario's stream idle timeout in milliseconds (Envoy's default, 300000).
+    pub stream_idle_timeout_ms: Option<u64>,
+    /// A scenario's body chunk size in bytes (0: each body in one chunk).
+    #[serde(default)]
+    pub body_chunk_bytes: usize,
+    /// Timer ticks delivered to the root context after it starts.
+    #[serde(default)]
+    pub ticks: u32,
+}
+
+/// A single request's result, or a scenario's.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum TryAnswer {
+    One(TrialResult),
+    Scenario(ScenarioResult),
+}
+
+impl TryBody {
+    /// The scenario the body describes, if it is one.
+    fn scenario(&mut self, version_conf: &str) -> ApiResult<Option<Scenario>> {
+        let Some(requests) = self.requests.take() else {
+            if !self.clusters.is_empty()
+                || self.stream_idle_timeout_ms.is_some()
+                || self.body_chunk_bytes != 0
+            {
+                return Err(ApiError::invalid(
+                    "clusters, stream_idle_timeout_ms and body_chunk_bytes describe a scenario: give its requests too",
+                ));
+            }
+            return Ok(None);
+        };
+        let single = self.method != get()
+            || self.path != root()
+            || !self.headers.is_empty()
+            || !self.body.is_empty()
+            || self.upstream != UpstreamStub::default();
+        if single {
+            return Err(ApiError::invalid(
+                "give either one request (method, path, headers, body, upstream) or a scenario's requests, not both",
+            ));
+        }
+        Ok(Some(Scenario {
+            conf: self.conf.take().unwrap_or_else(|| version_conf.to_owned()),
+            requests,
+            clusters: std::mem::take(&mut self.clusters),
+            ticks: self.ticks,
+            stream_idle_timeout_ms: self
+                .stream_idle_timeout_ms
+                .unwrap_or(kiln_wasm::scenario::DEFAULT_STREAM_IDLE_TIMEOUT_MS),
+            body_chunk_bytes: self.body_chunk_bytes,
+        }))
+    }
 }
 
 fn get() -> String {
@@ -46,9 +112,12 @@ fn root() -> String {
 }
 
 /// The API's answer to a trial.
-fn answer(outcome: Result<Outcome<TrialResult>, TrialError>) -> ApiResult<Json<TrialResult>> {
+fn answer<T>(
+    outcome: Result<Outcome<T>, TrialError>,
+    wrap: impl FnOnce(T) -> TryAnswer,
+) -> ApiResult<Json<TryAnswer>> {
     match outcome {
-        Ok(Outcome::Done(result)) => Ok(Json(result)),
+        Ok(Outcome::Done(result)) => Ok(Json(wrap(result))),
         Ok(Outcome::PluginFailed(message)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "plugin_error",
@@ -72,7 +141,7 @@ fn answer(outcome: Result<Outcome<TrialResult>, TrialError>) -> ApiResult<Json<T
 const MAX_LOGGED_BYTES: usize = 4 << 10;
 
 #[utoipa::path(post, path = "/version/{id}/try", tag = "versions",
-    description = "Runs the version on one request in kiln's proxy-wasm host, in the build sandbox, with fuel, time and memory limits. Answers the request as forwarded (or the local response the plugin sent), the response after the filter, and the plugin's logs.",
+    description = "Runs the version on one request in kiln's proxy-wasm host, in the build sandbox, with fuel, time and memory limits. Answers the request as forwarded (or the local response the plugin sent), the response after the filter, and the plugin's logs. With `requests`, runs a scenario through one instance (limits for the whole scenario) and answers one exchange per request, the metrics, shared data and, if the plugin trapped, where (200 with `failure`, and the logs up to it).",
     params(("id" = String, Path, description = "version id")),
     request_body = TryBody,
     responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -82,10 +151,10 @@ pub async fn try_version(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<TryBody>,
-) -> ApiResult<Json<TrialResult>> {
+    ApiJson(mut body): ApiJson<TryBody>,
+) -> ApiResult<Json<TryAnswer>> {
     if let Err(e) = state.trials.check_available() {
-        return answer(Err(e));
+        return answer(Err::<Outcome<TrialResult>, _>(e), TryAnswer::One);
     }
     let build_id = parse_build_id(&id, "version")?;
     let version = state
@@ -93,6 +162,22 @@ pub async fn try_version(
         .get_version(owner, build_id)
         .await
         .map_err(|e| ApiError::from_store(e, "version", &id))?;
+    let module = |state: &AppState, key: &str| {
+        // The owner's access was checked above: the cache only saves the work.
+        state.trials.cached(key).map(Module::Compiled)
+    };
+    if let Some(scenario) = body.scenario(&version.conf)? {
+        scenario
+            .check()
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let key = version.binary_location;
+        let module = match module(&state, &key) {
+            Some(cached) => cached,
+            None => Module::Wasm(fetch_blob(&state, &key).await?),
+        };
+        let ran = state.trials.run_scenario(key, module, scenario).await;
+        return answer(ran, TryAnswer::Scenario);
+    }
     let request = TrialRequest {
         method: body.method,
         path: body.path,
@@ -100,16 +185,15 @@ pub async fn try_version(
         body: body.body,
         upstream: body.upstream,
         conf: body.conf.unwrap_or(version.conf),
-        ticks: 0,
+        ticks: body.ticks,
     };
     request
         .check()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    // The owner's access was checked above: the cache only saves the work.
     let key = version.binary_location;
-    let module = match state.trials.cached(&key) {
-        Some(cwasm) => Module::Compiled(cwasm),
+    let module = match module(&state, &key) {
+        Some(cached) => cached,
         None => Module::Wasm(fetch_blob(&state, &key).await?),
     };
-    answer(state.trials.run(key, module, request).await)
+    answer(state.trials.run(key, module, request).await, TryAnswer::One)
 }

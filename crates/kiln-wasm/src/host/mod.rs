@@ -9,7 +9,7 @@ mod memory;
 mod proxy;
 mod wasi;
 
-use crate::abi::MapType;
+use crate::abi::{MapType, Status};
 use crate::trial::TrialLimits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -417,46 +417,222 @@ pub struct LocalResponse {
     pub body: String,
 }
 
-/// An outgoing HTTP call the plugin dispatched.
+/// An outgoing HTTP call the plugin dispatched (`proxy_http_call`).
 #[derive(Debug, Clone)]
 pub(crate) struct PendingCall {
     pub token: u32,
     pub context: u32,
+    pub call: CallOut,
 }
 
-/// The properties a plugin reads with `get_property`, by dotted path: the
-/// request's, and any the plugin set itself. Computed when asked: most
-/// plugins never ask, and a cold start should not build them.
-#[derive(Debug, Default)]
-pub(crate) struct Properties {
+/// An HTTP call out the plugin made, as the cluster received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallOut {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body: String,
+}
+
+/// The kind of a metric, with the ABI's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+    Histogram = 2,
+}
+
+/// A metric the plugin defined (`proxy_define_metric`), as its value
+/// stands: a counter's or gauge's value, a histogram's recorded values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub kind: MetricKind,
+    #[serde(default)]
+    pub value: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recorded: Vec<u64>,
+}
+
+/// Histogram values kept per metric; past it, values are counted only.
+const MAX_RECORDED: usize = 1000;
+
+/// What the properties of the stream being run come from, besides its
+/// header maps: set by the scenario for each request.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StreamInfo {
     pub method: String,
     pub path: String,
-    set: BTreeMap<String, Vec<u8>>,
+    pub host: String,
+    pub request_id: String,
+    pub body_bytes: usize,
+    pub connection_id: u64,
+    pub start_ns: u64,
+    /// The response's code details once one is chosen (`via_upstream`, …).
+    pub code_details: String,
 }
 
-impl Properties {
-    pub(crate) fn get(&self, key: &str) -> Option<&[u8]> {
-        if let Some(value) = self.set.get(key) {
-            return Some(value);
+/// A property value as Envoy serializes it: strings as their bytes,
+/// integers as 8 bytes little-endian, booleans as one byte, maps as a
+/// header map.
+enum Value {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    Map(Vec<(String, String)>),
+}
+
+impl Value {
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            Self::Text(text) => text.into_bytes(),
+            Self::Int(n) => n.to_le_bytes().to_vec(),
+            Self::Bool(b) => vec![b as u8],
+            Self::Map(pairs) => crate::abi::serialize_map(&pairs),
         }
+    }
+}
+
+/// Where the stub connection comes from and goes to.
+pub(crate) const SOURCE_ADDRESS: &str = "127.0.0.1";
+pub(crate) const SOURCE_PORT: i64 = 50000;
+pub(crate) const DESTINATION_ADDRESS: &str = "127.0.0.1";
+pub(crate) const DESTINATION_PORT: i64 = 10000;
+
+fn header(map: Option<&Vec<(String, String)>>, name: &str) -> Option<String> {
+    map?.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+impl HostState {
+    /// The property at a dotted path, as Envoy names and serializes it:
+    /// the request's, the response's, the connection's, the plugin's, and
+    /// any the plugin set itself. Computed when asked: most plugins never
+    /// ask, and a cold start should not build them.
+    pub(crate) fn property(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(value) = self.properties_set.get(key) {
+            return Some(value.clone());
+        }
+        let info = &self.stream;
+        let request = self.maps.get(&(MapType::HttpRequestHeaders as u32));
+        let response = self.maps.get(&(MapType::HttpResponseHeaders as u32));
+        let request_header = |name: &str| header(request, name).map(Value::Text);
+        for (prefix, map) in [
+            ("request.headers.", request),
+            ("response.headers.", response),
+        ] {
+            if let Some(name) = key.strip_prefix(prefix) {
+                return header(map, name).map(|v| v.into_bytes());
+            }
+        }
+        let text = |s: &str| Some(Value::Text(s.to_owned()));
         let value = match key {
-            "request.path" => &self.path,
-            "request.url_path" => self.path.split('?').next().unwrap_or("/"),
-            "request.method" => &self.method,
-            "request.host" => "kiln.test",
-            "request.scheme" => "http",
-            "request.protocol" => "HTTP/1.1",
-            "source.address" => "127.0.0.1:50000",
-            "destination.address" => "127.0.0.1:8080",
-            "plugin_name" | "plugin_vm_id" => "kiln",
-            "plugin_root_id" => "",
-            _ => return None,
+            "request.path" => text(&info.path),
+            "request.url_path" => text(info.path.split('?').next().unwrap_or("/")),
+            "request.query" => text(info.path.split_once('?').map_or("", |(_, q)| q)),
+            "request.method" => text(&info.method),
+            "request.host" => text(&info.host),
+            "request.scheme" => text("http"),
+            "request.protocol" => text("HTTP/1.1"),
+            "request.id" => text(&info.request_id),
+            "request.referer" => request_header("referer"),
+            "request.useragent" => request_header("user-agent"),
+            "request.headers" => request.cloned().map(Value::Map),
+            "request.time" => Some(Value::Int(info.start_ns as i64)),
+            "request.size" => Some(Value::Int(info.body_bytes as i64)),
+            "response.headers" => response.cloned().map(Value::Map),
+            "response.code" => header(response, ":status")
+                .and_then(|s| s.parse().ok())
+                .map(Value::Int),
+            "response.code_details" if !info.code_details.is_empty() => text(&info.code_details),
+            "response.flags" => response.map(|_| Value::Int(0)),
+            "source.address" => text(&format!("{SOURCE_ADDRESS}:{SOURCE_PORT}")),
+            "source.port" => Some(Value::Int(SOURCE_PORT)),
+            "destination.address" => text(&format!("{DESTINATION_ADDRESS}:{DESTINATION_PORT}")),
+            "destination.port" => Some(Value::Int(DESTINATION_PORT)),
+            "connection.id" => Some(Value::Int(info.connection_id as i64)),
+            "connection.mtls" => Some(Value::Bool(false)),
+            "connection.requested_server_name" => text(""),
+            "plugin_name" | "plugin_vm_id" => text("kiln"),
+            "plugin_root_id" => text(""),
+            _ => None,
         };
-        Some(value.as_bytes())
+        value.map(Value::bytes)
     }
 
-    pub(crate) fn set(&mut self, key: String, value: Vec<u8>) {
-        self.set.insert(key, value);
+    /// Defines a metric, or answers the one already defined with that
+    /// name and kind.
+    pub(crate) fn define_metric(&mut self, kind: MetricKind, name: String) -> u32 {
+        let index = match self
+            .metrics
+            .iter()
+            .position(|m| m.name == name && m.kind == kind)
+        {
+            Some(index) => index,
+            None => {
+                self.metrics.push(Metric {
+                    name,
+                    kind,
+                    value: 0,
+                    recorded: Vec::new(),
+                });
+                self.metrics.len() - 1
+            }
+        };
+        // As Envoy numbers them: the kind in the two low bits.
+        ((index as u32 + 1) << 2) | kind as u32
+    }
+
+    fn metric_mut(&mut self, id: u32) -> Option<&mut Metric> {
+        let metric = self.metrics.get_mut(((id >> 2) as usize).checked_sub(1)?)?;
+        (metric.kind as u32 == id & 3).then_some(metric)
+    }
+
+    /// `proxy_increment_metric` as Envoy answers it: a counter only goes
+    /// up, a histogram is not incremented.
+    pub(crate) fn increment_metric(&mut self, id: u32, offset: i64) -> Status {
+        if id & 3 == MetricKind::Histogram as u32 || id & 3 == 3 {
+            return Status::BadArgument;
+        }
+        match self.metric_mut(id) {
+            None => Status::NotFound,
+            Some(m) if m.kind == MetricKind::Counter && offset <= 0 => Status::BadArgument,
+            Some(m) => {
+                m.value = m.value.saturating_add(offset);
+                Status::Ok
+            }
+        }
+    }
+
+    /// `proxy_record_metric`: a counter adds, a gauge is set, a histogram
+    /// records.
+    pub(crate) fn record_metric(&mut self, id: u32, value: u64) -> Status {
+        let Some(m) = self.metric_mut(id) else {
+            return Status::NotFound;
+        };
+        match m.kind {
+            MetricKind::Counter => m.value = m.value.saturating_add(value as i64),
+            MetricKind::Gauge => m.value = value as i64,
+            MetricKind::Histogram => {
+                m.value = m.value.saturating_add(1);
+                if m.recorded.len() < MAX_RECORDED {
+                    m.recorded.push(value);
+                }
+            }
+        }
+        Status::Ok
+    }
+
+    /// `proxy_get_metric`: a histogram has no single value.
+    pub(crate) fn get_metric(&mut self, id: u32) -> Result<u64, Status> {
+        if id & 3 == MetricKind::Histogram as u32 || id & 3 == 3 {
+            return Err(Status::BadArgument);
+        }
+        self.metric_mut(id)
+            .map(|m| m.value as u64)
+            .ok_or(Status::NotFound)
     }
 }
 
@@ -469,13 +645,26 @@ pub struct HostState {
     pub(crate) buffers: BTreeMap<u32, Vec<u8>>,
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) logs: Vec<LogLine>,
-    pub(crate) properties: Properties,
+    /// The stream being run, for its properties.
+    pub(crate) stream: StreamInfo,
+    /// Properties the plugin set itself (`proxy_set_property`).
+    pub(crate) properties_set: BTreeMap<String, Vec<u8>>,
     pub(crate) shared_data: BTreeMap<String, (Vec<u8>, u32)>,
     pub(crate) queues: Vec<(String, VecDeque<Vec<u8>>)>,
+    pub(crate) metrics: Vec<Metric>,
     pub(crate) tick_period_ms: u32,
+    /// The scenario's clock, in nanoseconds since the epoch: it moves only
+    /// when the scenario says time passes, so a trial is repeatable.
+    pub(crate) now_ns: u64,
+    /// When the root context's next tick is due, if its timer is set.
+    pub(crate) next_tick_ns: Option<u64>,
+    /// The clusters a call out may name; `None`: any.
+    pub(crate) clusters: Option<std::collections::BTreeSet<String>>,
     pub(crate) pending_calls: VecDeque<PendingCall>,
     pub(crate) next_token: u32,
     pub(crate) current_context: u32,
+    /// Whether the plugin resumed the stream (`proxy_continue_stream`)
+    /// since the host last looked.
     pub(crate) continued: bool,
     pub(crate) max_log_lines: usize,
     /// Bytes of plugin data the host has kept so far, and the most it
@@ -500,10 +689,17 @@ impl HostState {
             buffers: BTreeMap::new(),
             local_response: None,
             logs: Vec::new(),
-            properties: Properties::default(),
+            stream: StreamInfo::default(),
+            properties_set: BTreeMap::new(),
             shared_data: BTreeMap::new(),
             queues: Vec::new(),
+            metrics: Vec::new(),
             tick_period_ms: 0,
+            now_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            next_tick_ns: None,
+            clusters: None,
             pending_calls: VecDeque::new(),
             next_token: 1,
             current_context: 0,

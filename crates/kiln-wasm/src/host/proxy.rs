@@ -2,7 +2,7 @@
 //! marshalling beside it.
 
 use super::memory::{read, read_string, return_bytes, write_u32};
-use super::{HostState, LocalResponse, PendingCall};
+use super::{HostState, LocalResponse, MetricKind, PendingCall};
 use crate::abi::{BufferType, MapType, Status, deserialize_map, log_level_name};
 use std::collections::{HashSet, VecDeque};
 use wasmtime::{Caller, FuncType, Linker, ValType};
@@ -67,17 +67,18 @@ pub(crate) fn add_to_linker(
     host!("proxy_get_current_time_nanoseconds", |mut c: C,
                                                  ret: u32|
      -> R {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let now = c.data().now_ns;
         super::memory::write(&mut c, ret, &now.to_le_bytes())?;
         OK
     });
     host!("proxy_set_tick_period_milliseconds", |mut c: C,
                                                  period: u32|
      -> R {
-        c.data_mut().tick_period_ms = period;
+        // As in Envoy, setting the period restarts the timer; 0 stops it.
+        let state = c.data_mut();
+        state.tick_period_ms = period;
+        state.next_tick_ns =
+            (period > 0).then(|| state.now_ns.saturating_add(u64::from(period) * 1_000_000));
         OK
     });
     host!("proxy_get_buffer_bytes", |mut c: C,
@@ -234,7 +235,7 @@ pub(crate) fn add_to_linker(
                                  size: u32|
      -> R {
         let key = property_key(&read(&mut c, ptr, len)?);
-        match c.data().properties.get(&key).map(<[u8]>::to_vec) {
+        match c.data().property(&key) {
             Some(value) => {
                 return_bytes(&mut c, &value, data, size)?;
                 OK
@@ -251,7 +252,7 @@ pub(crate) fn add_to_linker(
         let key = property_key(&read(&mut c, ptr, len)?);
         let value = read(&mut c, vptr, vlen)?;
         c.data_mut().keep(key.len() + value.len())?;
-        c.data_mut().properties.set(key, value);
+        c.data_mut().properties_set.insert(key, value);
         OK
     });
     host!("proxy_get_shared_data", |mut c: C,
@@ -385,27 +386,88 @@ pub(crate) fn add_to_linker(
         OK
     });
     host!("proxy_http_call", |mut c: C,
-                              _up: u32,
-                              _up_len: u32,
-                              _h: u32,
-                              _hl: u32,
-                              _b: u32,
-                              _bl: u32,
+                              up: u32,
+                              up_len: u32,
+                              h: u32,
+                              hl: u32,
+                              b: u32,
+                              bl: u32,
                               _t: u32,
                               _tl: u32,
                               _timeout: u32,
                               ret: u32|
      -> R {
+        let cluster = read_string(&mut c, up, up_len)?;
+        let headers = read(&mut c, h, hl)?;
+        let body = read_string(&mut c, b, bl)?;
+        c.data_mut()
+            .keep(cluster.len() + headers.len() + body.len())?;
+        let Some(headers) = deserialize_map(&headers) else {
+            return status(Status::ParseFailure);
+        };
         let state = c.data_mut();
-        state.keep(std::mem::size_of::<PendingCall>())?;
+        // Envoy refuses a cluster it does not know, and a call without the
+        // pseudo-headers a request needs.
+        let known = state.clusters.as_ref().is_none_or(|k| k.contains(&cluster));
+        let has = |name: &str| headers.iter().any(|(k, _)| k == name);
+        if !(known && has(":method") && has(":path") && has(":authority")) {
+            return status(Status::BadArgument);
+        }
         let token = state.next_token;
         state.next_token += 1;
         let context = state.current_context;
-        state
-            .pending_calls
-            .push_back(PendingCall { token, context });
+        let call = super::CallOut {
+            cluster,
+            headers,
+            body,
+        };
+        state.pending_calls.push_back(PendingCall {
+            token,
+            context,
+            call,
+        });
         write_u32(&mut c, ret, token)?;
         OK
+    });
+    host!("proxy_define_metric", |mut c: C,
+                                  kind: u32,
+                                  ptr: u32,
+                                  len: u32,
+                                  ret: u32|
+     -> R {
+        let kind = match kind {
+            0 => MetricKind::Counter,
+            1 => MetricKind::Gauge,
+            2 => MetricKind::Histogram,
+            _ => return status(Status::BadArgument),
+        };
+        let name = read_string(&mut c, ptr, len)?;
+        c.data_mut()
+            .keep(name.len() + std::mem::size_of::<super::Metric>())?;
+        let id = c.data_mut().define_metric(kind, name);
+        write_u32(&mut c, ret, id)?;
+        OK
+    });
+    host!("proxy_increment_metric", |mut c: C,
+                                     id: u32,
+                                     offset: i64|
+     -> R {
+        status(c.data_mut().increment_metric(id, offset))
+    });
+    host!("proxy_record_metric", |mut c: C,
+                                  id: u32,
+                                  value: i64|
+     -> R {
+        status(c.data_mut().record_metric(id, value as u64))
+    });
+    host!("proxy_get_metric", |mut c: C, id: u32, ret: u32| -> R {
+        match c.data_mut().get_metric(id) {
+            Ok(value) => {
+                super::memory::write(&mut c, ret, &value.to_le_bytes())?;
+                OK
+            }
+            Err(s) => status(s),
+        }
     });
     host!("proxy_set_effective_context", |mut c: C,
                                           context: u32|

@@ -50,10 +50,8 @@ pub(crate) fn add_to_linker(
                              _precision: i64,
                              ret: u32|
      -> wasmtime::Result<i32> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        // The scenario's clock, for the real-time and monotonic clocks alike.
+        let now = c.data().now_ns;
         write(&mut c, ret, &now.to_le_bytes())?;
         Ok(ERRNO_SUCCESS)
     });
