@@ -99,6 +99,7 @@ impl Bubblewrap {
         let (uid, gid) = lookup_user(&config.user)?;
         cgroup::check_available()?;
         create_traversable(&config.root)?;
+        crate::sweep::sweep(&config.root);
         Ok(Self { config, uid, gid })
     }
 
@@ -249,7 +250,7 @@ impl Sandbox for Bubblewrap {
         limits: &Limits,
     ) -> Result<RunReport, SandboxError> {
         chown_tree(scratch.path(), self.uid, self.gid)?;
-        let name = format!("run-{}", uuid::Uuid::new_v4().simple());
+        let name = crate::sweep::owned_name("run-");
         let cgroup = Cgroup::create(&name, limits)?;
         let seccomp = seccomp::filter_fd()?;
         let args = self.arguments(cmd, scratch, limits, seccomp.as_raw_fd());

@@ -14,6 +14,8 @@ const PARENT: &str = "kiln";
 const CPU_PERIOD_US: u64 = 100_000;
 /// How long to keep killing before giving up on an emptied cgroup.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
+/// The cgroup v1 hierarchies a run gets a directory in (those present).
+const V1_CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Version {
@@ -82,6 +84,45 @@ pub(crate) fn check_available() -> Result<(), SandboxError> {
 }
 
 impl Cgroup {
+    /// The names of the cgroups under kiln's parent, in every hierarchy.
+    pub(crate) fn names() -> Vec<String> {
+        let parents: Vec<PathBuf> = match detect() {
+            Version::V2 => vec![Path::new(ROOT).join(PARENT)],
+            Version::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join(PARENT))
+                .collect(),
+        };
+        let mut names: Vec<String> = parents
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The cgroup `name` as it exists now, to kill and remove it.
+    pub(crate) fn existing(name: &str) -> Self {
+        let version = detect();
+        let dirs = match version {
+            Version::V2 => vec![Path::new(ROOT).join(PARENT).join(name)],
+            Version::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c).join(PARENT).join(name))
+                .collect(),
+        };
+        Cgroup {
+            version,
+            dirs: dirs.into_iter().filter(|d| d.is_dir()).collect(),
+            removed: false,
+        }
+    }
+
     /// Creates the cgroup `name` with `limits`.
     pub(crate) fn create(name: &str, limits: &Limits) -> Result<Self, SandboxError> {
         let version = detect();
@@ -125,7 +166,7 @@ impl Cgroup {
     }
 
     fn create_v1(&mut self, name: &str, limits: &Limits) -> Result<(), SandboxError> {
-        for controller in ["memory", "pids", "cpu", "freezer"] {
+        for controller in V1_CONTROLLERS {
             let hierarchy = Path::new(ROOT).join(controller);
             if !hierarchy.join("cgroup.procs").exists() {
                 continue;

@@ -97,11 +97,13 @@ mod log;
 mod output;
 mod scratch;
 mod seccomp;
+mod sweep;
 mod unsandboxed;
 
 pub use bubblewrap::{Bubblewrap, BubblewrapConfig};
 pub use output::read_output_file;
 pub use scratch::Scratch;
+pub use sweep::{Swept, sweep};
 pub use unsandboxed::Unsandboxed;
 
 /// Where the build's scratch directory appears inside the sandbox.

@@ -23,7 +23,7 @@ impl Scratch {
 
     /// A plain directory (no tmpfs), for runs without a sandbox.
     pub(crate) fn plain(root: &Path) -> Result<Self, SandboxError> {
-        let path = root.join(uuid::Uuid::new_v4().simple().to_string());
+        let path = root.join(crate::sweep::owned_name(""));
         std::fs::create_dir_all(&path)
             .map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
         Ok(Self {
@@ -35,7 +35,7 @@ impl Scratch {
 
     /// A tmpfs of `bytes` under `root`, owned by `uid:gid`, mode 0700.
     pub(crate) fn tmpfs(root: &Path, bytes: u64, uid: u32, gid: u32) -> Result<Self, SandboxError> {
-        let path = root.join(uuid::Uuid::new_v4().simple().to_string());
+        let path = root.join(crate::sweep::owned_name(""));
         std::fs::create_dir(&path)
             .map_err(|e| SandboxError::io(format!("creating {}", path.display()), e))?;
         let mut scratch = Self {
@@ -47,6 +47,16 @@ impl Scratch {
         mount_tmpfs(&scratch.path, &options)?;
         scratch.mounted = true;
         Ok(scratch)
+    }
+
+    /// A directory another kiln made and left behind, mounted or not.
+    pub(crate) fn left_behind(path: PathBuf) -> Self {
+        let mounted = is_mount_point(&path);
+        Self {
+            path,
+            mounted,
+            removed: false,
+        }
     }
 
     pub(crate) fn remove(mut self) -> Result<(), SandboxError> {
@@ -75,6 +85,17 @@ impl Scratch {
                 .map_err(|e| SandboxError::io(format!("removing {}", self.path.display()), e))
         }
     }
+}
+
+/// Whether `path` is a mount point, from the kernel's own list.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let path = path.display().to_string();
+    mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(path.as_str()))
 }
 
 impl Drop for Scratch {

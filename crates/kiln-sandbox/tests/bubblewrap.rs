@@ -385,3 +385,85 @@ fn uuid() -> String {
         Instant::now().elapsed().as_nanos()
     )
 }
+
+/// A kiln killed mid-build leaves its run's cgroup, with processes in it,
+/// and its scratch tmpfs. The next sandbox to start on the host removes
+/// them, and leaves alone what a live kiln owns.
+#[test]
+fn a_starting_sandbox_removes_what_a_killed_kiln_left() {
+    let root = PathBuf::from("/var/lib/kiln/sandbox-tests-sweep");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = gone.id();
+    let id = |n: u8| {
+        format!(
+            "{:032x}",
+            u128::from(n) << 64 | u128::from(std::process::id())
+        )
+    };
+    let (orphan, live) = (
+        format!("run-{dead}-{}", id(1)),
+        format!("run-{}-{}", std::process::id(), id(2)),
+    );
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dirs = |name: &str| -> Vec<PathBuf> {
+        let hierarchies: &[&str] = if v2 { &[""] } else { &["memory", "pids"] };
+        hierarchies
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h).join("kiln").join(name))
+            .collect()
+    };
+    // The sandbox makes kiln's parent cgroup as it starts.
+    drop(sandbox());
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    for dir in dirs(&orphan).iter().chain(&dirs(&live)) {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    for dir in dirs(&orphan) {
+        std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    }
+    let left = root.join(format!("{dead}-{}", id(3)));
+    let kept = root.join(format!("{}-{}", std::process::id(), id(4)));
+    for dir in [&left, &kept] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&left)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    std::fs::write(left.join("half-built"), "x").unwrap();
+
+    Bubblewrap::new(BubblewrapConfig {
+        root: root.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let status = sleeper.wait().unwrap();
+    assert!(!status.success(), "the orphan's process was killed");
+    assert!(
+        dirs(&orphan).iter().all(|d| !d.exists()),
+        "orphan cgroup removed"
+    );
+    assert!(!left.exists(), "the orphan's scratch tmpfs is gone");
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(&left.display().to_string()),
+        "and unmounted"
+    );
+    assert!(
+        dirs(&live).iter().all(|d| d.exists()),
+        "a live kiln's cgroup stays"
+    );
+    assert!(kept.exists(), "a live kiln's scratch stays");
+    for dir in dirs(&live) {
+        std::fs::remove_dir(dir).unwrap();
+    }
+    std::fs::remove_dir(&kept).unwrap();
+}
