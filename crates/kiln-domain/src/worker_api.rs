@@ -40,6 +40,15 @@ pub struct Heartbeat {
     pub lease_expires: DateTime<Utc>,
 }
 
+/// The answer to a chunk of a live log (`POST /internal/builds/{id}/log`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogReceived {
+    /// How many bytes of this lease's log the server has: the next chunk
+    /// starts there (a retried chunk is not appended twice, a gap is not
+    /// appended at all).
+    pub received: u64,
+}
+
 /// Form fields of the reports (`/build_success`, `/build_fail`, `/build_crash`).
 pub mod fields {
     /// The `.wasm` binary (success).

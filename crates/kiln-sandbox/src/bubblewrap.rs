@@ -274,7 +274,7 @@ impl Sandbox for Bubblewrap {
             .map_err(|e| SandboxError::io("starting bubblewrap", e))?;
         drop(seccomp);
 
-        let capture = log::Capture::start(&mut child, limits.max_log_bytes);
+        let capture = log::Capture::start(&mut child, limits.max_log_bytes, cmd.output_tap.clone());
 
         let waited = capture.wait(&mut child, limits).await;
         // Whatever happened, nothing of the run outlives it.

@@ -89,6 +89,32 @@ pub struct SandboxCommand {
     pub cwd: PathBuf,
     /// Read-only mounts (toolchain, dependency cache) besides the scratch dir.
     pub mounts: Vec<Mount>,
+    /// Sees the output as it is captured, for a live log (`None`: only the
+    /// report has it).
+    pub output_tap: Option<OutputTap>,
+}
+
+/// Called with each piece of output kept in the log, as it arrives: the
+/// pipe (0 stdout, 1 stderr) and its bytes, which may end inside a UTF-8
+/// character (the next piece of that pipe continues it). Bytes past
+/// `Limits::max_log_bytes` never reach it. It runs on the task draining
+/// the pipe: it must not block.
+#[derive(Clone)]
+pub struct OutputTap(pub std::sync::Arc<TapFn>);
+
+/// What an [`OutputTap`] calls: the pipe and the bytes.
+pub type TapFn = dyn Fn(usize, &[u8]) + Send + Sync;
+
+impl std::fmt::Debug for OutputTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutputTap")
+    }
+}
+
+impl PartialEq for OutputTap {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 mod bubblewrap;

@@ -2,7 +2,7 @@
 //! Past the cap the pipes are still drained, so the child never blocks.
 //! When the last byte arrived is kept too, for the no-output limit.
 
-use crate::{Limits, RunOutcome};
+use crate::{Limits, OutputTap, RunOutcome};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,13 +29,14 @@ pub(crate) struct Capture {
 
 impl Capture {
     /// Starts draining `child`'s piped stdout and stderr.
-    pub(crate) fn start(child: &mut Child, cap: usize) -> Self {
+    /// `tap`, if any, sees every kept piece as it arrives.
+    pub(crate) fn start(child: &mut Child, cap: usize, tap: Option<OutputTap>) -> Self {
         let log = SharedLog::new(Mutex::new(LogBuffer::new()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let pipes = [
-            tokio::spawn(drain(stdout, log.clone(), cap)),
-            tokio::spawn(drain(stderr, log.clone(), cap)),
+            tokio::spawn(drain(stdout, log.clone(), cap, tap.clone().map(|t| (0, t)))),
+            tokio::spawn(drain(stderr, log.clone(), cap, tap.map(|t| (1, t)))),
         ];
         Self { log, cap, pipes }
     }
@@ -102,7 +103,12 @@ impl LogBuffer {
 type SharedLog = Arc<Mutex<LogBuffer>>;
 
 /// Reads `pipe` to its end into `log`, keeping at most `cap` bytes in all.
-async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
+async fn drain(
+    mut pipe: impl AsyncRead + Unpin,
+    log: SharedLog,
+    cap: usize,
+    tap: Option<(usize, OutputTap)>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match pipe.read(&mut buf).await {
@@ -115,6 +121,12 @@ async fn drain(mut pipe: impl AsyncRead + Unpin, log: SharedLog, cap: usize) {
         let kept = n.min(room);
         log.bytes.extend_from_slice(&buf[..kept]);
         log.dropped += (n - kept) as u64;
+        drop(log);
+        if let Some((pipe, tap)) = &tap
+            && kept > 0
+        {
+            (tap.0)(*pipe, &buf[..kept]);
+        }
     }
 }
 
@@ -172,7 +184,7 @@ mod tests {
         for shift in 0..9 {
             let output = format!("{}{}", "x".repeat(shift), "🦀é日".repeat(cap));
             let log = SharedLog::new(Mutex::new(LogBuffer::new()));
-            drain(output.as_bytes(), log.clone(), cap).await;
+            drain(output.as_bytes(), log.clone(), cap, None).await;
             let (text, truncated) = finish(&log, cap);
             assert!(truncated);
             let (kept, marker) = text.split_once("\n[kiln: log truncated").unwrap();

@@ -65,7 +65,7 @@ impl Sandbox for Unsandboxed {
             .spawn()
             .map_err(|e| SandboxError::io("starting the build", e))?;
         let pgid = child.id().map(|p| p as i32);
-        let capture = log::Capture::start(&mut child, limits.max_log_bytes);
+        let capture = log::Capture::start(&mut child, limits.max_log_bytes, cmd.output_tap.clone());
         let waited = capture.wait(&mut child, limits).await;
         if let Some(pgid) = pgid {
             // SAFETY: kill(2) on the process group this run created.
@@ -108,6 +108,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: GUEST_SCRATCH.into(),
             mounts: Vec::new(),
+            output_tap: None,
         }
     }
 

@@ -39,6 +39,7 @@ fn sh(script: &str) -> SandboxCommand {
         ],
         cwd: "/build".into(),
         mounts: Vec::new(),
+        output_tap: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`error`]: the one error type and its JSON body.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`upload`]: bounded multipart reading.
+//! - [`live`]: the live logs of running builds, shared by their readers.
 //! - [`metrics`]: Prometheus counters.
 //! - [`openapi`]: the generated API description.
 
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub trials: Arc<kiln_trial::Trials>,
     /// Precompiles and signs the `.cwasm` of each succeeded build.
     pub artifacts: Arc<artifacts::Precompiler>,
+    /// The live logs of running builds, one buffer per build.
+    pub live: Arc<live::LiveLogs>,
 }
 
 impl AppState {
@@ -56,9 +60,11 @@ impl AppState {
         config: ServerConfig,
         artifacts: artifacts::Precompiler,
     ) -> Self {
+        let live = live::LiveLogs::new(config.max_report_log_bytes as usize);
         Self {
             meta,
             blobs,
+            live: Arc::new(live),
             config: Arc::new(config),
             queue_signal: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
@@ -99,7 +105,13 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let reaper = tokio::spawn(routes::internal::reap_forever(self.state.clone()));
+        let live = self.state.live.clone();
         let app = router(self.state);
+        // Followers of a live log end first, so draining does not wait on them.
+        let shutdown = async move {
+            shutdown.await;
+            live.close();
+        };
         let served = axum::serve(
             self.listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

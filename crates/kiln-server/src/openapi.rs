@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
         versions::upload, versions::list, versions::get, versions::update, versions::delete,
         versions::binary, versions::source, versions::logs, trial::try_version,
         builds::list, builds::get, builds::logs, builds::cancel,
-        internal::claim, internal::heartbeat, internal::source,
+        internal::claim, internal::heartbeat, internal::source, internal::log_chunk,
         internal::build_success, internal::build_fail, internal::build_crash,
         ops::signing_key, ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
     ),

@@ -292,6 +292,7 @@ impl Runner {
                 guest: GUEST_PROGRAM.into(),
                 kind: MountKind::ReadOnly,
             }],
+            output_tap: None,
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use kiln_domain::BuildId;
-use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, fields};
+use kiln_domain::worker_api::{
+    Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
+};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use std::time::Duration;
@@ -190,6 +192,28 @@ impl Client {
             context: "reading a heartbeat",
             source,
         })
+    }
+
+    /// Sends the next chunk of the live log, which starts at byte `offset`
+    /// of this lease's log. Returns where the server wants the next one to
+    /// start.
+    pub async fn log_chunk(&self, claim: &Claim, offset: u64, chunk: String) -> Result<u64> {
+        let build = claim.build.id;
+        let request = self
+            .http
+            .post(self.url(&format!("/internal/builds/{build}/log?offset={offset}")))
+            .header(LEASE_HEADER, claim.lease_id.to_string())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .timeout(Duration::from_secs(10))
+            .body(chunk);
+        let response = self
+            .send(request, "sending the live log", Some(build))
+            .await?;
+        let answer: LogReceived = response.json().await.map_err(|source| ClientError::Http {
+            context: "reading the live log's answer",
+            source,
+        })?;
+        Ok(answer.received)
     }
 
     /// Downloads the source archive, refusing more than `max_bytes`.

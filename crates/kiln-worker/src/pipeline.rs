@@ -17,6 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Default cap on the compiled module: 50 MiB.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 50 * 1024 * 1024;
@@ -34,6 +35,8 @@ pub struct PipelineConfig {
     /// sandbox); the result is kept only if it validates and answers a
     /// smoke request like the original.
     pub wasm_opt: Option<std::path::PathBuf>,
+    /// How often the live log is sent to the server.
+    pub live_flush: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -44,6 +47,7 @@ impl Default for PipelineConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             heartbeat: DEFAULT_HEARTBEAT,
             wasm_opt: None,
+            live_flush: crate::log::LIVE_FLUSH,
         }
     }
 }
@@ -166,6 +170,14 @@ impl Pipeline {
         abort: &CancellationToken,
     ) {
         let mut log = BuildLog::default();
+        // Sends the log to the server as it grows, for live readers; it
+        // ends with this function, before the report, which carries it all.
+        let shipper = AbortOnDropHandle::new(tokio::spawn(crate::log::ship(
+            client.clone(),
+            claim.clone(),
+            log.tail(),
+            self.config.live_flush,
+        )));
         let mut stages = Stages::default();
         log.kiln(format!(
             "build {} of version {} (attempt {}), sandbox: {}",
@@ -188,6 +200,7 @@ impl Pipeline {
         let mut profile =
             json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
         let build = claim.build.id;
+        drop(shipper);
         let reported = match result {
             Ok(built) => {
                 log.kiln(format!("succeeded: {} bytes", built.binary.len()));
@@ -301,14 +314,16 @@ impl Pipeline {
         log.kiln("dependencies resolved outside the sandbox; compiling inside it");
 
         let started = Instant::now();
-        let command = toolchain.build_command(&prepared);
+        let mut command = toolchain.build_command(&prepared);
+        let tapped = log.tap();
+        command.output_tap = Some(tapped.tap.clone());
         let report = self
             .sandbox
             .run(&command, scratch, &self.config.limits)
             .await
             .map_err(|e| Failure::Ours(format!("running the sandbox: {e}")))?;
         stages.record("compile", started);
-        log.output(&report.log);
+        tapped.finish(&report);
         self.check_outcome(&report.outcome)?;
 
         let started = Instant::now();
@@ -399,6 +414,7 @@ impl Pipeline {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: guest,
             mounts: Vec::new(),
+            output_tap: None,
         };
         let report = self
             .sandbox

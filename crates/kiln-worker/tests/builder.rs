@@ -58,6 +58,7 @@ impl Toolchain for PanicsOnce {
             env: Vec::new(),
             cwd: guest.to_owned(),
             mounts: Vec::new(),
+            output_tap: None,
         }
     }
 

@@ -42,6 +42,9 @@ pub enum Command {
     /// Manages owner and worker tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The client commands (login, init, app, deploy, builds, logs, …).
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
     /// Runs one job on a customer's module handed over by kiln (inside its sandbox).
     #[command(hide = true)]
     WasmChild {

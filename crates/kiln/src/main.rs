@@ -1,10 +1,13 @@
 //! `kiln`: the one binary. `serve` runs the API (and, unless `--workers 0`,
 //! builders in the same process), `worker` runs builders on another host,
-//! `token` issues, lists and revokes owner and worker tokens.
+//! `token` issues, lists and revokes owner and worker tokens, and the
+//! client commands (`login`, `init`, `app`, `deploy`, `logs` …) talk to a
+//! server as a person does.
 
 mod build_args;
 mod builders;
 mod cli;
+mod client;
 mod serve;
 mod token;
 mod try_cmd;
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
             cli::Command::Token(cli::TokenCommand::Revoke(args)) => token::revoke(args).await,
             cli::Command::Token(cli::TokenCommand::List(args)) => token::list(args).await,
+            cli::Command::Client(command) => client::run(command).await,
             cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });

@@ -158,6 +158,7 @@ impl Toolchain for RustToolchain {
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             cwd: guest(&prepared.project),
             mounts,
+            output_tap: None,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiQuery;
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use kiln_domain::{BuildState, VersionBuild};
 use kiln_store::{BuildFilter, Page};
@@ -109,15 +109,24 @@ pub async fn get(
     Ok(Json(build))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogsQuery {
+    /// Stream the log as Server-Sent Events until the build ends.
+    pub follow: Option<bool>,
+}
+
 #[utoipa::path(get, path = "/version_build/{id}/logs", tag = "builds",
-    description = "The build's log as plain text, once a worker has reported it (404 before).",
-    params(("id" = String, Path, description = "build id")),
+    description = "The build's log as plain text: the stored log once a worker has reported it, the live log so far while it runs on this server (404 when there is neither). With `follow=true`, Server-Sent Events: `log` events (`{\"text\": …}`, id = the byte offset after it) as the build runs, then one `end` event (`{\"state\", \"error\", \"build\"}`); `Last-Event-ID` resumes after that offset.",
+    params(("id" = String, Path, description = "build id"), LogsQuery,
+        ("last-event-id" = Option<u64>, Header, description = "with follow: the offset already seen")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn logs(
     State(state): State<AppState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let build_id = parse_build_id(&id, "build")?;
     let build = state
@@ -125,7 +134,22 @@ pub async fn logs(
         .get_build(owner, build_id)
         .await
         .map_err(|e| ApiError::from_store(e, "build", &id))?;
+    if query.follow == Some(true) {
+        let offset = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        return Ok(super::follow::follow(state, owner, build, offset).into_response());
+    }
     let Some(location) = build.logs_location else {
+        if let Some(live) = state.live.get(build_id) {
+            return Ok(blob_response(
+                live.text().into(),
+                "text/plain; charset=utf-8",
+                None,
+            ));
+        }
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "logs_not_ready",
@@ -158,5 +182,6 @@ pub async fn cancel(
             e => ApiError::from_store(e, "build", &id),
         })?;
     tracing::info!(build = %build.id, "build cancelled");
+    state.live.finish(build.id, build.state);
     Ok(Json(build))
 }

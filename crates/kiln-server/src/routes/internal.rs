@@ -16,7 +16,9 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kiln_domain::worker_api::{Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, fields};
+use kiln_domain::worker_api::{
+    Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
+};
 use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
@@ -148,6 +150,41 @@ pub async fn source(
     source_response(&state, &claimed.source_location).await
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LogQuery {
+    /// Byte offset of the chunk in this lease's log.
+    pub offset: u64,
+}
+
+#[utoipa::path(post, path = "/internal/builds/{id}/log", tag = "worker",
+    description = "The next chunk of a running build's log (UTF-8 text starting at byte `offset` of the log under this lease), for its live readers. A chunk sent again is not appended twice; the answer says where the next one starts. The final report still carries the whole log.",
+    params(LogQuery, ("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 200, body = LogReceived), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("worker" = [])))]
+pub async fn log_chunk(
+    State(state): State<AppState>,
+    worker: Worker,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<LogReceived>> {
+    let build_id = parse_build_id(&id, "build")?;
+    let lease = lease_from(&headers, None)?;
+    state
+        .meta
+        .leased_build(build_id, lease, &worker.0)
+        .await
+        .map_err(|e| lease_error(e, build_id))?;
+    let chunk = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::invalid("a log chunk must be UTF-8 text cut on a character boundary")
+    })?;
+    let received = state.live.append(build_id, lease, query.offset, chunk);
+    Ok(Json(LogReceived { received }))
+}
+
 /// Reads a report form and checks that its lease is `worker`'s before
 /// anything is stored.
 async fn report_form(
@@ -264,6 +301,9 @@ pub async fn build_success(
     match state.meta.complete_success(build.id, lease, &new).await {
         Ok(version) => {
             tracing::info!(build = %build.id, size = version.binary_size, "build succeeded");
+            state
+                .live
+                .finish(build.id, kiln_domain::BuildState::Succeeded);
             Ok((StatusCode::CREATED, Json(version)))
         }
         Err(e) => {
@@ -339,6 +379,7 @@ pub async fn build_fail(
         .await
         .map_err(|e| lease_error(e, build.id))?;
     tracing::info!(build = %build.id, %error, "build failed");
+    state.live.finish(build.id, updated.state);
     Ok(Json(updated))
 }
 
@@ -382,6 +423,8 @@ pub async fn build_crash(
     tracing::warn!(build = %build.id, %error, state = %updated.state, "build crashed");
     if updated.state == kiln_domain::BuildState::Queued {
         state.queue_signal.notify_waiters();
+    } else {
+        state.live.finish(build.id, updated.state);
     }
     Ok(Json(updated))
 }
@@ -392,6 +435,7 @@ pub async fn reap_forever(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        state.live.prune(crate::live::IDLE_BUFFER);
         match state.meta.reap_expired(state.config.max_attempts).await {
             Ok(0) => {}
             Ok(_) => state.queue_signal.notify_waiters(),

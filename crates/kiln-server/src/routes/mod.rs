@@ -3,6 +3,7 @@
 
 pub mod applications;
 pub mod builds;
+pub mod follow;
 pub mod internal;
 pub mod ops;
 pub mod trial;
@@ -40,6 +41,13 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             refuse_declared_oversize(report_limit, req, next)
         }));
+    let log_limit = config.max_report_log_bytes;
+    let live_logs = Router::new()
+        .route("/internal/builds/{id}/log", post(internal::log_chunk))
+        .layer(DefaultBodyLimit::max(log_limit as usize))
+        .layer(middleware::from_fn(move |req, next| {
+            refuse_declared_oversize(log_limit, req, next)
+        }));
 
     Router::new()
         .route(
@@ -76,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi_json))
         .merge(upload)
         .merge(reports)
+        .merge(live_logs)
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
