@@ -343,7 +343,7 @@ impl Pipeline {
         ));
 
         let started = Instant::now();
-        let binary = self.optimize(binary, claim, scratch, log).await;
+        let binary = self.optimize(binary, claim, log).await;
         stages.record("optimize", started);
 
         let started = Instant::now();
@@ -363,13 +363,7 @@ impl Pipeline {
 
     /// Runs wasm-opt in the sandbox and keeps its output only if it is a
     /// valid plugin that answers a smoke request like the original.
-    async fn optimize(
-        &self,
-        binary: Vec<u8>,
-        claim: &Claim,
-        scratch: &Scratch,
-        log: &mut BuildLog,
-    ) -> Vec<u8> {
+    async fn optimize(&self, binary: Vec<u8>, claim: &Claim, log: &mut BuildLog) -> Vec<u8> {
         let Some(wasm_opt) = &self.config.wasm_opt else {
             return binary;
         };
@@ -377,7 +371,7 @@ impl Pipeline {
             log.kiln("wasm-opt skipped: turned off for this version");
             return binary;
         }
-        match self.try_optimize(wasm_opt, &binary, claim, scratch).await {
+        match self.try_optimize(wasm_opt, &binary, claim).await {
             Ok(optimized) => {
                 log.kiln(format!(
                     "wasm-opt -O3: {} → {} bytes",
@@ -398,12 +392,46 @@ impl Pipeline {
         wasm_opt: &std::path::Path,
         binary: &[u8],
         claim: &Claim,
-        scratch: &Scratch,
     ) -> Result<Vec<u8>, String> {
-        let dir = scratch.path().join("optimize");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("in.wasm"), binary).map_err(|e| e.to_string())?;
-        let guest = std::path::Path::new(kiln_sandbox::GUEST_SCRATCH).join("optimize");
+        // A scratch directory of its own: the build's was the customer's
+        // code's to fill (with links to host files, say), and this step's
+        // input is written as root.
+        let limits = Limits {
+            disk_bytes: 4 * binary.len() as u64 + (16 << 20),
+            ..self.config.limits.clone()
+        };
+        let scratch = self
+            .sandbox
+            .create_scratch(&limits)
+            .await
+            .map_err(|e| format!("creating wasm-opt's directory: {e}"))?;
+        let optimized = self.run_wasm_opt(wasm_opt, binary, &scratch, &limits).await;
+        if let Err(e) = self.sandbox.remove_scratch(scratch).await {
+            tracing::error!(build = %claim.build.id, error = %e, "could not remove wasm-opt's directory");
+        }
+        let optimized = optimized?;
+        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
+            .map_err(|e| e.to_string())?;
+        let same = self
+            .children
+            .smoke(binary, &optimized, &claim.build.conf)
+            .await
+            .map_err(|e| e.to_string())?;
+        keep_if_alike(same, optimized, "the optimized module")
+    }
+
+    /// `wasm-opt` on `binary` in the fresh `scratch`: its output.
+    async fn run_wasm_opt(
+        &self,
+        wasm_opt: &std::path::Path,
+        binary: &[u8],
+        scratch: &Scratch,
+        limits: &Limits,
+    ) -> Result<Vec<u8>, String> {
+        tokio::fs::write(scratch.path().join("in.wasm"), binary)
+            .await
+            .map_err(|e| format!("writing wasm-opt's input: {e}"))?;
+        let guest = std::path::Path::new(kiln_sandbox::GUEST_SCRATCH);
         let command = kiln_sandbox::SandboxCommand {
             program: wasm_opt.to_owned(),
             args: kiln_wasm::optimize::wasm_opt_args(
@@ -412,13 +440,13 @@ impl Pipeline {
                 &guest.join("out.wasm").display().to_string(),
             ),
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-            cwd: guest,
+            cwd: guest.to_owned(),
             mounts: Vec::new(),
             output_tap: None,
         };
         let report = self
             .sandbox
-            .run(&command, scratch, &self.config.limits)
+            .run(&command, scratch, limits)
             .await
             .map_err(|e| e.to_string())?;
         if report.outcome != RunOutcome::Exited(0) {
@@ -428,20 +456,12 @@ impl Pipeline {
                 report.log.lines().last().unwrap_or_default()
             ));
         }
-        let optimized = kiln_sandbox::read_output_file(
+        kiln_sandbox::read_output_file(
             scratch,
-            std::path::Path::new("optimize/out.wasm"),
+            std::path::Path::new("out.wasm"),
             self.config.max_output_bytes,
         )
-        .map_err(|e| e.to_string())?;
-        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
-            .map_err(|e| e.to_string())?;
-        let same = self
-            .children
-            .smoke(binary, &optimized, &claim.build.conf)
-            .await
-            .map_err(|e| e.to_string())?;
-        keep_if_alike(same, optimized, "the optimized module")
+        .map_err(|e| e.to_string())
     }
 
     /// Runs the module's Wizer init function at build time, in the sandbox,

@@ -343,15 +343,29 @@ async fn nothing_outside_the_build_is_written() {
         h.kiln.data_dir().join(format!("escape-{marker}")),
         PathBuf::from("/var/lib/kiln/cache").join(format!("escape-{marker}")),
     ];
-    let params: Vec<_> = targets
+    let mut params: Vec<_> = targets
         .iter()
         .map(|p| ("write", p.display().to_string()))
         .collect();
+    // Links for the steps kiln runs as root once the build is done (such as
+    // writing wasm-opt's input) to follow into kiln's data dir.
+    let data_dir = h.kiln.data_dir().display().to_string();
+    params.push(("plant", format!("optimize={data_dir}")));
+    params.push(("plant", format!("in.wasm={data_dir}/in.wasm")));
     let out = h.build("write-outside", &params).await;
     assert!(
-        out.log.contains("hostile: write"),
+        out.log.contains("hostile: write") && out.log.contains("hostile: planted"),
         "the attack ran:\n{}",
         out.log
+    );
+    assert!(
+        out.log.contains("wasm-opt -O3:"),
+        "wasm-opt ran:\n{}",
+        out.log
+    );
+    assert!(
+        !h.kiln.data_dir().join("in.wasm").exists(),
+        "kiln wrote through a link the build planted"
     );
     // Only the sandbox's own /tmp (a private tmpfs) is writable.
     for line in out.log.lines().filter(|l| l.contains("WROTE")) {
