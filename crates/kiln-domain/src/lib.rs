@@ -7,7 +7,9 @@
 //! - [`phase`], [`language`]: what a plugin declares about itself.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
+//! - [`channel`]: deployments, the channels that point at versions.
 
+pub mod channel;
 pub mod entities;
 pub mod ids;
 pub mod language;
@@ -15,6 +17,7 @@ pub mod phase;
 pub mod state;
 pub mod worker_api;
 
+pub use channel::{Channel, ChannelAction, ChannelChange, ChannelName, ChannelTarget};
 pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};
 pub use ids::{AppId, BuildId, OwnerId, WorkerName};
 pub use language::Language;

@@ -102,6 +102,10 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
             "revoked a token of owner {}; it is refused from the next request",
             owner.0
         ),
+        Revoked::Edge(owner) => println!(
+            "revoked an edge token of owner {}; it is refused from the next request",
+            owner.0
+        ),
         Revoked::Worker(worker, Orphaned { requeued, crashed }) => println!(
             "revoked the token of worker {worker}; it is refused from the next request; \
              of its running builds, {requeued} were queued again and {crashed} ended crashed"
