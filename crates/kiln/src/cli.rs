@@ -52,7 +52,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Creates a token for an owner (created if missing) or a new worker, and prints it on the last line.
+    /// Creates a token for an owner (created if missing), an edge server or a new worker, and prints it on the last line.
     Create(TokenArgs),
     /// Revokes a token at once: an owner's or a worker's (whose running builds are queued again).
     Revoke(RevokeArgs),
@@ -82,6 +82,12 @@ pub struct TokenArgs {
     /// The name of a new worker (build host) the token identifies, e.g. build-host-1.
     #[arg(long)]
     pub worker: Option<String>,
+    /// A read-only token of an edge server: it reads only the owner's channels and artifacts.
+    #[arg(long, requires = "owner", conflicts_with = "worker")]
+    pub edge: bool,
+    /// With --edge: only this application's channels and artifacts.
+    #[arg(long, requires = "edge")]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]
