@@ -1,10 +1,12 @@
 //! `kiln`: the one binary. `serve` runs the API (and, unless `--workers 0`,
 //! builders in the same process), `worker` runs builders on another host,
-//! `token` issues, lists and revokes owner and worker tokens.
+//! `token` issues, lists and revokes owner, edge and worker tokens, `edge`
+//! keeps a local Envoy's wasm filter at a channel's version.
 
 mod build_args;
 mod builders;
 mod cli;
+mod edge;
 mod serve;
 mod token;
 mod try_cmd;
@@ -34,6 +36,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Token(cli::TokenCommand::Create(args)) => token::create(args).await,
             cli::Command::Token(cli::TokenCommand::Revoke(args)) => token::revoke(args).await,
             cli::Command::Token(cli::TokenCommand::List(args)) => token::list(args).await,
+            cli::Command::Edge(args) => edge::run(args).await,
             cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });
