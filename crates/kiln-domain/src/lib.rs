@@ -7,8 +7,10 @@
 //! - [`phase`], [`language`]: what a plugin declares about itself.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
+//! - [`channel`]: deployments, the channels that point at versions.
 //! - [`text`]: cutting text to a size on a character boundary.
 
+pub mod channel;
 pub mod entities;
 pub mod ids;
 pub mod language;
@@ -17,6 +19,7 @@ pub mod state;
 pub mod text;
 pub mod worker_api;
 
+pub use channel::{Channel, ChannelAction, ChannelChange, ChannelName, ChannelTarget};
 pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};
 pub use ids::{AppId, BuildId, OwnerId, WorkerName};
 pub use language::Language;

@@ -5,14 +5,16 @@
 use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use kiln_domain::{OwnerId, WorkerName};
+use kiln_domain::{AppId, OwnerId, WorkerName};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Prefix of owner tokens, so a leaked one is recognisable in logs and scans.
 const OWNER_TOKEN_PREFIX: &str = "kiln_";
 const WORKER_TOKEN_PREFIX: &str = "kilnw_";
+const EDGE_TOKEN_PREFIX: &str = "kilne_";
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -30,6 +32,18 @@ pub fn new_owner_token() -> String {
 
 pub fn new_worker_token() -> String {
     random_token(WORKER_TOKEN_PREFIX)
+}
+
+/// A read-only token of an edge server (`kiln token create --edge`).
+pub fn new_edge_token() -> String {
+    random_token(EDGE_TOKEN_PREFIX)
+}
+
+/// What a record says about the token that made a change: the first 12
+/// hex digits of its sha256, enough to tell an owner's tokens apart and
+/// useless for logging in.
+pub fn token_fingerprint(token_hash: &str) -> &str {
+    token_hash.get(..12).unwrap_or(token_hash)
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -54,9 +68,86 @@ impl FromRequestParts<AppState> for Owner {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = OwnerToken::from_request_parts(parts, state).await?;
+        Ok(Owner(token.owner))
+    }
+}
+
+/// The authenticated owner, with the fingerprint of the token presented,
+/// for the records that say who made a change.
+#[derive(Debug, Clone)]
+pub struct OwnerToken {
+    pub owner: OwnerId,
+    /// See [`token_fingerprint`].
+    pub fingerprint: String,
+}
+
+impl OwnerToken {
+    /// How a change record names this token.
+    pub fn actor(&self) -> String {
+        format!("owner {}, token {}", self.owner, self.fingerprint)
+    }
+}
+
+impl FromRequestParts<AppState> for OwnerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        match state.meta.owner_by_token(&hash_token(token)).await {
-            Ok(Some(owner)) => Ok(Owner(owner)),
+        let hash = hash_token(token);
+        match state.meta.owner_by_token(&hash).await {
+            Ok(Some(owner)) => Ok(OwnerToken {
+                owner,
+                fingerprint: token_fingerprint(&hash).to_owned(),
+            }),
+            Ok(None) if token.starts_with(EDGE_TOKEN_PREFIX) => {
+                match state.meta.edge_by_token(&hash).await {
+                    Ok(Some(_)) => Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "an edge token only reads channels and artifacts; this takes an owner's token",
+                    )),
+                    Ok(None) => Err(ApiError::unauthorized("unknown or revoked token")),
+                    Err(e) => Err(ApiError::internal("token lookup failed", e)),
+                }
+            }
+            Ok(None) => Err(ApiError::unauthorized("unknown or revoked token")),
+            Err(e) => Err(ApiError::internal("token lookup failed", e)),
+        }
+    }
+}
+
+/// A reader of channels and artifacts: an edge token (of one owner, and
+/// of one application when it was made with `--app`), or an owner's own
+/// token, which reads everything of its owner. Only channel reads and
+/// artifact downloads take it.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeReader {
+    pub owner: OwnerId,
+    /// The one application an edge token may read; `None` for all of the owner's.
+    pub app: Option<AppId>,
+}
+
+impl EdgeReader {
+    /// Whether this reader may read `app` (which must also be the owner's;
+    /// the store checks that).
+    pub fn may_read(&self, app: AppId) -> bool {
+        self.app.is_none_or(|only| only == app)
+    }
+}
+
+impl FromRequestParts<AppState> for EdgeReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let hash = hash_token(bearer(parts)?);
+        match state.meta.owner_by_token(&hash).await {
+            Ok(Some(owner)) => return Ok(EdgeReader { owner, app: None }),
+            Ok(None) => {}
+            Err(e) => return Err(ApiError::internal("token lookup failed", e)),
+        }
+        match state.meta.edge_by_token(&hash).await {
+            Ok(Some((owner, app))) => Ok(EdgeReader { owner, app }),
             Ok(None) => Err(ApiError::unauthorized("unknown or revoked token")),
             Err(e) => Err(ApiError::internal("token lookup failed", e)),
         }

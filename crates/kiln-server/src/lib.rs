@@ -1,5 +1,6 @@
 //! kiln-server is the HTTP face of kiln: the public REST API (applications,
-//! versions, builds), the private API workers use to claim builds and report
+//! versions, builds, the channels that deploy them, artifacts by content
+//! address), the private API workers use to claim builds and report
 //! results, health and metrics, and the housekeeping of the build queue
 //! (re-queuing builds whose worker went silent). It stores through
 //! kiln-store and never runs a build itself.
@@ -7,7 +8,7 @@
 //! Layout:
 //! - [`config`]: what an operator can set.
 //! - [`artifacts`]: the signed `.cwasm`s the server precompiles.
-//! - [`auth`]: owner and worker tokens.
+//! - [`auth`]: owner, worker and edge tokens.
 //! - [`error`]: the one error type and its JSON body.
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`upload`]: bounded multipart reading.
@@ -43,6 +44,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// Woken whenever a build is queued, so long-polling claims answer at once.
     pub queue_signal: Arc<Notify>,
+    /// Woken whenever a channel changes, so long-polling edge agents answer at once.
+    pub channel_signal: Arc<Notify>,
     pub metrics: Arc<metrics::Metrics>,
     /// Where `POST /version/{id}/try` runs plugins.
     pub trials: Arc<kiln_trial::Trials>,
@@ -67,6 +70,7 @@ impl AppState {
             live: Arc::new(live),
             config: Arc::new(config),
             queue_signal: Arc::new(Notify::new()),
+            channel_signal: Arc::new(Notify::new()),
             metrics: Arc::new(metrics::Metrics::new()),
             trials: Arc::new(kiln_trial::Trials::unavailable(
                 "no sandbox was configured".into(),

@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - [`meta`]: applications, builds (which are also the queue), versions,
-//!   owners, their tokens and the workers' tokens.
+//!   owners, their tokens, the workers' and edge servers' tokens, and the
+//!   channels that deploy versions.
 //! - [`blob`]: sources, binaries and logs, written atomically.
 //! - [`keys`]: where each blob of a build lives.
 
@@ -15,8 +16,8 @@ pub mod meta;
 
 pub use blob::{BlobStore, S3Config};
 pub use meta::{
-    BuildFilter, ClaimedBuild, MetaStore, NewBuild, NewVersion, Orphaned, Page, QueueCounts,
-    Revoked, VersionPatch, WorkerToken,
+    BuildFilter, ChannelRefusal, ClaimedBuild, MetaStore, NewBuild, NewVersion, Orphaned, Page,
+    QueueCounts, Revoked, VersionPatch, WorkerToken,
 };
 
 /// A failure of a store operation. `NotFound`, `Conflict` and `LeaseLost`

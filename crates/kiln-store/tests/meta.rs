@@ -1,9 +1,12 @@
 //! The metadata store's behaviour, run against SQLite and a real PostgreSQL
 //! (`KILN_TEST_DATABASE_URL`, started by `scripts/test`).
 
-use kiln_domain::{AppId, BuildId, BuildState, Language, OwnerId, Phases, WorkerName};
+use kiln_domain::{
+    AppId, BuildId, BuildState, ChannelAction, ChannelName, Language, OwnerId, Phases, WorkerName,
+};
 use kiln_store::{
-    BuildFilter, MetaStore, NewBuild, NewVersion, Orphaned, Page, Revoked, StoreError, VersionPatch,
+    BuildFilter, ChannelRefusal, MetaStore, NewBuild, NewVersion, Orphaned, Page, Revoked,
+    StoreError, VersionPatch,
 };
 use std::time::Duration;
 
@@ -867,6 +870,173 @@ async fn revoking_a_worker_requeues_its_running_builds(db: TestDb) {
     );
 }
 
+/// A succeeded version `v` of `app` whose binary has the sha256 `sha`.
+async fn version_with_sha(
+    store: &MetaStore,
+    owner: OwnerId,
+    app: AppId,
+    v: &str,
+    sha: &str,
+) -> BuildId {
+    let b = store.create_build(&new_build(owner, app, v)).await.unwrap();
+    let c = store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
+    let mut new = new_version(b.id);
+    new.binary_sha256 = sha.to_owned();
+    store
+        .complete_success(b.id, c.lease_id, &new)
+        .await
+        .unwrap();
+    b.id
+}
+
+async fn channels_promote_roll_back_and_hold_their_versions(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let v1 = version_with_sha(store, owner, app, "1.0.0", &"1".repeat(64)).await;
+    let v2 = version_with_sha(store, owner, app, "2.0.0", &"2".repeat(64)).await;
+    let prod = ChannelName::parse("production").unwrap();
+
+    assert_eq!(
+        store.rollback(owner, app, &prod, "t").await.unwrap(),
+        Err(ChannelRefusal::NoSuchChannel)
+    );
+    let c = store
+        .promote(owner, app, &prod, v1, "owner a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.revision, c.version.id), (1, v1));
+    assert_eq!(
+        c.version.artifact,
+        format!("/artifact/{}.wasm", "1".repeat(64))
+    );
+    assert_eq!(
+        store.rollback(owner, app, &prod, "t").await.unwrap(),
+        Err(ChannelRefusal::NothingToRollBackTo)
+    );
+    // Promoting the version already deployed changes nothing.
+    let same = store
+        .promote(owner, app, &prod, v1, "b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(same.revision, 1);
+    let c = store
+        .promote(owner, app, &prod, v2, "owner b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.revision, c.version.id), (2, v2));
+    assert_eq!(store.channel_revision(app, &prod).await.unwrap(), Some(2));
+
+    // A deployed version cannot be deleted; the refusal names the channel.
+    match store.delete_version(owner, v2).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("production"), "{m}"),
+        other => panic!("deleted a deployed version: {other:?}"),
+    }
+    let back = store
+        .rollback(owner, app, &prod, "owner c")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.revision, back.version.id), (3, v1));
+    let history: Vec<_> = back
+        .history
+        .iter()
+        .map(|h| (h.revision, h.version_id, h.action, h.by.as_str()))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (3, v1, ChannelAction::Rollback, "owner c"),
+            (2, v2, ChannelAction::Promote, "owner b"),
+            (1, v1, ChannelAction::Promote, "owner a"),
+        ]
+    );
+    // v2 is free now, and once deleted the channel cannot return to it.
+    store.delete_version(owner, v2).await.unwrap();
+    assert_eq!(
+        store.rollback(owner, app, &prod, "t").await.unwrap(),
+        Err(ChannelRefusal::PreviousVersionDeleted(v2))
+    );
+
+    // Another owner sees nothing and cannot promote.
+    let stranger = store.create_owner("s").await.unwrap();
+    assert!(matches!(
+        store.get_channel(stranger, app, &prod).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.promote(stranger, app, &prod, v1, "s").await.unwrap(),
+        Err(ChannelRefusal::NoSuchVersion)
+    );
+    assert!(store.list_channels(stranger, app).await.unwrap().is_empty());
+    let staging = ChannelName::parse("staging").unwrap();
+    store
+        .promote(owner, app, &staging, v1, "a")
+        .await
+        .unwrap()
+        .unwrap();
+    let names: Vec<_> = store
+        .list_channels(owner, app)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["production", "staging"]);
+
+    // Versions are found by content; deleting the application drops its channels.
+    let found = store
+        .version_by_sha256(&"1".repeat(64))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, v1);
+    assert!(
+        store
+            .version_by_sha256(&"2".repeat(64))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.delete_application(owner, app).await.unwrap();
+    assert!(
+        store
+            .version_by_sha256(&"1".repeat(64))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.channel_revision(app, &prod).await.unwrap(), None);
+}
+
+async fn edge_tokens_resolve_and_revoke(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    store
+        .add_edge_token(owner, Some(app), "h-app")
+        .await
+        .unwrap();
+    store.add_edge_token(owner, None, "h-all").await.unwrap();
+    assert_eq!(
+        store.edge_by_token("h-app").await.unwrap(),
+        Some((owner, Some(app)))
+    );
+    assert_eq!(
+        store.edge_by_token("h-all").await.unwrap(),
+        Some((owner, None))
+    );
+    // An edge token is not an owner's token.
+    assert_eq!(store.owner_by_token("h-all").await.unwrap(), None);
+    assert_eq!(store.edge_token_counts().await.unwrap(), vec![(owner, 2)]);
+    assert_eq!(
+        store.revoke_token("h-app", 3).await.unwrap(),
+        Revoked::Edge(owner)
+    );
+    assert_eq!(store.edge_by_token("h-app").await.unwrap(), None);
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -905,4 +1075,6 @@ on_both_backends!(
     worker_tokens_are_created_resolved_and_revoked,
     a_worker_acts_only_on_builds_it_claimed,
     revoking_a_worker_requeues_its_running_builds,
+    channels_promote_roll_back_and_hold_their_versions,
+    edge_tokens_resolve_and_revoke,
 );

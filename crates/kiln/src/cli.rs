@@ -39,12 +39,14 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Runs a plugin on one request in kiln's proxy-wasm host.
     Try(TryArgs),
-    /// Manages owner and worker tokens.
+    /// Manages owner, edge and worker tokens.
     #[command(subcommand)]
     Token(TokenCommand),
     /// The client commands (login, init, app, deploy, builds, logs, …).
     #[command(flatten)]
     Client(crate::client::ClientCommand),
+    /// Keeps a local Envoy's wasm filter at a channel's version (an agent beside Envoy).
+    Edge(EdgeArgs),
     /// Runs one job on a customer's module handed over by kiln (inside its sandbox).
     #[command(hide = true)]
     WasmChild {
@@ -55,7 +57,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Creates a token for an owner (created if missing) or a new worker, and prints it on the last line.
+    /// Creates a token for an owner (created if missing), an edge server or a new worker, and prints it on the last line.
     Create(TokenArgs),
     /// Revokes a token at once: an owner's or a worker's (whose running builds are queued again).
     Revoke(RevokeArgs),
@@ -85,6 +87,12 @@ pub struct TokenArgs {
     /// The name of a new worker (build host) the token identifies, e.g. build-host-1.
     #[arg(long)]
     pub worker: Option<String>,
+    /// A read-only token of an edge server: it reads only the owner's channels and artifacts.
+    #[arg(long, requires = "owner", conflicts_with = "worker")]
+    pub edge: bool,
+    /// With --edge: only this application's channels and artifacts.
+    #[arg(long, requires = "edge")]
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -240,4 +248,66 @@ pub struct TryArgs {
     /// An owner token, for a version id.
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EdgeArgs {
+    #[command(subcommand)]
+    pub command: Option<EdgeCommand>,
+    #[command(flatten)]
+    pub agent: EdgeAgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// Prints an Envoy bootstrap that takes its wasm filter from the agent's directory.
+    EnvoyConfig(EnvoyConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeAgentArgs {
+    /// The kiln server, e.g. http://10.0.0.5:8080.
+    #[arg(long, env = "KILN_SERVER", required = true)]
+    pub server: Option<String>,
+    /// An edge token (`kiln token create --edge --owner N [--app ID]`).
+    #[arg(long, env = "KILN_EDGE_TOKEN", hide_env_values = true, required = true)]
+    pub edge_token: Option<String>,
+    /// The application whose channel is deployed.
+    #[arg(long, env = "KILN_APP", required = true)]
+    pub app: Option<String>,
+    /// The channel to follow.
+    #[arg(long, env = "KILN_CHANNEL", default_value = "production")]
+    pub channel: String,
+    /// Where the modules and Envoy's extension config file are written.
+    #[arg(long, env = "KILN_EDGE_DIR", required = true)]
+    pub dir: Option<PathBuf>,
+    /// The name of the wasm HTTP filter in Envoy's config (as given to envoy-config).
+    #[arg(long, default_value = "kiln")]
+    pub filter_name: String,
+    /// Seconds each long poll of the channel waits for a change (1 to 60).
+    #[arg(long, default_value_t = 25)]
+    pub wait_seconds: u64,
+    /// Seconds before a failed download or an unreachable server is tried again.
+    #[arg(long, default_value_t = 5)]
+    pub retry_seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvoyConfigArgs {
+    /// The agent's --dir.
+    #[arg(long, env = "KILN_EDGE_DIR")]
+    pub dir: PathBuf,
+    /// Where Envoy listens for requests, e.g. 127.0.0.1:10000.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Where every request goes, HOST:PORT (an IP address or a DNS name).
+    #[arg(long)]
+    pub origin: String,
+    /// Envoy's admin interface (stats, /ready); keep it on loopback.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// The name of the wasm HTTP filter (as given to the agent).
+    #[arg(long, default_value = "kiln")]
+    pub filter_name: String,
 }

@@ -1,6 +1,7 @@
 //! `kiln`: the one binary. `serve` runs the API (and, unless `--workers 0`,
 //! builders in the same process), `worker` runs builders on another host,
-//! `token` issues, lists and revokes owner and worker tokens, and the
+//! `token` issues, lists and revokes owner, edge and worker tokens, `edge`
+//! keeps a local Envoy's wasm filter at a channel's version, and the
 //! client commands (`login`, `init`, `app`, `deploy`, `logs` …) talk to a
 //! server as a person does.
 
@@ -8,6 +9,7 @@ mod build_args;
 mod builders;
 mod cli;
 mod client;
+mod edge;
 mod serve;
 mod token;
 mod try_cmd;
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Token(cli::TokenCommand::Revoke(args)) => token::revoke(args).await,
             cli::Command::Token(cli::TokenCommand::List(args)) => token::list(args).await,
             cli::Command::Client(command) => client::run(command).await,
+            cli::Command::Edge(args) => edge::run(args).await,
             cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });

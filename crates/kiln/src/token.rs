@@ -1,12 +1,12 @@
-//! `kiln token create | revoke | list`: tokens are written to and revoked
+//! `kiln token create | revoke | list`: owner, edge and worker tokens are written to and revoked
 //! in the metadata store directly; servers read it on every request, so a
 //! change holds from the next request without a restart.
 
 use crate::cli::{ListArgs, RevokeArgs, TokenArgs};
 use crate::serve::open_meta;
 use anyhow::{Context, bail};
-use kiln_domain::{OwnerId, WorkerName};
-use kiln_server::auth::{hash_token, new_owner_token, new_worker_token};
+use kiln_domain::{AppId, OwnerId, WorkerName};
+use kiln_server::auth::{hash_token, new_edge_token, new_owner_token, new_worker_token};
 use kiln_store::{MetaStore, Orphaned, Revoked, StoreError};
 use std::io::Read;
 use std::path::Path;
@@ -17,12 +17,49 @@ pub async fn create(args: TokenArgs) -> anyhow::Result<()> {
     if let Some(owner) = args.owner {
         anyhow::ensure!(owner > 0, "--owner must be a positive owner id");
     }
+    let app = args.app.as_deref().map(AppId::parse).transpose()?;
     let meta = open_meta(&args.store).await?;
     match (args.owner, worker) {
         (_, Some(worker)) => create_worker(&meta, &worker).await,
+        (Some(owner), None) if args.edge => create_edge(&meta, OwnerId(owner), app).await,
         (Some(owner), None) => create_owner(&meta, OwnerId(owner)).await,
         (None, None) => bail!("give --owner ID or --worker NAME"),
     }
+}
+
+async fn create_edge(meta: &MetaStore, owner: OwnerId, app: Option<AppId>) -> anyhow::Result<()> {
+    if !meta
+        .owner_exists(owner)
+        .await
+        .context("reading the owner")?
+    {
+        bail!("there is no owner {}", owner.0);
+    }
+    if let Some(app) = app {
+        match meta.get_application(owner, app).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound) => bail!("owner {} has no application {app}", owner.0),
+            Err(e) => return Err(e).context("reading the application"),
+        }
+    }
+    let token = new_edge_token();
+    meta.add_edge_token(owner, app, &hash_token(&token))
+        .await
+        .context("storing the edge token")?;
+    match app {
+        Some(app) => eprintln!(
+            "created an edge token of owner {} for application {app} (it reads only its \
+             channels and artifacts); it is shown once:",
+            owner.0
+        ),
+        None => eprintln!(
+            "created an edge token of owner {} (it reads only channels and artifacts); \
+             it is shown once:",
+            owner.0
+        ),
+    }
+    println!("{token}");
+    Ok(())
 }
 
 async fn create_owner(meta: &MetaStore, owner: OwnerId) -> anyhow::Result<()> {
@@ -102,6 +139,10 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
             "revoked a token of owner {}; it is refused from the next request",
             owner.0
         ),
+        Revoked::Edge(owner) => println!(
+            "revoked an edge token of owner {}; it is refused from the next request",
+            owner.0
+        ),
         Revoked::Worker(worker, Orphaned { requeued, crashed }) => println!(
             "revoked the token of worker {worker}; it is refused from the next request; \
              of its running builds, {requeued} were queued again and {crashed} ended crashed"
@@ -159,10 +200,26 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         "(and {}: the server's shared --worker-token, kept in its configuration)",
         WorkerName::SHARED
     );
+    let edge = meta
+        .edge_token_counts()
+        .await
+        .context("counting the edge tokens")?;
+    let edge_of = |owner: OwnerId| {
+        edge.iter()
+            .find(|(o, _)| *o == owner)
+            .map_or(0, |(_, n)| *n)
+    };
+    let mut ids: Vec<OwnerId> = owners.iter().chain(&edge).map(|(o, _)| *o).collect();
+    ids.sort();
+    ids.dedup();
     println!();
-    println!("{:<32} tokens", "owner");
-    for (owner, count) in owners {
-        println!("{:<32} {count}", owner.0);
+    println!("{:<32} {:<8} edge tokens", "owner", "tokens");
+    for owner in ids {
+        let count = owners
+            .iter()
+            .find(|(o, _)| *o == owner)
+            .map_or(0, |(_, n)| *n);
+        println!("{:<32} {count:<8} {}", owner.0, edge_of(owner));
     }
     Ok(())
 }

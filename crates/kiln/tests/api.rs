@@ -1478,6 +1478,249 @@ async fn revoked_tokens_are_refused_at_once(db: Db) {
     assert_eq!(apps(spare).await.status(), StatusCode::OK);
 }
 
+async fn channels_deploy_versions_to_edge_readers(db: Db) {
+    let Some(kiln) = Kiln::start(db, &[]).await else {
+        return;
+    };
+    let app = id(&kiln.create_app("a").await);
+    let other_app = id(&kiln.create_app("b").await);
+    let v1 = succeed(&kiln, &app, "1.0.0").await;
+    let v2 = succeed(&kiln, &app, "2.0.0").await;
+    let queued = id(&kiln.upload_ok(&app, "3.0.0", PHASES, small_crate()).await);
+    let edge =
+        last_line(&kiln.cli_ok(&["token", "create", "--edge", "--owner", "1", "--app", &app]));
+    assert!(edge.starts_with("kilne_"), "{edge}");
+    let elsewhere = last_line(&kiln.cli_ok(&[
+        "token", "create", "--edge", "--owner", "1", "--app", &other_app,
+    ]));
+    let out = kiln.cli(&["token", "create", "--edge", "--owner", "1", "--app", &v1]);
+    assert!(
+        !out.status.success(),
+        "an edge token for an unknown application"
+    );
+    let channel = |name: &str| format!("/application/{app}/channels/{name}");
+    let promote = |name: String, version: String| {
+        kiln.http
+            .put(kiln.url(&name))
+            .bearer_auth(&kiln.admin_token)
+            .json(&json!({ "version_id": version }))
+            .send()
+    };
+    let as_edge = |token: &str, path: &str| kiln.http.get(kiln.url(path)).bearer_auth(token).send();
+
+    // Only built versions of this application are deployed.
+    let r = promote(channel("production"), queued.clone())
+        .await
+        .unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = promote(channel("no/such"), v1.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = promote(channel("bad name!"), v1.clone()).await.unwrap();
+    error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let r = as_edge(&edge, &channel("production")).await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+
+    let r = promote(channel("production"), v1.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let prod: Value = r.json().await.unwrap();
+    assert_eq!(
+        (prod["revision"].as_i64(), prod["version"]["id"].as_str()),
+        (Some(1), Some(v1.as_str()))
+    );
+    let by = prod["history"][0]["by"].as_str().unwrap();
+    assert!(by.starts_with("owner 1, token "), "{by}");
+    let sha = prod["version"]["binary_sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(prod["version"]["artifact"], format!("/artifact/{sha}.wasm"));
+
+    // An edge token reads its application's channels, and nothing else.
+    let r = as_edge(&edge, &format!("/application/{app}/channels"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed[0]["name"], "production");
+    let r = as_edge(&elsewhere, &channel("production")).await.unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+    let r = as_edge(&edge, &format!("/application/{app}"))
+        .await
+        .unwrap();
+    error_of(r, StatusCode::FORBIDDEN).await;
+    let r = as_edge(&edge, &format!("/version/{v1}/binary"))
+        .await
+        .unwrap();
+    error_of(r, StatusCode::FORBIDDEN).await;
+    let r = kiln
+        .http
+        .put(kiln.url(&channel("production")))
+        .bearer_auth(&edge)
+        .json(&json!({ "version_id": v2 }))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::FORBIDDEN).await;
+
+    // A long poll answers 204 when nothing changed, and at once on a change.
+    let started = std::time::Instant::now();
+    let r = as_edge(
+        &edge,
+        &format!("{}?after=1&wait_seconds=1", channel("production")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(started.elapsed() >= Duration::from_millis(900), "it waited");
+    let waiting = {
+        let url = kiln.url(&format!(
+            "{}?after=1&wait_seconds=30",
+            channel("production")
+        ));
+        let request = kiln.http.get(url).bearer_auth(&edge);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = request.send().await.unwrap();
+            (
+                r.status(),
+                started.elapsed(),
+                r.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = promote(channel("production"), v2.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, waited, moved) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered on the change: {waited:?}"
+    );
+    assert_eq!(
+        (moved["revision"].as_i64(), moved["version"]["id"].as_str()),
+        (Some(2), Some(v2.as_str()))
+    );
+
+    // A deployed version cannot be deleted; the refusal names the channel.
+    let r = kiln.delete(&format!("/version/{v2}")).send().await.unwrap();
+    let body = error_of(r, StatusCode::CONFLICT).await;
+    assert!(
+        body["message"].as_str().unwrap().contains("production"),
+        "{body}"
+    );
+
+    // Rollback returns to the version before.
+    let r = kiln
+        .post(&format!("{}/rollback", channel("production")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let back: Value = r.json().await.unwrap();
+    assert_eq!(
+        (back["revision"].as_i64(), back["version"]["id"].as_str()),
+        (Some(3), Some(v1.as_str()))
+    );
+    let actions: Vec<_> = back["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["rollback", "promote", "promote"]);
+    assert_eq!(
+        kiln.delete(&format!("/version/{v2}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = kiln
+        .post(&format!("{}/rollback", channel("production")))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::CONFLICT).await;
+    let r = kiln
+        .post(&format!("{}/rollback", channel("staging")))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::NOT_FOUND).await;
+
+    // Artifacts by content address: no token, immutable.
+    let r = kiln
+        .http
+        .get(kiln.url(&format!("/artifact/{sha}.wasm")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), format!("\"{sha}\""));
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha);
+    let r = kiln
+        .http
+        .get(kiln.url(&format!("/artifact/{sha}.wasm")))
+        .header("if-none-match", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let r = kiln
+        .http
+        .get(kiln.url(&format!("/artifact/{sha}.cwasm?target={triple}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().await.unwrap().starts_with(b"KILNSIG1"),
+        "signed as from /version"
+    );
+    let r = kiln
+        .http
+        .get(kiln.url(&format!("/artifact/{sha}.cwasm")))
+        .send()
+        .await
+        .unwrap();
+    error_of(r, StatusCode::BAD_REQUEST).await;
+    for missing in [
+        format!("{}.wasm", "0".repeat(64)),
+        "..%2Fetc.wasm".into(),
+        format!("{sha}.zip"),
+    ] {
+        let r = kiln
+            .http
+            .get(kiln.url(&format!("/artifact/{missing}")))
+            .send()
+            .await
+            .unwrap();
+        error_of(r, StatusCode::NOT_FOUND).await;
+    }
+
+    // A revoked edge token is refused from the next request.
+    let said = kiln.cli_ok(&["token", "revoke", &edge]);
+    assert!(said.contains("edge token of owner 1"), "{said}");
+    let r = as_edge(&edge, &format!("/application/{app}/channels"))
+        .await
+        .unwrap();
+    error_of(r, StatusCode::UNAUTHORIZED).await;
+}
+
+fn last_line(out: &str) -> String {
+    out.lines().last().unwrap().trim().to_owned()
+}
+
 macro_rules! on_both_databases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -1509,6 +1752,7 @@ on_both_databases!(
     health_metrics_and_openapi,
     each_worker_acts_only_on_builds_it_claimed,
     revoked_tokens_are_refused_at_once,
+    channels_deploy_versions_to_edge_readers,
 );
 
 /// An archive as large as the default limits take: 180 MiB unpacked in

@@ -3,6 +3,8 @@
 
 pub mod applications;
 pub mod builds;
+pub mod channels;
+pub mod content;
 pub mod follow;
 pub mod internal;
 pub mod ops;
@@ -15,7 +17,7 @@ use crate::upload::{FORM_OVERHEAD_BYTES, refuse_declared_oversize};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
 
@@ -66,6 +68,16 @@ pub fn router(state: AppState) -> Router {
                 .patch(versions::update)
                 .delete(versions::delete),
         )
+        .route("/application/{id}/channels", get(channels::list))
+        .route(
+            "/application/{id}/channels/{name}",
+            put(channels::promote).get(channels::get),
+        )
+        .route(
+            "/application/{id}/channels/{name}/rollback",
+            post(channels::rollback),
+        )
+        .route("/artifact/{file}", get(content::artifact))
         .route("/version/{id}/binary", get(versions::binary))
         .route("/version/{id}/source", get(versions::source))
         .route("/version/{id}/logs", get(versions::logs))

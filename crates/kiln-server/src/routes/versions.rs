@@ -288,9 +288,9 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/version/{id}", tag = "versions",
-    description = "Deletes the version, its build and its source, binary and logs.",
+    description = "Deletes the version, its build and its source, binary and logs. 409 while a channel points at it.",
     params(("id" = String, Path, description = "version id")),
-    responses((status = 204), (status = 404, body = ErrorBody)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -302,7 +302,10 @@ pub async fn delete(
         .meta
         .delete_version(owner, build_id)
         .await
-        .map_err(|e| ApiError::from_store(e, "version", &id))?;
+        .map_err(|e| match e {
+            StoreError::Conflict(message) => ApiError::conflict("version_deployed", message),
+            e => ApiError::from_store(e, "version", &id),
+        })?;
     state
         .blobs
         .delete_prefix(&keys::build_prefix(version.application_id, version.id))

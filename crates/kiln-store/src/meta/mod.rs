@@ -36,6 +36,10 @@ macro_rules! with_pool {
     };
 }
 
+mod channels;
+
+pub use channels::ChannelRefusal;
+
 #[derive(Debug, Clone)]
 enum Backend {
     Sqlite(SqlitePool),
@@ -147,6 +151,8 @@ pub enum Revoked {
     Owner(OwnerId),
     /// A worker's token, with what became of its running builds.
     Worker(WorkerName, Orphaned),
+    /// An owner's read-only edge token.
+    Edge(OwnerId),
 }
 
 /// Running builds that lost their worker. Both kinds end the same way: the
@@ -443,6 +449,9 @@ impl MetaStore {
         if let Some(owner) = owner {
             return Ok(Revoked::Owner(OwnerId(owner)));
         }
+        if let Some(owner) = self.delete_edge_token(token_hash).await? {
+            return Ok(Revoked::Edge(owner));
+        }
         let Some(name) = self.worker_by_token(token_hash).await? else {
             return Err(StoreError::NotFound);
         };
@@ -527,6 +536,9 @@ impl MetaStore {
     pub async fn delete_application(&self, owner: OwnerId, id: AppId) -> Result<()> {
         let deleted = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Channels point at versions, and hold them.
+            sqlx::query("DELETE FROM channels WHERE application_id = $1 AND owner_id = $2")
+                .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM versions WHERE application_id = $1 AND owner_id = $2")
                 .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM builds WHERE application_id = $1 AND owner_id = $2")
@@ -1072,10 +1084,28 @@ impl MetaStore {
     }
 
     /// Deletes a version and its build (the blobs are the caller's, under
-    /// `keys::build_prefix`).
+    /// `keys::build_prefix`). `Conflict`, naming the channel, while a
+    /// channel points at it.
     pub async fn delete_version(&self, owner: OwnerId, id: BuildId) -> Result<Version> {
         let version = self.get_version(owner, id).await?;
-        with_pool!(self, pool => {
+        let deployed = |channels: &[String]| {
+            let names = channels.join(", ");
+            let noun = if channels.len() == 1 {
+                "channel"
+            } else {
+                "channels"
+            };
+            StoreError::Conflict(format!(
+                "version {} is deployed: {noun} {names} points at it; promote another version \
+                 to {names} first",
+                version.version
+            ))
+        };
+        let channels = self.channels_of_version(id).await?;
+        if !channels.is_empty() {
+            return Err(deployed(&channels));
+        }
+        let deleted = with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
                 sqlx::query("DELETE FROM versions WHERE id = $1 AND owner_id = $2")
@@ -1084,7 +1114,14 @@ impl MetaStore {
                     .bind(id.0).bind(owner.0).execute(&mut *tx).await?;
                 tx.commit().await
             }.await
-        })?;
-        Ok(version)
+        });
+        match deleted {
+            Ok(()) => Ok(version),
+            // Promoted between the check and the delete: the key holds it.
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                Err(deployed(&self.channels_of_version(id).await?))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
