@@ -10,6 +10,7 @@ use kiln_domain::BuildId;
 use kiln_wasm::signing::{self, PublicKey};
 use kiln_wasm::{EngineSettings, HostEngine, HostError};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// Modules compiled at once: Cranelift already uses every core for one.
@@ -20,7 +21,7 @@ pub struct Precompiler {
     /// This host's edge engine first, then one per extra target triple.
     engines: Vec<HostEngine>,
     key: SigningKey,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Precompiler {
@@ -43,7 +44,7 @@ impl Precompiler {
         Ok(Self {
             engines,
             key,
-            permits: Semaphore::new(CONCURRENT_COMPILES),
+            permits: Arc::new(Semaphore::new(CONCURRENT_COMPILES)),
         })
     }
 
@@ -63,10 +64,18 @@ impl Precompiler {
         version: BuildId,
         wasm: bytes::Bytes,
     ) -> Result<Vec<(String, Vec<u8>)>, HostError> {
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _permit = self.permits.acquire().await.expect("never closed");
+        // The semaphore is never closed, so acquiring cannot fail. The
+        // permit goes with the compile: a request that gives up does not
+        // free it while Cranelift still runs.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let (engines, key) = (self.engines.clone(), self.key.clone());
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             engines
                 .iter()
                 .map(|engine| {
@@ -89,8 +98,11 @@ pub fn signing_key(path: &Path, create: bool) -> anyhow::Result<SigningKey> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::read_to_string(path) {
-        Ok(text) => signing::signing_key_from_hex(&text)
-            .with_context(|| format!("reading the signing key {}", path.display())),
+        Ok(text) => {
+            refuse_shared(path)?;
+            signing::signing_key_from_hex(&text)
+                .with_context(|| format!("reading the signing key {}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             let key = signing::new_signing_key().context("making a signing key")?;
             let mut file = std::fs::OpenOptions::new()
@@ -105,6 +117,20 @@ pub fn signing_key(path: &Path, create: bool) -> anyhow::Result<SigningKey> {
         }
         Err(e) => Err(e).with_context(|| format!("reading the signing key {}", path.display())),
     }
+}
+
+/// Refuses a key file that users other than its owner can read: whoever
+/// reads it can sign native code for every edge server.
+fn refuse_shared(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "the signing key {} can be read by other users (mode {:o}); make it readable by its owner only (chmod 600)",
+        path.display(),
+        mode & 0o777
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -124,6 +150,10 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(signing_key(&path, true).unwrap(), created);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let shared = signing_key(&path, true).unwrap_err();
+        assert!(format!("{shared:#}").contains("chmod 600"), "{shared:#}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "not hex").unwrap();
         assert!(signing_key(&path, true).is_err());
     }

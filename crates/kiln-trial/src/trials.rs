@@ -60,6 +60,8 @@ pub struct Trials {
     compiler: OnceLock<Result<HostEngine, String>>,
     compiled: Mutex<Recent<Arc<Vec<u8>>>>,
     permits: Semaphore,
+    /// Compilations running at once, held until each compile ends.
+    compiles: Arc<Semaphore>,
     pub limits: TrialLimits,
 }
 
@@ -80,6 +82,7 @@ impl Trials {
             compiler: OnceLock::new(),
             compiled: Mutex::new(Recent::new(CACHED_PLUGINS)),
             permits: Semaphore::new(CONCURRENT_TRIALS),
+            compiles: Arc::new(Semaphore::new(CONCURRENT_TRIALS)),
             limits: TRIAL_LIMITS,
         }
     }
@@ -166,10 +169,21 @@ impl Trials {
             })
             .clone()
             .map_err(|e| TrialError::Compile(HostError::Setup(e)))?;
-        tokio::task::spawn_blocking(move || engine.precompile(&wasm))
+        // Admission holds for the compile itself, even if the request that
+        // asked for it gives up.
+        let permit = self
+            .compiles
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| TrialError::Compile(HostError::Setup(e.to_string())))?
-            .map_err(TrialError::Compile)
+            .expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.precompile(&wasm)
+        })
+        .await
+        .map_err(|e| TrialError::Compile(HostError::Setup(e.to_string())))?
+        .map_err(TrialError::Compile)
     }
 }
 

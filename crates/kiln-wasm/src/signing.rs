@@ -12,7 +12,7 @@
 //! The header is [`ArtifactHeader`]. [`verify`] checks all of it before a
 //! byte of the `.cwasm` is handed to wasmtime.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -125,7 +125,7 @@ pub fn verify<'a>(bytes: &'a [u8], key: &VerifyingKey) -> Result<Verified<'a>, S
     if hex::encode(Sha256::digest(cwasm)) != header.sha256 {
         return Err(SignatureError::Altered);
     }
-    key.verify(
+    key.verify_strict(
         &message(&header.sha256, &header.version_id, &header.target),
         &Signature::from_bytes(&signature),
     )

@@ -423,7 +423,11 @@ fn the_edge_loads_only_artifacts_signed_for_it_by_the_key_it_trusts() {
     let cwasm = engine.precompile(&wasm).unwrap();
     let signed = signing::sign(&key, "v1", engine.target(), &cwasm);
 
-    let (plugin, header) = engine.load_signed(&signed, &trusted).unwrap();
+    let (plugin, header) = engine.load_signed(&signed, &trusted, Some("v1")).unwrap();
+    assert!(matches!(
+        engine.load_signed(&signed, &trusted, Some("v2")),
+        Err(HostError::Incompatible(why)) if why.contains("signed for version v1")
+    ));
     assert_eq!(
         (header.version_id.as_str(), header.target.as_str()),
         ("v1", engine.target())
@@ -436,7 +440,7 @@ fn the_edge_loads_only_artifacts_signed_for_it_by_the_key_it_trusts() {
     );
     assert!(result.unwrap().response.is_some());
 
-    let refused = |bytes: &[u8]| match engine.load_signed(bytes, &trusted) {
+    let refused = |bytes: &[u8]| match engine.load_signed(bytes, &trusted, None) {
         Err(HostError::Unverified(why)) => why,
         other => panic!("loaded: {:?}", other.map(|(_, h)| h)),
     };
@@ -451,7 +455,7 @@ fn the_edge_loads_only_artifacts_signed_for_it_by_the_key_it_trusts() {
     // Signed, but for another CPU: refused before wasmtime sees it.
     let arm = signing::sign(&key, "v1", "aarch64-unknown-linux-gnu", &cwasm);
     assert!(matches!(
-        engine.load_signed(&arm, &trusted),
+        engine.load_signed(&arm, &trusted, None),
         Err(HostError::Incompatible(why)) if why.contains("aarch64")
     ));
 }

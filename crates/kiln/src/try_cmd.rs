@@ -126,7 +126,7 @@ pub async fn run(args: TryArgs) -> anyhow::Result<()> {
             // made it for, the edge servers': no fuel, only the time limit.
             Some(key) => {
                 let engine = HostEngine::edge()?;
-                let (plugin, header) = engine.load_signed(&wasm, &key)?;
+                let (plugin, header) = engine.load_signed(&wasm, &key, None)?;
                 eprintln!(
                     "verified: signed for version {} ({})",
                     header.version_id, header.target

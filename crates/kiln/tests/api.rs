@@ -704,6 +704,21 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     let r = report(&kiln, "build_success", &build_id, &lease, native).await;
     let refused = error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(refused["error"], "native_code_refused", "{refused}");
+    // What a worker says of the timings has one shape, within bounds.
+    for profile in [
+        r#"{"stages_ms":{"compile":5},"html":"<script>"}"#.to_owned(),
+        format!(r#"{{"sandbox":"{}"}}"#, "x".repeat(65)),
+        r#"{"stages_ms":{"compile":-1}}"#.to_owned(),
+    ] {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "binary",
+                reqwest::multipart::Part::bytes(WASM.to_vec()).file_name("plugin.wasm"),
+            )
+            .text("profile", profile);
+        let r = report(&kiln, "build_success", &build_id, &lease, form).await;
+        error_of(r, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
     assert_eq!(kiln.blob_files(), blobs_before, "nothing was stored");
     assert_eq!(kiln.build(&build_id).await["state"], "running");
 

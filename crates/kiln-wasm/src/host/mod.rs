@@ -265,15 +265,26 @@ impl HostEngine {
     }
 
     /// Verifies a signed artifact (see [`crate::signing`]) against `key`,
-    /// checks that it was made for this engine's target, and loads its
-    /// `.cwasm`. This is how an edge server loads what kiln serves: an
-    /// unsigned, altered or foreign artifact never reaches wasmtime.
+    /// checks that it was made for this engine's target (and, given one,
+    /// for `expected_version`, so one version's artifact cannot stand in
+    /// for another's), and loads its `.cwasm`. This is how an edge server
+    /// loads what kiln serves: an unsigned, altered or foreign artifact
+    /// never reaches wasmtime.
     pub fn load_signed(
         &self,
         artifact: &[u8],
         key: &ed25519_dalek::VerifyingKey,
+        expected_version: Option<&str>,
     ) -> Result<(Plugin, crate::signing::ArtifactHeader), HostError> {
         let verified = crate::signing::verify(artifact, key).map_err(HostError::Unverified)?;
+        if let Some(expected) = expected_version
+            && verified.header.version_id != expected
+        {
+            return Err(HostError::Incompatible(format!(
+                "the artifact was signed for version {}, not {expected}",
+                verified.header.version_id
+            )));
+        }
         if verified.header.target != self.target {
             return Err(HostError::Incompatible(format!(
                 "the artifact was compiled for {}, and this host is {}",
