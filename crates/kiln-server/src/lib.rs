@@ -53,6 +53,10 @@ pub struct AppState {
     pub artifacts: Arc<artifacts::Precompiler>,
     /// The live logs of running builds, one buffer per build.
     pub live: Arc<live::LiveLogs>,
+    /// Builds whose report this server is storing right now: a second
+    /// report of the same build waits its turn instead of overwriting
+    /// the blobs the first is writing.
+    pub reporting: Arc<routes::internal::Reporting>,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
                 "no sandbox was configured".into(),
             )),
             artifacts: Arc::new(artifacts),
+            reporting: Arc::default(),
         }
     }
 }

@@ -1847,6 +1847,69 @@ async fn the_api_answers_while_the_largest_archives_are_inspected() {
     assert!(slowest < Duration::from_millis(100), "{probes:?}");
 }
 
+/// Two reports of one build at once (a worker that retries, or a hostile
+/// one): one is taken, the other refused, and what is stored is the one
+/// taken, whole.
+#[tokio::test]
+async fn simultaneous_reports_store_one_of_them_whole() {
+    let kiln = Kiln::start(Db::Sqlite, &[]).await.unwrap();
+    let app = id(&kiln.create_app("twice").await);
+    let build_id = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let claimed = claim(&kiln).await.unwrap();
+    let lease = lease(&claimed);
+    // A second valid module: the first with a custom section appended.
+    let mut other = WASM.clone();
+    other.extend_from_slice(&[0, 6, 5, b'o', b't', b'h', b'e', b'r']);
+    let (a, b) = tokio::join!(
+        report(
+            &kiln,
+            "build_success",
+            &build_id,
+            &lease,
+            success_form(&WASM)
+        ),
+        report(
+            &kiln,
+            "build_success",
+            &build_id,
+            &lease,
+            success_form(&other)
+        ),
+    );
+    let mut statuses = [a.status(), b.status()];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT]);
+    let version: Value = kiln
+        .get(&format!("/version/{build_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stored = kiln
+        .get(&format!("/version/{build_id}/binary"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        version["binary_sha256"],
+        hex::encode(Sha256::digest(&stored)),
+        "the stored binary is the one recorded"
+    );
+    let r = kiln
+        .get(&format!(
+            "/version/{build_id}/binary?format=cwasm&target=x86_64-unknown-linux-gnu"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "its signed .cwasm is there");
+}
+
 /// The blob store on a real S3-compatible server.
 #[tokio::test]
 async fn s3_blob_store_end_to_end() {

@@ -23,6 +23,7 @@ use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -194,16 +195,47 @@ async fn report_form(
     headers: &HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
     spec: &FormSpec<'_>,
-) -> ApiResult<(ClaimedBuild, Uuid, Form)> {
+) -> ApiResult<(ClaimedBuild, Uuid, Form, ReportTurn)> {
     let build_id = parse_build_id(id, "build")?;
     let form = read_form(multipart, spec).await?;
     let lease = lease_from(headers, Some(&form))?;
+    let turn = state.reporting.turn(build_id).await;
     let claimed = state
         .meta
         .leased_build(build_id, lease, worker)
         .await
         .map_err(|e| lease_error(e, build_id))?;
-    Ok((claimed, lease, form))
+    Ok((claimed, lease, form, turn))
+}
+
+/// One report at a time per build on this server: reports write the same
+/// blob keys, and a refused one removes what it wrote. (Servers sharing a
+/// store each keep their own; the lease check still lets only one commit.)
+#[derive(Debug, Default)]
+pub struct Reporting {
+    builds: std::sync::Mutex<std::collections::HashMap<BuildId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A report's turn: the next report of the build waits until it drops.
+pub struct ReportTurn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Reporting {
+    async fn turn(&self, build: BuildId) -> ReportTurn {
+        let lock = {
+            let mut builds = self
+                .builds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Forget builds no report holds any more.
+            builds.retain(|_, lock| Arc::strong_count(lock) > 1);
+            builds.entry(build).or_default().clone()
+        };
+        ReportTurn {
+            _held: lock.lock_owned().await,
+        }
+    }
 }
 
 /// What a worker may say of a build's timings: it is stored on the build
@@ -290,7 +322,7 @@ pub async fn build_success(
         ],
         refused: &[NATIVE_CODE_REFUSED],
     };
-    let (claimed, lease, mut form) =
+    let (claimed, lease, mut form, _turn) =
         report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let binary = form.required_file(fields::BINARY)?;
     let logs = form.take_file(fields::LOGS).unwrap_or_default();
@@ -400,7 +432,7 @@ pub async fn build_fail(
 ) -> ApiResult<Json<VersionBuild>> {
     let files = [(fields::LOGS, state.config.max_report_log_bytes)];
     let spec = FormSpec::files(&files);
-    let (claimed, lease, mut form) =
+    let (claimed, lease, mut form, _turn) =
         report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let logs = form.required_file(fields::LOGS)?;
     let error = error_field(&form, "the build failed; see its logs");
@@ -432,7 +464,7 @@ pub async fn build_crash(
 ) -> ApiResult<Json<VersionBuild>> {
     let files = [(fields::LOGS, state.config.max_report_log_bytes)];
     let spec = FormSpec::files(&files);
-    let (claimed, lease, mut form) =
+    let (claimed, lease, mut form, _turn) =
         report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let error = error_field(&form, "the worker crashed");
     let build = &claimed.build;
