@@ -264,7 +264,7 @@ pub enum Format {
 pub struct DownloadArgs {
     /// The version id.
     pub version: String,
-    /// Where to write it (default: plugin-<id>.wasm or .cwasm; `-` for stdout).
+    /// Where to write it (default: plugin-ID.wasm or .cwasm; `-` for stdout).
     #[arg(long, short)]
     pub output: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "wasm")]
