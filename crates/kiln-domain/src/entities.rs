@@ -84,8 +84,13 @@ pub struct VersionBuild {
     pub finished: Option<DateTime<Utc>>,
     /// Why the build failed, crashed or was cancelled, in one sentence.
     pub error: Option<String>,
-    /// Where the build's logs are in the blob store, once it has finished.
+    /// Where the build's logs are in the blob store, once it has finished:
+    /// kiln's own, never shown (`logs_url` is).
+    #[serde(skip)]
     pub logs_location: Option<String>,
+    /// The API path of the build's log, once it has one.
+    #[schema(example = "/version_build/0190c0de-0000-7000-8000-000000000000/logs")]
+    pub logs_url: Option<String>,
     /// The time each stage of the build took and the startup profile.
     #[schema(value_type = Object)]
     pub profile: Option<serde_json::Value>,
@@ -105,9 +110,18 @@ pub struct Version {
     pub notes: String,
     pub options: BuildOptions,
     pub created: DateTime<Utc>,
+    /// Blob-store keys: kiln's own, never shown (the `*_url` fields are).
+    #[serde(skip)]
     pub source_location: String,
+    #[serde(skip)]
     pub binary_location: String,
+    #[serde(skip)]
     pub logs_location: String,
+    /// API paths of the version's `.wasm`, its source archive and its
+    /// build log.
+    pub binary_url: String,
+    pub source_url: String,
+    pub logs_url: String,
     /// Hex sha256 of the `.wasm` binary; also its `ETag`.
     pub binary_sha256: String,
     pub binary_size: i64,

@@ -116,6 +116,9 @@ pub async fn read_form(
             ));
         }
         if let Some(refusal) = spec.refusal(&name) {
+            // Read the rest (within the body limit) before answering: a
+            // client still sending would see its connection cut instead.
+            while multipart.next_field().await.ok().flatten().is_some() {}
             return Err(refusal);
         }
         match spec.file_limit(&name) {

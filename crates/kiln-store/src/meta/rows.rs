@@ -92,6 +92,10 @@ impl TryFrom<BuildRow> for VersionBuild {
             started: r.started_us.map(from_us),
             finished: r.finished_us.map(from_us),
             error: r.error,
+            logs_url: r
+                .logs_location
+                .as_ref()
+                .map(|_| format!("/version_build/{}/logs", r.id)),
             logs_location: r.logs_location,
             profile: parse_profile(r.profile)?,
         })
@@ -152,6 +156,9 @@ impl TryFrom<VersionRow> for Version {
             notes: r.notes,
             options: BuildOptions::parse_json(&r.options).map_err(|e| corrupt("options", e))?,
             created: from_us(r.created_us),
+            binary_url: format!("/version/{}/binary", r.id),
+            source_url: format!("/version/{}/source", r.id),
+            logs_url: format!("/version/{}/logs", r.id),
             source_location: r.source_location,
             binary_location: r.binary_location,
             logs_location: r.logs_location,
