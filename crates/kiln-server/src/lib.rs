@@ -11,6 +11,7 @@
 //! - [`auth`]: owner, worker and edge tokens.
 //! - [`error`]: the one error type and its JSON body.
 //! - [`routes`]: one module per resource; handlers stay thin.
+//! - [`sweeper`]: removes blobs no row owns, after a grace period.
 //! - [`upload`]: bounded multipart reading.
 //! - [`live`]: the live logs of running builds, shared by their readers.
 //! - [`metrics`]: Prometheus counters.
@@ -25,6 +26,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod sweeper;
 pub mod upload;
 
 pub use config::ServerConfig;
@@ -108,12 +110,13 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains requests in flight.
-    /// Runs the lease reaper alongside.
+    /// Runs the lease reaper and the orphaned-blob sweeper alongside.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let reaper = tokio::spawn(routes::internal::reap_forever(self.state.clone()));
+        let sweeper = tokio::spawn(sweeper::sweep_forever(self.state.clone()));
         let live = self.state.live.clone();
         let app = router(self.state);
         // Followers of a live log end first, so draining does not wait on them.
@@ -128,6 +131,7 @@ impl Server {
         .with_graceful_shutdown(shutdown)
         .await;
         reaper.abort();
+        sweeper.abort();
         served
     }
 }

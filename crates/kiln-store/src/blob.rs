@@ -148,6 +148,20 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Lists keys under a prefix with when each was written.
+    pub async fn list_dated(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+        let prefix = ObjectPath::from(prefix.trim_end_matches('/'));
+        Ok(self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|meta| (meta.location.to_string(), meta.last_modified))
+            .try_collect()
+            .await?)
+    }
+
     /// Lists keys under a prefix, for tests and maintenance.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let prefix = ObjectPath::from(prefix.trim_end_matches('/'));

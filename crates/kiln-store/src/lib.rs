@@ -11,6 +11,7 @@
 //! - [`keys`]: where each blob of a build lives.
 
 pub mod blob;
+pub mod fsck;
 pub mod keys;
 pub mod meta;
 

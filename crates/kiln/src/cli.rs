@@ -47,6 +47,8 @@ pub enum Command {
     Client(crate::client::ClientCommand),
     /// Keeps a local Envoy's wasm filter at a channel's version (an agent beside Envoy).
     Edge(EdgeArgs),
+    /// Checks the metadata and blob stores against each other: rows naming missing blobs, blobs no row owns.
+    Fsck(FsckArgs),
     /// Runs one job on a customer's module handed over by kiln (inside its sandbox).
     #[command(hide = true)]
     WasmChild {
@@ -63,6 +65,37 @@ pub enum TokenCommand {
     Revoke(RevokeArgs),
     /// Lists the workers' tokens and how many tokens each owner has.
     List(ListArgs),
+}
+
+/// Where blobs live.
+#[derive(Debug, Args)]
+pub struct BlobArgs {
+    /// `file://DIR` (default: the data dir's `blobs/`) or `s3://BUCKET`.
+    #[arg(long, env = "KILN_BLOB_STORE")]
+    pub blob_store: Option<String>,
+    /// S3 endpoint for an S3-compatible server, e.g. http://127.0.0.1:8333 (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "KILN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+}
+
+/// `kiln fsck`: the stores checked against each other.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub blobs: BlobArgs,
+    /// Also remove the blobs no row owns (older than --grace-minutes).
+    #[arg(long)]
+    pub repair: bool,
+    /// Blobs younger than this may belong to an upload or report in flight.
+    #[arg(long, default_value_t = 60)]
+    pub grace_minutes: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where metadata lives.
@@ -124,14 +157,8 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// `file://DIR` (default: the data dir's `blobs/`) or `s3://BUCKET`.
-    #[arg(long, env = "KILN_BLOB_STORE")]
-    pub blob_store: Option<String>,
-    /// S3 endpoint for an S3-compatible server, e.g. http://127.0.0.1:8333 (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
-    #[arg(long, env = "KILN_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    #[arg(long, env = "KILN_S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
+    #[command(flatten)]
+    pub blobs: BlobArgs,
     /// Largest accepted source upload, in MiB.
     #[arg(long, env = "KILN_MAX_UPLOAD_MIB", default_value_t = 20)]
     pub max_upload_mib: u64,

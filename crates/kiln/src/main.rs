@@ -10,6 +10,7 @@ mod builders;
 mod cli;
 mod client;
 mod edge;
+mod fsck;
 mod serve;
 mod token;
 mod try_cmd;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Token(cli::TokenCommand::List(args)) => token::list(args).await,
             cli::Command::Client(command) => client::run(command).await,
             cli::Command::Edge(args) => edge::run(args).await,
+            cli::Command::Fsck(args) => fsck::run(args).await,
             cli::Command::WasmChild { .. } => unreachable!("run before the runtime"),
         }
     });

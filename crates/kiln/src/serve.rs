@@ -2,7 +2,7 @@
 //! dir, and serves until SIGTERM or Ctrl-C.
 
 use crate::builders;
-use crate::cli::{ServeArgs, StoreArgs};
+use crate::cli::{BlobArgs, ServeArgs, StoreArgs};
 use anyhow::{Context, bail};
 use kiln_server::artifacts::{self, Precompiler};
 use kiln_server::auth::{hash_token, new_owner_token, new_worker_token};
@@ -41,8 +41,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("restricting the data dir {}", dir.display()))
 }
 
-fn open_blobs(args: &ServeArgs) -> anyhow::Result<BlobStore> {
-    let default = format!("file://{}", args.store.data_dir.join("blobs").display());
+pub fn open_blobs(store: &StoreArgs, args: &BlobArgs) -> anyhow::Result<BlobStore> {
+    let default = format!("file://{}", store.data_dir.join("blobs").display());
     let url = args.blob_store.clone().unwrap_or(default);
     if let Some(dir) = url.strip_prefix("file://") {
         return BlobStore::local(Path::new(dir))
@@ -131,7 +131,7 @@ fn precompiler(args: &ServeArgs) -> anyhow::Result<Precompiler> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let meta = open_meta(&args.store).await?;
-    let blobs = open_blobs(&args)?;
+    let blobs = open_blobs(&args.store, &args.blobs)?;
     bootstrap_admin(&meta, &args.store.data_dir).await?;
     let worker_token = worker_token(&args)?;
 

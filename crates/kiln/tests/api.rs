@@ -1910,6 +1910,51 @@ async fn simultaneous_reports_store_one_of_them_whole() {
     assert_eq!(r.status(), StatusCode::OK, "its signed .cwasm is there");
 }
 
+/// `kiln fsck` finds what a crash or a lost object left: a blob no row owns
+/// (an upload stored, then the server died before its row) and a row whose
+/// blob is gone; `--repair` removes only the orphan.
+#[tokio::test]
+async fn fsck_finds_orphans_and_missing_blobs_and_repairs_orphans() {
+    let kiln = Kiln::start(Db::Sqlite, &[]).await.unwrap();
+    let app = id(&kiln.create_app("fsck").await);
+    let kept = id(&kiln.upload_ok(&app, "1.0.0", PHASES, small_crate()).await);
+    let lost = id(&kiln.upload_ok(&app, "1.0.1", PHASES, small_crate()).await);
+    let builds = kiln.data_dir().join("blobs/apps").join(&app).join("builds");
+    let orphan = builds.join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("source.tar.gz"), small_crate()).unwrap();
+    std::fs::remove_file(builds.join(&lost).join("source.tar.gz")).unwrap();
+    let fsck = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["fsck", "--json", "--data-dir"])
+            .arg(kiln.data_dir())
+            .args(extra)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.success(), report)
+    };
+    let (clean, report) = fsck(&[]);
+    assert!(!clean, "a missing blob is an error: {report}");
+    let missing = report["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), 1, "{report}");
+    assert!(missing[0].as_str().unwrap().contains(&lost));
+    let orphans = report["orphans"].as_array().unwrap();
+    assert_eq!(orphans.len(), 1, "{report}");
+    assert_eq!(report["removed"], 0, "read-only by default");
+    assert!(orphan.join("source.tar.gz").exists());
+    // Within the grace period an orphan may be a write in flight: kept.
+    let (_, report) = fsck(&["--repair"]);
+    assert_eq!(report["removed"], 0, "{report}");
+    let (_, report) = fsck(&["--repair", "--grace-minutes", "0"]);
+    assert_eq!(report["removed"], 1, "{report}");
+    assert!(!orphan.join("source.tar.gz").exists());
+    assert!(
+        builds.join(&kept).join("source.tar.gz").exists(),
+        "owned blobs stay"
+    );
+}
+
 /// The blob store on a real S3-compatible server.
 #[tokio::test]
 async fn s3_blob_store_end_to_end() {

@@ -1037,6 +1037,38 @@ impl MetaStore {
     }
 
     /// The owner's versions, newest first, optionally of one application.
+    /// Every blob the rows name, for [`crate::fsck`].
+    pub async fn blob_references(&self) -> Result<crate::fsck::References> {
+        let sql = "SELECT b.application_id, b.id, b.source_location, b.logs_location, \
+                   v.binary_location, v.logs_location \
+                   FROM builds b LEFT JOIN versions v ON v.id = b.id";
+        type Row = (
+            Uuid,
+            Uuid,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(sql).fetch_all(pool).await
+        })?;
+        let mut references = crate::fsck::References::default();
+        for (app, build, source, logs, binary, version_logs) in rows {
+            references.keys.insert(source);
+            references
+                .keys
+                .extend([logs, version_logs].into_iter().flatten());
+            if let Some(binary) = binary {
+                references.keys.insert(binary);
+                references
+                    .version_prefixes
+                    .push(crate::keys::build_prefix(AppId(app), BuildId(build)));
+            }
+        }
+        Ok(references)
+    }
+
     pub async fn list_versions(&self, owner: OwnerId, app: Option<AppId>) -> Result<Vec<Version>> {
         let sql = format!(
             "SELECT {VERSION_COLS} FROM versions WHERE owner_id = $1 AND ($2 IS NULL OR application_id = $2) \
