@@ -1,7 +1,8 @@
 //! kiln-server is the HTTP face of kiln: the public REST API (applications,
 //! versions, builds, the channels that deploy them, artifacts by content
 //! address), the private API workers use to claim builds and report
-//! results, health and metrics, and the housekeeping of the build queue
+//! results, health and metrics, the web page at `/` (embedded from the
+//! repository's `web/`), and the housekeeping of the build queue
 //! (re-queuing builds whose worker went silent). It stores through
 //! kiln-store and never runs a build itself.
 //!

@@ -470,3 +470,204 @@ async fn download_checks_the_sha256_and_versions_list_it() {
         serde_json::json!([])
     );
 }
+
+/// Claims the next build, waiting up to 20 s for one to be queued.
+async fn claim_when_queued(kiln: &Kiln) -> Value {
+    let r = kiln
+        .worker(Method::POST, "/internal/builds/claim?wait_seconds=20")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a build was queued within 20 s");
+    r.json().await.unwrap()
+}
+
+/// Reports the claimed build a success with the smallest plugin.
+async fn report_success(kiln: &Kiln, claim: &Value) {
+    let id = claim["build"]["id"].as_str().unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "binary",
+            reqwest::multipart::Part::bytes(wasm()).file_name("plugin.wasm"),
+        )
+        .part(
+            "logs",
+            reqwest::multipart::Part::text("built\n").file_name("build.log"),
+        );
+    let r = kiln
+        .worker(Method::POST, &format!("/build_success/{id}"))
+        .header("x-kiln-lease", claim["lease_id"].as_str().unwrap())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn channels_are_promoted_rolled_back_listed_and_deploy_promotes() {
+    let kiln = Kiln::start(Db::Sqlite, &[]).await.unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let cfg = config.path();
+    let app = kiln.create_app("chan").await;
+    let app_id = app["id"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for version in ["1.0.0", "1.1.0"] {
+        let build = kiln
+            .upload_ok(&app_id, version, r#"["request_headers"]"#, small_crate())
+            .await;
+        let claimed = claim(&kiln).await;
+        assert_eq!(claimed["build"]["id"], build["id"]);
+        report_success(&kiln, &claimed).await;
+        ids.push(build["id"].as_str().unwrap().to_owned());
+    }
+
+    // By id; then by number with --app, as a table.
+    let first = json(&client(
+        &kiln,
+        cfg,
+        &["promote", &ids[0], "--channel", "production", "--json"],
+    ));
+    assert_eq!(first["version"]["version"], "1.0.0");
+    assert_eq!(first["revision"], 1);
+    let shown = ok(&client(
+        &kiln,
+        cfg,
+        &[
+            "promote",
+            "1.1.0",
+            "--app",
+            "chan",
+            "--channel",
+            "production",
+        ],
+    ));
+    assert!(
+        shown.contains("1.1.0") && shown.contains(&ids[1]) && shown.contains("revision  2"),
+        "{shown}"
+    );
+    // A number without --app, and a version the application does not have, are refused.
+    let out = client(&kiln, cfg, &["promote", "1.1.0", "--channel", "production"]);
+    assert!(!out.status.success());
+    let out = client(
+        &kiln,
+        cfg,
+        &[
+            "promote",
+            "9.9.9",
+            "--app",
+            "chan",
+            "--channel",
+            "production",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no succeeded version 9.9.9"));
+
+    let table = ok(&client(&kiln, cfg, &["channels", "--app", "chan"]));
+    assert!(table.starts_with("CHANNEL"), "{table}");
+    assert!(
+        table.contains("production")
+            && table.contains("1.1.0")
+            && table.contains("promote by owner 1"),
+        "{table}"
+    );
+
+    // A rollback returns to 1.0.0; the history says so.
+    let back = json(&client(
+        &kiln,
+        cfg,
+        &[
+            "rollback",
+            "--app",
+            "chan",
+            "--channel",
+            "production",
+            "--json",
+        ],
+    ));
+    assert_eq!(back["version"]["id"], ids[0].as_str());
+    assert_eq!(back["history"][0]["action"], "rollback");
+    let listed = json(&client(
+        &kiln,
+        cfg,
+        &["channels", "--app", "chan", "--json"],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["version"]["version"], "1.0.0");
+    // A channel that does not exist: the server's sentence, one line.
+    let out = client(
+        &kiln,
+        cfg,
+        &["rollback", "--app", "chan", "--channel", "staging"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no channel staging"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // deploy --promote follows the build (this test is its worker) and
+    // promotes once it succeeded.
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("demo");
+    ok(&client(&kiln, cfg, &["init", project.to_str().unwrap()]));
+    let out = client(
+        &kiln,
+        cfg,
+        &[
+            "deploy",
+            project.to_str().unwrap(),
+            "--app",
+            "chan",
+            "--no-wait",
+            "--promote",
+            "staging",
+        ],
+    );
+    assert!(!out.status.success(), "--promote needs the build's end");
+    let child = client_command(
+        &kiln,
+        cfg,
+        &[
+            "deploy",
+            project.to_str().unwrap(),
+            "--app",
+            "chan",
+            "--version",
+            "2.0.0",
+            "--promote",
+            "staging",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let claimed = claim_when_queued(&kiln).await;
+    assert_eq!(claimed["build"]["version"], "2.0.0");
+    report_success(&kiln, &claimed).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("channel staging now serves 2.0.0 (revision 1)"),
+        "{stderr}"
+    );
+    let staging: Value = kiln
+        .get(&format!("/application/{app_id}/channels/staging"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(staging["version"]["id"], claimed["build"]["id"]);
+}

@@ -10,6 +10,7 @@ pub mod internal;
 pub mod ops;
 pub mod trial;
 pub mod versions;
+pub mod web;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .merge(upload)
         .merge(reports)
         .merge(live_logs)
+        .merge(web::router())
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -1,7 +1,8 @@
 //! `kiln deploy`: pack, upload with a progress bar, follow the live log,
-//! print the artifact. `--watch` does it again on every saved change.
+//! print the artifact, and with `--promote` point a channel at it. `--watch` does it again on every saved change.
 
 use super::api::Api;
+use super::channels::promote_version;
 use super::{Conn, DeployArgs, output, pack, resolve_app};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -102,6 +103,7 @@ pub async fn run(args: DeployArgs) -> Result<()> {
         phases: &phases,
         conf: conf.as_deref(),
         notes: args.notes.as_deref(),
+        promote: args.promote.as_deref(),
     };
     if !args.watch {
         return upload.once(&version, !args.no_wait).await.map(drop);
@@ -136,6 +138,8 @@ struct Upload<'a> {
     phases: &'a [String],
     conf: Option<&'a str>,
     notes: Option<&'a str>,
+    /// The channel to point at the version once it is built.
+    promote: Option<&'a str>,
 }
 
 impl Upload<'_> {
@@ -198,7 +202,17 @@ impl Upload<'_> {
             return Ok(build);
         }
         let end = follow_to_end(self.api, &id).await?;
-        finish(self.api, self.conn, &id, &end).await
+        let version = finish(self.api, self.conn, &id, &end).await?;
+        if let Some(channel) = self.promote {
+            let moved = promote_version(self.api, self.app_id, channel, &id).await?;
+            eprintln!(
+                "channel {} now serves {} (revision {})",
+                output::text(&moved["name"]),
+                output::text(&moved["version"]["version"]),
+                output::text(&moved["revision"])
+            );
+        }
+        Ok(version)
     }
 }
 

@@ -9,9 +9,11 @@
 //! - [`init`]: project templates.
 //! - [`pack`]: the `.tar.gz` of a project.
 //! - [`deploy`]: upload, follow, report.
+//! - [`channels`]: promote, roll back, list channels.
 //! - [`output`]: tables and JSON.
 
 pub mod api;
+pub mod channels;
 pub mod config;
 pub mod deploy;
 pub mod init;
@@ -89,6 +91,12 @@ pub enum ClientCommand {
     Version(VersionCommand),
     /// Downloads a version's binary and checks its sha256.
     Download(DownloadArgs),
+    /// Points a channel at a succeeded version: deploys it.
+    Promote(PromoteArgs),
+    /// Returns a channel to the version it pointed at before its latest change.
+    Rollback(RollbackArgs),
+    /// Lists an application's channels and the versions they serve.
+    Channels(ChannelsArgs),
     /// Prints shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -175,6 +183,44 @@ pub struct DeployArgs {
     /// Deploy again on every saved change, a patch version up each time.
     #[arg(long)]
     pub watch: bool,
+    /// Once the build succeeds, point this channel at the new version (e.g. production).
+    #[arg(long, value_name = "CHANNEL", conflicts_with = "no_wait")]
+    pub promote: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The version: its id, or its number (e.g. 1.2.0) with --app.
+    pub version: String,
+    /// The channel to point at it (created on its first promotion).
+    #[arg(long)]
+    pub channel: String,
+    /// The application (name or id), when VERSION is a number.
+    #[arg(long)]
+    pub app: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The application (name or id).
+    #[arg(long)]
+    pub app: String,
+    /// The channel to roll back.
+    #[arg(long)]
+    pub channel: String,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+#[derive(Debug, Args)]
+pub struct ChannelsArgs {
+    /// The application (name or id).
+    #[arg(long)]
+    pub app: String,
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -302,6 +348,9 @@ pub async fn run(command: ClientCommand) -> Result<()> {
         ClientCommand::Versions(args) => versions(args).await,
         ClientCommand::Version(command) => version(command).await,
         ClientCommand::Download(args) => download(args).await,
+        ClientCommand::Promote(args) => channels::promote(args).await,
+        ClientCommand::Rollback(args) => channels::rollback(args).await,
+        ClientCommand::Channels(args) => channels::channels(args).await,
         ClientCommand::Completions { shell } => {
             let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "kiln", &mut std::io::stdout());
@@ -393,7 +442,7 @@ pub async fn resolve_app(api: &Api, app_ref: &str, create: bool) -> Result<Value
     Ok(app)
 }
 
-fn uuid_like(text: &str) -> bool {
+pub(crate) fn uuid_like(text: &str) -> bool {
     text.len() == 36 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
@@ -489,7 +538,7 @@ async fn app(command: AppCommand) -> Result<()> {
     Ok(())
 }
 
-fn list(value: &Value) -> impl Iterator<Item = &Value> {
+pub(crate) fn list(value: &Value) -> impl Iterator<Item = &Value> {
     value.as_array().into_iter().flatten()
 }
 
