@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
         ops::signing_key, ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
     ),
     components(schemas(ErrorBody, kiln_domain::Channel, kiln_domain::ChannelChange, kiln_domain::ChannelTarget, kiln_domain::ChannelAction, kiln_domain::BuildState, kiln_domain::Phase, kiln_domain::Language)),
-    modifiers(&Security),
+    modifiers(&Security, &ErrorResponses),
     tags(
         (name = "applications", description = "A customer's plugins"),
         (name = "versions", description = "Uploads and built versions"),
@@ -42,6 +42,75 @@ impl Modify for Security {
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// The error answers every operation can give, each with the JSON error
+/// body: 401 where a token is needed, 400 and 415 where a JSON body is
+/// read, 422 where any input is taken, and 500 and 503 (a store is down)
+/// wherever the stores are used.
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::HttpMethod;
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
+                (HttpMethod::Head, item.head.as_mut()),
+            ];
+            for (_, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add("401", "no token, or one this operation does not take");
+                }
+                let json_body = operation
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                if json_body {
+                    add("400", "the body is not valid JSON of this shape");
+                    add("415", "the body is not application/json");
+                }
+                let takes_input = operation.request_body.is_some()
+                    || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if takes_input {
+                    add(
+                        "422",
+                        "a value is not valid (invalid_input, with what is wrong)",
+                    );
+                }
+                let liveness =
+                    matches!(path.as_str(), "/healthz" | "/openapi.json" | "/signing-key");
+                if !liveness {
+                    add("500", "kiln's own failure; the server log has the details");
+                    add(
+                        "503",
+                        "the database or the blob store is unavailable; see Retry-After",
+                    );
+                }
+            }
         }
     }
 }

@@ -24,8 +24,10 @@ pub struct BuildQuery {
     /// Only builds in this state: queued, running, succeeded, failed, crashed or cancelled.
     pub state: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
     /// Builds to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -93,7 +93,7 @@ fn changed(state: &AppState, channel: &Channel, what: &str) {
 
 #[utoipa::path(put, path = "/application/{id}/channels/{name}", tag = "channels",
     description = "Points the channel at a succeeded version of the application (creating the channel). Promoting the version it already points at changes nothing.",
-    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name, e.g. production")),
+    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name, e.g. production", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     request_body = Promote,
     responses((status = 200, body = Channel), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -119,7 +119,7 @@ pub async fn promote(
 
 #[utoipa::path(post, path = "/application/{id}/channels/{name}/rollback", tag = "channels",
     description = "Returns the channel to the version it pointed at before its latest change (a second rollback undoes the first).",
-    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name")),
+    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     responses((status = 200, body = Channel), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -161,7 +161,7 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/application/{id}/channels/{name}", tag = "channels",
     description = "One channel. With `after=N&wait_seconds=S` it answers as soon as the channel is past revision N, or 204 after S seconds: edge agents long-poll this.",
-    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name"), ChannelQuery),
+    params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ChannelQuery),
     responses((status = 200, body = Channel), (status = 204, description = "no change after `after` within `wait_seconds`"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []), ("edge" = [])))]

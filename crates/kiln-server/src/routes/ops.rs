@@ -104,7 +104,7 @@ pub async fn signing_key(State(state): State<AppState>) -> Json<SigningKey> {
 
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     description = "Prometheus text format: builds by state, queue depth, request counts and latencies.",
-    responses((status = 200, content_type = "text/plain", body = String)))]
+    responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoResponse> {
     let counts = state
         .meta
