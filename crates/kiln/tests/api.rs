@@ -1955,6 +1955,68 @@ async fn fsck_finds_orphans_and_missing_blobs_and_repairs_orphans() {
     );
 }
 
+/// On SIGTERM a server under load finishes what it is answering and then
+/// stops: no client sees a 5xx or a cut answer, only, once it is gone, a
+/// refused connection (or, on a kept-alive connection it closes, a request
+/// not taken, which a client sends again elsewhere).
+#[tokio::test]
+async fn a_draining_server_fails_no_request() {
+    let mut kiln = Kiln::start(Db::Sqlite, &[]).await.unwrap();
+    let app = id(&kiln.create_app("drain").await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (http, base, token, app) = (
+                kiln.http.clone(),
+                kiln.base.clone(),
+                kiln.admin_token.clone(),
+                app.clone(),
+            );
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut answered, mut refused) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = if i % 2 == 0 {
+                        http.get(format!("{base}/application/{app}"))
+                    } else {
+                        http.get(format!("{base}/version_build?application_id={app}"))
+                    };
+                    match request.bearer_auth(&token).send().await {
+                        Ok(r) => {
+                            assert!(!r.status().is_server_error(), "{}", r.status());
+                            r.bytes().await.expect("a whole answer");
+                            answered += 1;
+                        }
+                        // Refused, or an idle kept-alive connection the
+                        // server closed as it drained: nothing was answered.
+                        Err(e) if e.is_connect() || e.is_request() => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("an answer failed during the drain: {e}"),
+                    }
+                }
+                (answered, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::task::spawn_blocking(move || {
+        kiln.stop();
+        kiln
+    });
+    let _kiln = stopping.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = (0, 0);
+    for client in clients {
+        let (answered, refused) = client.await.unwrap();
+        total = (total.0 + answered, total.1 + refused);
+    }
+    assert!(total.0 > 10, "the clients were answered before: {total:?}");
+    assert!(total.1 > 0, "and refused once it had stopped: {total:?}");
+}
+
 /// The blob store on a real S3-compatible server.
 #[tokio::test]
 async fn s3_blob_store_end_to_end() {
