@@ -96,7 +96,7 @@ impl ApiError {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
-            "internal error; the server log has the details",
+            "internal error; the server log has the details under this answer's x-request-id",
         )
     }
 

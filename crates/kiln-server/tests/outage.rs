@@ -53,6 +53,10 @@ async fn a_database_outage_answers_503_with_retry_after() {
     let r = get(&state, "/application", &token).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.headers()[header::RETRY_AFTER], "5");
+    assert!(
+        r.headers().contains_key("x-request-id"),
+        "every answer names its request, to find it in the log"
+    );
     let body = json(r).await;
     assert_eq!(body["error"], "unavailable", "{body}");
     assert!(
