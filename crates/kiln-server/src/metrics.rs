@@ -32,12 +32,41 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    worker: String,
+    state: String,
+}
+
+/// Stage names a worker may report that become label values; any other is
+/// counted as `other`, so a worker cannot grow the label set.
+const STAGES: [&str; 8] = [
+    "download",
+    "unpack",
+    "dependencies",
+    "compile",
+    "check",
+    "optimize",
+    "preinit",
+    "profile",
+];
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     builds: Family<StateLabels, Gauge>,
     queue_depth: Gauge,
+    queue_wait: Histogram,
+    stage_duration: Family<StageLabels, Histogram>,
+    finished: Family<OutcomeLabels, Counter>,
+    db_connections: Gauge,
+    db_idle: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +84,38 @@ impl Metrics {
         });
         let builds = Family::<StateLabels, Gauge>::default();
         let queue_depth = Gauge::default();
+        // From a tenth of a second to about an hour and a half.
+        let queue_wait = Histogram::new(exponential_buckets(0.1, 2.0, 16));
+        let stage_duration = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+        });
+        let finished = Family::<OutcomeLabels, Counter>::default();
+        let (db_connections, db_idle) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "queue_wait_seconds",
+            "How long builds waited in the queue before a worker claimed them",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "build_stage_duration_seconds",
+            "How long each stage of a build took, as its worker reported",
+            stage_duration.clone(),
+        );
+        registry.register(
+            "builds_finished",
+            "Builds this server saw end, by the worker that ran them and their state",
+            finished.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Connections the database pool holds",
+            db_connections.clone(),
+        );
+        registry.register(
+            "db_pool_idle_connections",
+            "Connections of the pool that are idle",
+            db_idle.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -77,7 +138,49 @@ impl Metrics {
             latency,
             builds,
             queue_depth,
+            queue_wait,
+            stage_duration,
+            finished,
+            db_connections,
+            db_idle,
         }
+    }
+
+    /// A build was claimed after waiting `seconds` in the queue.
+    pub fn claimed(&self, seconds: f64) {
+        self.queue_wait.observe(seconds.max(0.0));
+    }
+
+    /// A build ended `state` on `worker`, with the stage timings it reported.
+    pub fn finished(&self, worker: &str, state: BuildState, profile: Option<&serde_json::Value>) {
+        self.finished
+            .get_or_create(&OutcomeLabels {
+                worker: worker.to_owned(),
+                state: state.as_str().into(),
+            })
+            .inc();
+        let stages = profile
+            .and_then(|p| p.get("stages_ms"))
+            .and_then(|s| s.as_object());
+        for (stage, ms) in stages.into_iter().flatten() {
+            let Some(ms) = ms.as_u64() else { continue };
+            let stage = STAGES
+                .iter()
+                .find(|s| **s == stage)
+                .copied()
+                .unwrap_or("other");
+            self.stage_duration
+                .get_or_create(&StageLabels {
+                    stage: stage.into(),
+                })
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+
+    /// The database pool's connections, all and idle.
+    pub fn set_pool(&self, connections: u32, idle: usize) {
+        self.db_connections.set(i64::from(connections));
+        self.db_idle.set(idle as i64);
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {

@@ -740,6 +740,24 @@ async fn a_worker_builds_and_the_version_is_served(db: Db) {
     let done = kiln.build(&build_id).await;
     assert_eq!(done["state"], "succeeded");
     assert_eq!(done["profile"]["stages_ms"]["compile"], 5);
+    // Operators see the wait, the stage and who built it.
+    let metrics = kiln
+        .http
+        .get(kiln.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "kiln_queue_wait_seconds_count 1",
+        "kiln_build_stage_duration_seconds_count{stage=\"compile\"} 1",
+        "kiln_builds_finished_total{worker=\"default\",state=\"succeeded\"} 1",
+        "kiln_db_pool_connections ",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     // The same report again: the lease is spent.
     let r = report(
         &kiln,

@@ -94,6 +94,8 @@ pub async fn claim(
             .map_err(|e| ApiError::internal("claiming a build failed", e))?;
         if let Some(claimed) = claimed {
             tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, worker = %worker.0, "build claimed");
+            let waited = chrono::Utc::now() - claimed.build.created;
+            state.metrics.claimed(waited.as_seconds_f64());
             return Ok(Json(claim_answer(claimed, state.config.lease)).into_response());
         }
         let now = tokio::time::Instant::now();
@@ -368,6 +370,12 @@ pub async fn build_success(
     match state.meta.complete_success(build.id, lease, &new).await {
         Ok(version) => {
             tracing::info!(build = %build.id, size = version.binary_size, "build succeeded");
+            let profile = version.profile.as_ref();
+            state.metrics.finished(
+                worker.0.as_str(),
+                kiln_domain::BuildState::Succeeded,
+                profile,
+            );
             state
                 .live
                 .finish(build.id, kiln_domain::BuildState::Succeeded);
@@ -446,6 +454,10 @@ pub async fn build_fail(
         .await
         .map_err(|e| lease_error(e, build.id))?;
     tracing::info!(build = %build.id, %error, "build failed");
+    let reported = updated.profile.as_ref();
+    state
+        .metrics
+        .finished(worker.0.as_str(), updated.state, reported);
     state.live.finish(build.id, updated.state);
     Ok(Json(updated))
 }
@@ -488,6 +500,9 @@ pub async fn build_crash(
         .await
         .map_err(|e| lease_error(e, build.id))?;
     tracing::warn!(build = %build.id, %error, state = %updated.state, "build crashed");
+    state
+        .metrics
+        .finished(worker.0.as_str(), updated.state, None);
     if updated.state == kiln_domain::BuildState::Queued {
         state.queue_signal.notify_waiters();
     } else {

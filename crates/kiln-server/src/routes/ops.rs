@@ -112,6 +112,8 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
         .await
         .map_err(|e| ApiError::internal("metrics: counting builds failed", e))?;
     state.metrics.set_builds(&counts.by_state);
+    let (connections, idle) = state.meta.pool_usage();
+    state.metrics.set_pool(connections, idle);
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -269,6 +269,11 @@ impl MetaStore {
         with_pool!(self, pool => pool.close().await)
     }
 
+    /// The pool's connections, all and idle, for metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        with_pool!(self, pool => (pool.size(), pool.num_idle()))
+    }
+
     pub async fn ping(&self) -> Result<()> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())
