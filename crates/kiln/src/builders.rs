@@ -112,7 +112,8 @@ fn sandbox_program(root: &Path) -> anyhow::Result<PathBuf> {
         meta.mtime(),
         meta.mtime_nsec()
     );
-    let program = dir.join(name);
+    let program = dir.join(&name);
+    remove_stale_programs(&dir, &name);
     if program.exists() {
         return Ok(program);
     }
@@ -131,6 +132,51 @@ fn sandbox_program(root: &Path) -> anyhow::Result<PathBuf> {
     // Renamed into place whole: servers starting at once never run half a copy.
     std::fs::rename(&partial, &program)?;
     Ok(program)
+}
+
+/// Removes the kiln binaries under `dir` that no running process was
+/// started from (each is named after its file's device and inode): those
+/// of kilns upgraded or gone. Half-written copies of dead processes go too.
+/// `keep` is this process's.
+fn remove_stale_programs(dir: &Path, keep: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let running: std::collections::HashSet<(u64, u64)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path().join("exe")).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = match program_origin(&name) {
+            Some(origin) => name != keep && !running.contains(&origin),
+            None => partial_of_dead_process(&name),
+        };
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(program = %entry.path().display(), "removed a kiln binary no process runs");
+        }
+    }
+}
+
+/// The device and inode a `kiln-<dev>-<ino>-…` binary was made from.
+fn program_origin(name: &str) -> Option<(u64, u64)> {
+    let mut parts = name.strip_prefix("kiln-")?.split('-');
+    let dev = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let ino = u64::from_str_radix(parts.next()?, 16).ok()?;
+    Some((dev, ino))
+}
+
+/// Whether `name` is a `.kiln-<pid>-<nanos>` copy whose process is gone.
+fn partial_of_dead_process(name: &str) -> bool {
+    let pid = name
+        .strip_prefix(".kiln-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok());
+    pid.is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
 }
 
 pub fn pipeline(args: &BuildArgs, max_upload_mib: u64) -> anyhow::Result<Pipeline> {
@@ -183,4 +229,33 @@ pub async fn run(
     kiln_worker::run_builders(Arc::new(pipeline), client, count, stop, grace).await;
     tracing::info!("builders stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_no_process_runs_are_removed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = std::fs::metadata(std::env::current_exe().unwrap()).unwrap();
+        let running = format!("kiln-{:x}-{:x}-1-2.3", exe.dev(), exe.ino());
+        let ours = "kiln-1-2-3-4.5";
+        let upgraded = "kiln-ffff-eeee-3-4.5";
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let half = format!(".kiln-{}-123", gone.id());
+        for name in [running.as_str(), ours, upgraded, half.as_str(), "other"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        remove_stale_programs(dir.path(), ours);
+        let left: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let expected: std::collections::BTreeSet<String> =
+            [running.as_str(), ours, "other"].map(String::from).into();
+        assert_eq!(left, expected);
+    }
 }
