@@ -1,6 +1,6 @@
 //! kiln-server is the HTTP face of kiln: the public REST API (applications,
 //! versions, builds, the channels that deploy them, artifacts by content
-//! address), the private API workers use to claim builds and report
+//! address, channels as an OCI registry), the private API workers use to claim builds and report
 //! results, health and metrics, and the housekeeping of the build queue
 //! (re-queuing builds whose worker went silent). It stores through
 //! kiln-store and never runs a build itself.
@@ -13,6 +13,7 @@
 //! - [`routes`]: one module per resource; handlers stay thin.
 //! - [`upload`]: bounded multipart reading.
 //! - [`live`]: the live logs of running builds, shared by their readers.
+//! - [`oci`]: modules as OCI images, for the registry at `/v2/`.
 //! - [`metrics`]: Prometheus counters.
 //! - [`openapi`]: the generated API description.
 
@@ -23,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod live;
 pub mod metrics;
+pub mod oci;
 pub mod openapi;
 pub mod routes;
 pub mod upload;
@@ -53,6 +55,8 @@ pub struct AppState {
     pub artifacts: Arc<artifacts::Precompiler>,
     /// The live logs of running builds, one buffer per build.
     pub live: Arc<live::LiveLogs>,
+    /// The OCI images of the modules the registry served last.
+    pub images: Arc<oci::ImageCache>,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
                 "no sandbox was configured".into(),
             )),
             artifacts: Arc::new(artifacts),
+            images: Arc::new(oci::ImageCache::default()),
         }
     }
 }
