@@ -4,6 +4,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::routes::registry::RegistryError;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -136,20 +137,80 @@ impl EdgeReader {
     }
 }
 
-impl FromRequestParts<AppState> for EdgeReader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let hash = hash_token(bearer(parts)?);
+impl EdgeReader {
+    /// The reader holding `token`: an owner's token or an edge token;
+    /// `None` when it is neither, or revoked.
+    pub async fn from_token(state: &AppState, token: &str) -> Result<Option<Self>, ApiError> {
+        let hash = hash_token(token);
         match state.meta.owner_by_token(&hash).await {
-            Ok(Some(owner)) => return Ok(EdgeReader { owner, app: None }),
+            Ok(Some(owner)) => return Ok(Some(EdgeReader { owner, app: None })),
             Ok(None) => {}
             Err(e) => return Err(ApiError::internal("token lookup failed", e)),
         }
         match state.meta.edge_by_token(&hash).await {
-            Ok(Some((owner, app))) => Ok(EdgeReader { owner, app }),
-            Ok(None) => Err(ApiError::unauthorized("unknown or revoked token")),
+            Ok(found) => Ok(found.map(|(owner, app)| EdgeReader { owner, app })),
             Err(e) => Err(ApiError::internal("token lookup failed", e)),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for EdgeReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        EdgeReader::from_token(state, bearer(parts)?)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))
+    }
+}
+
+/// A reader of the OCI registry (`/v2/`): an [`EdgeReader`] whose token
+/// came as OCI clients send one, in HTTP Basic (any user name, the token
+/// as the password: `skopeo --creds edge:TOKEN`, a Kubernetes
+/// `docker-registry` secret) or as `Bearer`. Refusals are in the
+/// registry's error shape, with the `WWW-Authenticate` challenge clients
+/// need to send credentials at all.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryReader(pub EdgeReader);
+
+/// The token in a registry request's `Authorization` header.
+fn registry_token(parts: &Parts) -> Option<String> {
+    use base64::Engine;
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let header = header.to_str().ok()?.trim();
+    let (scheme, value) = header.split_once(' ')?;
+    let value = value.trim();
+    let token = if scheme.eq_ignore_ascii_case("bearer") {
+        value.to_owned()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (user, password) = decoded.split_once(':').unwrap_or((&decoded, ""));
+        // Some clients put a lone token in the user name.
+        if password.is_empty() { user } else { password }.to_owned()
+    } else {
+        return None;
+    };
+    Some(token).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for RegistryReader {
+    type Rejection = RegistryError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, RegistryError> {
+        let token = registry_token(parts).ok_or_else(|| {
+            RegistryError::unauthorized(
+                "send an edge or owner token: HTTP Basic with the token as the password, or Bearer",
+            )
+        })?;
+        match EdgeReader::from_token(state, &token).await? {
+            Some(reader) => Ok(RegistryReader(reader)),
+            None => Err(RegistryError::unauthorized("unknown or revoked token")),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! kiln-server is the HTTP face of kiln: the public REST API (applications,
 //! versions, builds, the channels that deploy them, artifacts by content
-//! address), the private API workers use to claim builds and report
-//! results, health and metrics, the web page at `/` (embedded from the
-//! repository's `web/`), and the housekeeping of the build queue
-//! (re-queuing builds whose worker went silent). It stores through
+//! address, channels as an OCI registry), the private API workers use to
+//! claim builds and report results, health and metrics, the web page at
+//! `/` (embedded from the repository's `web/`), and the housekeeping of the
+//! build queue (re-queuing builds whose worker went silent, sweeping
+//! orphaned blobs). It stores through
 //! kiln-store and never runs a build itself.
 //!
 //! Layout:
@@ -15,6 +16,7 @@
 //! - [`sweeper`]: removes blobs no row owns, after a grace period.
 //! - [`upload`]: bounded multipart reading.
 //! - [`live`]: the live logs of running builds, shared by their readers.
+//! - [`oci`]: modules as OCI images, for the registry at `/v2/`.
 //! - [`metrics`]: Prometheus counters.
 //! - [`openapi`]: the generated API description.
 
@@ -25,6 +27,7 @@ pub mod error;
 pub mod extract;
 pub mod live;
 pub mod metrics;
+pub mod oci;
 pub mod openapi;
 pub mod routes;
 pub mod sweeper;
@@ -60,6 +63,8 @@ pub struct AppState {
     /// report of the same build waits its turn instead of overwriting
     /// the blobs the first is writing.
     pub reporting: Arc<routes::internal::Reporting>,
+    /// The OCI images of the modules the registry served last.
+    pub images: Arc<oci::ImageCache>,
 }
 
 impl AppState {
@@ -84,6 +89,7 @@ impl AppState {
             )),
             artifacts: Arc::new(artifacts),
             reporting: Arc::default(),
+            images: Arc::new(oci::ImageCache::default()),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The OpenAPI description, generated from the handlers' annotations.
 
 use crate::error::ErrorBody;
-use crate::routes::{applications, builds, channels, content, internal, ops, trial, versions};
+use crate::routes::{
+    applications, builds, channels, content, internal, ops, registry, trial, versions,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         versions::binary, versions::source, versions::logs, trial::try_version,
         builds::list, builds::get, builds::logs, builds::cancel,
         channels::promote, channels::rollback, channels::list, channels::get, content::artifact,
+        registry::base, registry::manifest, registry::blob, registry::tags,
         internal::claim, internal::heartbeat, internal::source, internal::log_chunk,
         internal::build_success, internal::build_fail, internal::build_crash,
         ops::signing_key, ops::healthz, ops::readyz, ops::metrics, ops::openapi_json,
@@ -26,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         (name = "builds", description = "Builds and their logs"),
         (name = "channels", description = "Deployments: channels that point at versions; edge tokens read them"),
         (name = "edge", description = "Artifacts by content address, for edge servers"),
+        (name = "registry", description = "Channels as a read-only OCI registry (Istio's WasmPlugin pulls them); edge tokens read it"),
         (name = "worker", description = "Private: workers and the evaluator (the worker's own token, or the server's shared one)"),
         (name = "ops", description = "Health, metrics, the signing key and this document"),
     )

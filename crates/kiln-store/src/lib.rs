@@ -17,8 +17,8 @@ pub mod meta;
 
 pub use blob::{BlobStore, S3Config};
 pub use meta::{
-    BuildFilter, ChannelRefusal, ClaimedBuild, MetaStore, NewBuild, NewVersion, Orphaned, Page,
-    QueueCounts, Revoked, VersionPatch, WorkerToken,
+    BuildFilter, ChannelRefusal, ClaimedBuild, ImageDigests, MetaStore, NewBuild, NewVersion,
+    Orphaned, Page, QueueCounts, Revoked, VersionPatch, WorkerToken,
 };
 
 /// A failure of a store operation. `NotFound`, `Conflict` and `LeaseLost`

@@ -5,8 +5,8 @@ use kiln_domain::{
     AppId, BuildId, BuildState, ChannelAction, ChannelName, Language, OwnerId, Phases, WorkerName,
 };
 use kiln_store::{
-    BuildFilter, ChannelRefusal, MetaStore, NewBuild, NewVersion, Orphaned, Page, Revoked,
-    StoreError, VersionPatch,
+    BuildFilter, ChannelRefusal, ImageDigests, MetaStore, NewBuild, NewVersion, Orphaned, Page,
+    Revoked, StoreError, VersionPatch,
 };
 use std::time::Duration;
 
@@ -1037,6 +1037,67 @@ async fn edge_tokens_resolve_and_revoke(db: TestDb) {
     assert_eq!(store.edge_by_token("h-app").await.unwrap(), None);
 }
 
+async fn image_digests_find_modules_and_their_versions(db: TestDb) {
+    let store = &db.store;
+    let (owner, app) = owner_with_app(store).await;
+    let sha = "3".repeat(64);
+    let v1 = version_with_sha(store, owner, app, "1.0.0", &sha).await;
+    version_with_sha(store, owner, app, "1.0.1", &sha).await;
+    let digests = |n: &str| ImageDigests {
+        manifest: format!("sha256:m{n}"),
+        config: format!("sha256:c{n}"),
+        layer: format!("sha256:l{n}"),
+    };
+    assert_eq!(
+        store.module_by_image_digest("sha256:m1").await.unwrap(),
+        None
+    );
+    store.record_image(&sha, &digests("1")).await.unwrap();
+    for digest in ["sha256:m1", "sha256:c1", "sha256:l1"] {
+        assert_eq!(
+            store
+                .module_by_image_digest(digest)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(sha.as_str())
+        );
+    }
+    // Recording again replaces the digests.
+    store.record_image(&sha, &digests("2")).await.unwrap();
+    assert_eq!(
+        store.module_by_image_digest("sha256:l1").await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .module_by_image_digest("sha256:l2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The oldest version of this application with the module, and only the owner's.
+    let found = store.app_version_by_sha256(owner, app, &sha).await.unwrap();
+    assert_eq!(found.map(|v| v.id), Some(v1));
+    let stranger = store.create_owner("stranger").await.unwrap();
+    assert!(
+        store
+            .app_version_by_sha256(stranger, app, &sha)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let other = store.create_application(owner, "other", "").await.unwrap();
+    assert!(
+        store
+            .app_version_by_sha256(owner, other.id, &sha)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -1077,4 +1138,5 @@ on_both_backends!(
     revoking_a_worker_requeues_its_running_builds,
     channels_promote_roll_back_and_hold_their_versions,
     edge_tokens_resolve_and_revoke,
+    image_digests_find_modules_and_their_versions,
 );

@@ -87,42 +87,8 @@ fn success_form(binary: &[u8]) -> reqwest::multipart::Form {
         .text("profile", r#"{"stages_ms":{"compile":5}}"#)
 }
 
-/// The smallest module the server takes for a plugin: it validates and
-/// exports the ABI version, the context constructor, an allocator and
-/// every phase's callback (all one empty function).
-static WASM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-    let exports = [
-        "proxy_abi_version_0_2_1",
-        "proxy_on_context_create",
-        "malloc",
-        "proxy_on_request_headers",
-        "proxy_on_request_body",
-        "proxy_on_response_headers",
-        "proxy_on_response_body",
-        "proxy_on_log",
-    ];
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    // One type () -> (), one function of it.
-    m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0]);
-    let mut section = vec![exports.len() as u8];
-    for name in exports {
-        section.push(name.len() as u8);
-        section.extend_from_slice(name.as_bytes());
-        section.extend_from_slice(&[0, 0]);
-    }
-    m.push(7);
-    // The section's size, as LEB128.
-    let mut size = section.len();
-    while size >= 0x80 {
-        m.push((size as u8 & 0x7f) | 0x80);
-        size >>= 7;
-    }
-    m.push(size as u8);
-    m.extend_from_slice(&section);
-    // Its body: no locals, `end`.
-    m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
-    m
-});
+/// The smallest module the server takes for a plugin.
+static WASM: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(common::tiny_plugin);
 
 async fn auth_is_required(db: Db) {
     let Some(kiln) = Kiln::start(db, &[]).await else {

@@ -8,6 +8,7 @@ pub mod content;
 pub mod follow;
 pub mod internal;
 pub mod ops;
+pub mod registry;
 pub mod trial;
 pub mod versions;
 pub mod web;
@@ -52,6 +53,14 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             refuse_declared_oversize(log_limit, req, next)
         }));
+
+    let registry = Router::new()
+        .route("/v2/", get(registry::base).fallback(registry::read_only))
+        .route(
+            "/v2/{*rest}",
+            get(registry::dispatch).fallback(registry::read_only),
+        )
+        .layer(middleware::map_response(registry::api_version));
 
     Router::new()
         .route(
@@ -99,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .merge(upload)
         .merge(reports)
         .merge(live_logs)
+        .merge(registry)
         .merge(web::router())
         .fallback(|| async {
             ApiError::new(

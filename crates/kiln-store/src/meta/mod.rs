@@ -37,8 +37,10 @@ macro_rules! with_pool {
 }
 
 mod channels;
+mod registry;
 
 pub use channels::ChannelRefusal;
+pub use registry::ImageDigests;
 
 #[derive(Debug, Clone)]
 enum Backend {

@@ -534,3 +534,52 @@ pub fn multipart_body(boundary: &str, fields: &[(&str, &str)], file: (&str, &[u8
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     body
 }
+
+/// The smallest module the server takes for a plugin: it validates and
+/// exports the ABI version, the context constructor, an allocator and
+/// every phase's callback (all one empty function).
+pub fn tiny_plugin() -> Vec<u8> {
+    let exports = [
+        "proxy_abi_version_0_2_1",
+        "proxy_on_context_create",
+        "malloc",
+        "proxy_on_request_headers",
+        "proxy_on_request_body",
+        "proxy_on_response_headers",
+        "proxy_on_response_body",
+        "proxy_on_log",
+    ];
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // One type () -> (), one function of it.
+    m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0]);
+    let mut section = vec![exports.len() as u8];
+    for name in exports {
+        section.push(name.len() as u8);
+        section.extend_from_slice(name.as_bytes());
+        section.extend_from_slice(&[0, 0]);
+    }
+    m.push(7);
+    // The section's size, as LEB128.
+    let mut size = section.len();
+    while size >= 0x80 {
+        m.push((size as u8 & 0x7f) | 0x80);
+        size >>= 7;
+    }
+    m.push(size as u8);
+    m.extend_from_slice(&section);
+    // Its body: no locals, `end`.
+    m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
+    m
+}
+
+/// [`tiny_plugin`] with a custom section named `name` at its end: another
+/// module, as valid, with another sha256.
+pub fn tiny_plugin_named(name: &str) -> Vec<u8> {
+    let mut m = tiny_plugin();
+    assert!(name.len() < 0x7f, "a one-byte LEB128 size");
+    m.push(0);
+    m.push(name.len() as u8 + 1);
+    m.push(name.len() as u8);
+    m.extend_from_slice(name.as_bytes());
+    m
+}
