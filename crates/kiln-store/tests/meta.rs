@@ -212,6 +212,7 @@ async fn builds_list_newest_first_with_filters(db: TestDb) {
             Page {
                 limit: 100,
                 offset: 0,
+                after: None,
             },
         )
         .await
@@ -226,6 +227,7 @@ async fn builds_list_newest_first_with_filters(db: TestDb) {
             Page {
                 limit: 2,
                 offset: 2,
+                after: None,
             },
         )
         .await

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use kiln_domain::{BuildState, VersionBuild};
+use kiln_domain::{BuildId, BuildState, VersionBuild};
 use kiln_store::{BuildFilter, Page};
 use serde::Deserialize;
 
@@ -29,6 +29,9 @@ pub struct BuildQuery {
     /// Builds to skip (default 0).
     #[param(minimum = 0)]
     pub offset: Option<i64>,
+    /// Only the builds listed after this one (the `Link` header's next page
+    /// gives it): a page costs the same however deep it is.
+    pub after: Option<String>,
 }
 
 #[utoipa::path(get, path = "/version_build", tag = "builds",
@@ -49,6 +52,14 @@ pub async fn list(
             "limit must be 1 to {MAX_PAGE} and offset at least 0"
         )));
     }
+    let after = query
+        .after
+        .as_deref()
+        .map(|raw| {
+            BuildId::parse(raw)
+                .map_err(|_| ApiError::invalid(format!("after {raw:?} is not a build id")))
+        })
+        .transpose()?;
     let filter = BuildFilter {
         application_id: query
             .application_id
@@ -66,15 +77,17 @@ pub async fn list(
             Page {
                 limit: limit + 1,
                 offset,
+                after,
             },
         )
         .await
         .map_err(|e| ApiError::internal("listing builds failed", e))?;
     let more = builds.len() as i64 > limit;
     builds.truncate(limit as usize);
+    let last = builds.last().map(|b| b.id);
     let mut response = Json(builds).into_response();
     if more {
-        let next = next_link(&query, limit, offset + limit);
+        let next = next_link(&query, limit, last);
         if let Ok(value) = HeaderValue::from_str(&next) {
             response.headers_mut().insert(header::LINK, value);
         }
@@ -82,8 +95,11 @@ pub async fn list(
     Ok(response)
 }
 
-fn next_link(query: &BuildQuery, limit: i64, offset: i64) -> String {
-    let mut params = vec![format!("limit={limit}"), format!("offset={offset}")];
+fn next_link(query: &BuildQuery, limit: i64, last: Option<BuildId>) -> String {
+    let mut params = vec![format!("limit={limit}")];
+    if let Some(last) = last {
+        params.push(format!("after={last}"));
+    }
     if let Some(app) = &query.application_id {
         params.push(format!("application_id={app}"));
     }

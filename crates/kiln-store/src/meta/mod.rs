@@ -117,6 +117,9 @@ pub struct BuildFilter {
 pub struct Page {
     pub limit: i64,
     pub offset: i64,
+    /// Only what comes after this build in the listing's order (a keyset
+    /// cursor: the page costs the same however deep it is).
+    pub after: Option<BuildId>,
 }
 
 impl Default for Page {
@@ -124,6 +127,7 @@ impl Default for Page {
         Self {
             limit: 50,
             offset: 0,
+            after: None,
         }
     }
 }
@@ -674,6 +678,8 @@ impl MetaStore {
         let sql = format!(
             "SELECT {BUILD_COLS} FROM builds WHERE owner_id = $1 \
              AND ($2 IS NULL OR application_id = $2) AND ($3 IS NULL OR state = $3) \
+             AND ($6 IS NULL OR (created_us, id) < \
+                  (SELECT created_us, id FROM builds WHERE id = $6 AND owner_id = $1)) \
              ORDER BY created_us DESC, id DESC LIMIT $4 OFFSET $5"
         );
         let rows: Vec<BuildRow> = with_pool!(self, pool => {
@@ -683,6 +689,7 @@ impl MetaStore {
                 .bind(filter.state.map(|s| s.as_str()))
                 .bind(page.limit)
                 .bind(page.offset)
+                .bind(page.after.map(|b| b.0))
                 .fetch_all(pool)
                 .await
         })?;
