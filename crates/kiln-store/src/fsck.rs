@@ -42,10 +42,8 @@ pub async fn check(meta: &MetaStore, blobs: &BlobStore) -> Result<Findings> {
     };
     findings.missing.sort();
     for (key, written) in stored {
-        let artifact_of_a_version = owned
-            .version_prefixes
-            .iter()
-            .any(|prefix| key.starts_with(&format!("{prefix}artifacts/")));
+        let directory = key.rsplit_once('/').map_or("", |(dir, _)| dir);
+        let artifact_of_a_version = owned.version_prefixes.contains(&format!("{directory}/"));
         if !owned.keys.contains(&key) && !artifact_of_a_version {
             findings.orphans.push((key, written));
         }
@@ -76,7 +74,7 @@ pub async fn remove_orphans(
 pub struct References {
     /// Every key a build or version row names.
     pub keys: HashSet<String>,
-    /// The build prefix of every version: its precompiled artifacts live
-    /// under `<prefix>artifacts/`, named by target.
-    pub version_prefixes: Vec<String>,
+    /// The artifacts directory of every version (beside its binary): its
+    /// precompiled modules live there, named by target.
+    pub version_prefixes: HashSet<String>,
 }

@@ -68,7 +68,7 @@ pub async fn artifact(
             ApiError::bad_request("missing_target", "a .cwasm needs target=<triple>")
         })?;
         let name = cwasm_name(target)?;
-        let key = keys::artifact(version.application_id, version.id, &name);
+        let key = keys::artifact(&version.binary_location, &name);
         (
             key,
             "application/octet-stream",

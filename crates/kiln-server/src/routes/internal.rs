@@ -348,11 +348,12 @@ pub async fn build_success(
     };
 
     let binary_sha256 = hex::encode(Sha256::digest(&binary));
+    let report = keys::report_prefix(build.application_id, build.id);
     let new = NewVersion {
-        binary_location: keys::binary(build.application_id, build.id),
+        binary_location: keys::report_binary(&report),
         binary_sha256,
         binary_size: binary.len() as i64,
-        logs_location: keys::logs(build.application_id, build.id),
+        logs_location: keys::report_logs(&report),
         profile,
     };
     let mut written = vec![
@@ -361,10 +362,7 @@ pub async fn build_success(
     ];
     for (target, signed) in artifacts {
         let name = cwasm_name(&target)?;
-        written.push((
-            keys::artifact(build.application_id, build.id, &name),
-            signed.into(),
-        ));
+        written.push((keys::artifact(&new.binary_location, &name), signed.into()));
     }
     store_blobs(&state, &written).await?;
     match state.meta.complete_success(build.id, lease, &new).await {
@@ -446,7 +444,7 @@ pub async fn build_fail(
     let error = error_field(&form, "the build failed; see its logs");
     let profile = profile_field(&form)?;
     let build = &claimed.build;
-    let key = keys::logs(build.application_id, build.id);
+    let key = keys::report_logs(&keys::report_prefix(build.application_id, build.id));
     store_blobs(&state, &[(key.clone(), logs)]).await?;
     let updated = state
         .meta
@@ -482,7 +480,7 @@ pub async fn build_crash(
     let build = &claimed.build;
     let logs_key = match form.take_file(fields::LOGS) {
         Some(logs) => {
-            let key = keys::logs(build.application_id, build.id);
+            let key = keys::report_logs(&keys::report_prefix(build.application_id, build.id));
             store_blobs(&state, &[(key.clone(), logs)]).await?;
             Some(key)
         }

@@ -353,7 +353,7 @@ pub async fn binary(
             let target = query.target.as_deref().ok_or_else(|| {
                 ApiError::bad_request("missing_target", "format=cwasm needs target=<triple>")
             })?;
-            let key = keys::artifact(version.application_id, version.id, &cwasm_name(target)?);
+            let key = keys::artifact(&version.binary_location, &cwasm_name(target)?);
             let bytes = state.blobs.get(&key).await.map_err(|e| match e {
                 StoreError::NotFound => ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -1068,16 +1068,16 @@ impl MetaStore {
             sqlx::query_as(sql).fetch_all(pool).await
         })?;
         let mut references = crate::fsck::References::default();
-        for (app, build, source, logs, binary, version_logs) in rows {
+        for (_app, _build, source, logs, binary, version_logs) in rows {
             references.keys.insert(source);
             references
                 .keys
                 .extend([logs, version_logs].into_iter().flatten());
             if let Some(binary) = binary {
-                references.keys.insert(binary);
                 references
                     .version_prefixes
-                    .push(crate::keys::build_prefix(AppId(app), BuildId(build)));
+                    .insert(crate::keys::artifacts_prefix(&binary));
+                references.keys.insert(binary);
             }
         }
         Ok(references)
