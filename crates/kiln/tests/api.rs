@@ -1528,6 +1528,23 @@ async fn channels_deploy_versions_to_edge_readers(db: Db) {
         (prod["revision"].as_i64(), prod["version"]["id"].as_str()),
         (Some(1), Some(v1.as_str()))
     );
+    // What the edge runs of a deployed version does not change under it.
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"conf": "changed"}))
+        .send()
+        .await
+        .unwrap();
+    let refused = error_of(r, StatusCode::CONFLICT).await;
+    assert_eq!(refused["error"], "version_deployed", "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("production"));
+    let r = kiln
+        .patch(&format!("/version/{v1}"))
+        .json(&json!({"notes": "still fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "its notes may change");
     let by = prod["history"][0]["by"].as_str().unwrap();
     assert!(by.starts_with("owner 1, token "), "{by}");
     let sha = prod["version"]["binary_sha256"]

@@ -276,6 +276,9 @@ pub async fn update(
         conf: body.conf.as_deref().map(validate_conf).transpose()?,
         notes: body.notes.as_deref().map(validate_notes).transpose()?,
     };
+    if patch.conf.is_some() || patch.phases.is_some() {
+        refuse_if_deployed(&state, owner, build_id, &id).await?;
+    }
     let version = state
         .meta
         .update_version(owner, build_id, &patch)
@@ -285,6 +288,36 @@ pub async fn update(
             e => ApiError::from_store(e, "version", &id),
         })?;
     Ok(Json(version))
+}
+
+/// What edge servers run of a deployed version must not change under them:
+/// its configuration and phases are fixed while a channel points at it.
+async fn refuse_if_deployed(
+    state: &AppState,
+    owner: OwnerId,
+    build_id: BuildId,
+    id: &str,
+) -> ApiResult<()> {
+    state
+        .meta
+        .get_version(owner, build_id)
+        .await
+        .map_err(|e| ApiError::from_store(e, "version", id))?;
+    let channels = state
+        .meta
+        .channels_of_version(build_id)
+        .await
+        .map_err(|e| ApiError::internal("reading a version's channels failed", e))?;
+    if channels.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
+        "version_deployed",
+        format!(
+            "version {id} is deployed on {}: its conf and phases cannot change while it is; build a new version and promote that",
+            channels.join(", ")
+        ),
+    ))
 }
 
 #[utoipa::path(delete, path = "/version/{id}", tag = "versions",
