@@ -27,6 +27,9 @@ pub struct Kiln {
     args: Vec<String>,
     /// Environment variables of the server process besides kiln's log level.
     env: Vec<(String, String)>,
+    /// The `--listen` address: port 0 at first, the bound address once
+    /// [`Kiln::respawn`] brings a killed server back where clients expect it.
+    listen: String,
 }
 
 /// Whether services started by `scripts/test` are required.
@@ -42,14 +45,20 @@ pub async fn postgres_url() -> Option<String> {
         eprintln!("skipped: KILN_TEST_DATABASE_URL is not set (scripts/test sets it)");
         return None;
     };
+    Some(postgres_schema_url(&url).await)
+}
+
+/// A URL of the PostgreSQL server at `url` whose tables live in a fresh,
+/// migrated schema.
+pub async fn postgres_schema_url(url: &str) -> String {
     let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
     // Creates and migrates the schema; kiln then connects into it.
-    let store = kiln_store::MetaStore::connect_postgres_schema(&url, &schema)
+    let store = kiln_store::MetaStore::connect_postgres_schema(url, &schema)
         .await
         .unwrap();
     store.close().await;
     let sep = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{sep}options=-c%20search_path%3D{schema}"))
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
 }
 
 impl Kiln {
@@ -83,10 +92,19 @@ impl Kiln {
                 .unwrap(),
             args,
             env,
+            listen: "127.0.0.1:0".into(),
         };
         kiln.spawn();
-        kiln.admin_token = read_token(&kiln.dir.path().join("admin.token"));
-        kiln.worker_token = read_token(&kiln.dir.path().join("worker.token"));
+        // A server joining a database that has owners creates no admin
+        // token, and one given --worker-token writes no worker.token.
+        let admin = kiln.dir.path().join("admin.token");
+        if admin.exists() {
+            kiln.admin_token = read_token(&admin);
+        }
+        let worker = kiln.dir.path().join("worker.token");
+        if worker.exists() {
+            kiln.worker_token = read_token(&worker);
+        }
         kiln
     }
 
@@ -103,7 +121,7 @@ impl Kiln {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(&self.listen)
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(&self.args)
@@ -144,6 +162,23 @@ impl Kiln {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Kills kiln with SIGKILL (no draining, no cleanup) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts a killed or stopped kiln again on the same address, data dir
+    /// and flags, and waits until it answers.
+    pub async fn respawn(&mut self) {
+        assert!(self.child.is_none(), "kiln is still running");
+        self.listen = self.base.trim_start_matches("http://").to_owned();
+        self.spawn();
+        self.wait_healthy().await;
     }
 
     /// Stops and starts kiln again on the same data dir and database.
