@@ -402,9 +402,16 @@ async fn a_promoted_version_reaches_a_running_envoy_and_rolls_back() {
     // Both builds made the same module (only their conf differs), and the
     // server serves it by content from either: corrupt both copies.
     for build in [&v1, &v2] {
-        let blob = kiln
+        // The binary sits in its report's own directory under the build's.
+        let reports = kiln
             .data_dir()
-            .join(format!("blobs/apps/{app}/builds/{build}/plugin.wasm"));
+            .join(format!("blobs/apps/{app}/builds/{build}/reports"));
+        let report = std::fs::read_dir(&reports)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let blob = report.path().join("plugin.wasm");
         let mut bytes = std::fs::read(&blob).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
