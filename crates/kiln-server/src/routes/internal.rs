@@ -93,6 +93,12 @@ pub async fn claim(
             .map_err(|e| ApiError::internal("claiming a build failed", e))?;
         if let Some(claimed) = claimed {
             tracing::info!(build = %claimed.build.id, attempt = claimed.build.attempt, worker = %worker.0, "build claimed");
+            if claimed.build.attempt == 1 {
+                let waited = (chrono::Utc::now() - claimed.build.created)
+                    .to_std()
+                    .unwrap_or_default();
+                state.metrics.observe_queue_wait(waited);
+            }
             return Ok(Json(claim_answer(claimed, state.config.lease)).into_response());
         }
         let now = tokio::time::Instant::now();
@@ -262,8 +268,9 @@ pub async fn build_success(
     let profile = profile_field(&form)?;
     let build = &claimed.build;
     check_reported_module(&binary, build).await?;
-    let artifacts = if build.options.precompile {
-        state
+    let (artifacts, precompile_took) = if build.options.precompile {
+        let started = std::time::Instant::now();
+        let artifacts = state
             .artifacts
             .precompile(build.id, binary.clone())
             .await
@@ -273,9 +280,10 @@ pub async fn build_success(
                     "precompile_failed",
                     format!("the module could not be precompiled: {e}"),
                 )
-            })?
+            })?;
+        (artifacts, Some(started.elapsed()))
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
 
     let binary_sha256 = hex::encode(Sha256::digest(&binary));
@@ -301,6 +309,11 @@ pub async fn build_success(
     match state.meta.complete_success(build.id, lease, &new).await {
         Ok(version) => {
             tracing::info!(build = %build.id, size = version.binary_size, "build succeeded");
+            // Once per build: a report tried again after a 503 is not counted twice.
+            state.metrics.observe_reported_stages(new.profile.as_ref());
+            if let Some(took) = precompile_took {
+                state.metrics.observe_stage("precompile", took);
+            }
             state
                 .live
                 .finish(build.id, kiln_domain::BuildState::Succeeded);
