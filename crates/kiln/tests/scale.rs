@@ -30,9 +30,9 @@ const BUCKET: &str = "kiln-scale";
 /// Short leases, so the killed worker's build is queued again quickly.
 const LEASE_SECONDS: &str = "6";
 const S3_OUTAGE: Duration = Duration::from_secs(10);
-/// How long a build has run when the S3 outage starts: an add-header build
-/// takes 10 to 15 s here, so it reports while S3 is away.
-const LATE_IN_A_BUILD: Duration = Duration::from_secs(7);
+/// The line of a build log after the module passed its checks: the
+/// success report follows within seconds.
+const CHECKED: &str = "checked: proxy-wasm ABI";
 /// Where the sandbox keeps per-run cgroups, v1 and v2.
 const CGROUP_DIRS: [&str; 3] = [
     "/sys/fs/cgroup/memory/kiln",
@@ -405,13 +405,16 @@ fn scratch_dirs(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Live (not zombie) processes of the sandbox user.
-fn sandbox_processes() -> Vec<String> {
+/// Live (not zombie) processes of the sandbox user that belong to this
+/// test: in a run cgroup of one of `kilns`, or started on one of `roots`
+/// (other kilns on the host may be building beside it).
+fn sandbox_processes(kilns: &[u32], roots: &[&Path]) -> Vec<String> {
     let out = Command::new("id")
         .args(["-u", "kiln-sandbox"])
         .output()
         .unwrap();
     let uid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let runs: Vec<String> = kilns.iter().map(|pid| format!("run-{pid}-")).collect();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
@@ -423,9 +426,18 @@ fn sandbox_processes() -> Vec<String> {
         let zombie = status
             .lines()
             .any(|l| l.starts_with("State:") && l.contains("zombie"));
-        if owned && !zombie {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        if !owned || zombie {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let ours = runs.iter().any(|run| cgroup.contains(run.as_str()))
+            || roots
+                .iter()
+                .any(|root| cmdline.contains(root.to_string_lossy().as_ref()));
+        if ours {
+            found.push(cmdline);
         }
     }
     found
@@ -459,6 +471,13 @@ fn kill_mid_upload(kiln: &mut Kiln, app: &str, version: &str, archive: &[u8]) {
         !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 201"),
         "half an upload was accepted"
     );
+}
+
+/// The value of the sample `name` (with its labels) in a scrape, or 0.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -589,37 +608,33 @@ async fn two_servers_and_two_workers_survive_kills_and_outages() {
     services.restart_postgres();
 
     eprintln!("scale: {:.1?} PostgreSQL restarted", started.elapsed());
-    // 4. The S3 server is away for ten seconds, from late in a build, so
-    // that its report (the binary goes to S3) and the next claim (the
-    // source comes from S3) fall in the outage; an upload made meanwhile
-    // is accepted once it is back.
-    let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
+    // 4. The S3 server is away for ten seconds from the moment a build
+    // has compiled and passed its checks (its live log says so), so that
+    // its report (the binary goes to S3) meets the outage; an upload made
+    // meanwhile is accepted once it is back.
+    let fresh = [
+        upload(&b.http, &b.base, &token, &app, "1.0.5", &archive).await,
+        upload(&a.http, &a.base, &token, &app, "1.0.6", &archive).await,
+    ];
+    ids.extend(fresh.iter().cloned());
     let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let list = builds(&a, &app).await.unwrap_or_default();
-        let running: Vec<String> = list
-            .iter()
-            .filter(|b| b["state"] == "running")
-            .map(|b| b["id"].as_str().unwrap().to_owned())
-            .collect();
-        running_since.retain(|id, _| running.contains(id));
-        for id in running {
-            running_since.entry(id).or_insert_with(Instant::now);
+    'checked: loop {
+        // The live log is on the server the building worker reaches.
+        for id in &fresh {
+            for kiln in [&a, &b] {
+                if kiln.logs(id).await.contains(CHECKED) {
+                    break 'checked;
+                }
+            }
         }
-        if running_since
-            .values()
-            .any(|t| t.elapsed() > LATE_IN_A_BUILD)
-        {
-            break;
-        }
-        assert!(Instant::now() < end, "no build ran long enough");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < end, "neither 1.0.5 nor 1.0.6 got checked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let s3_args = services.kill_s3().await;
     let during = {
         let (http, base) = (b.http.clone(), b.base.clone());
         let (token, app, archive) = (token.clone(), app.clone(), archive.clone());
-        tokio::spawn(async move { upload(&http, &base, &token, &app, "1.0.5", &archive).await })
+        tokio::spawn(async move { upload(&http, &base, &token, &app, "1.0.7", &archive).await })
     };
     tokio::time::sleep(S3_OUTAGE).await;
     services.start_s3(&s3_args).await;
@@ -694,6 +709,34 @@ async fn two_servers_and_two_workers_survive_kills_and_outages() {
         assert_eq!(sums[0], version["binary_sha256"], "version {id}");
     }
 
+    // Both servers observed claims and reports (A's counts restarted with
+    // it, so the sums stay at or under the number of builds).
+    let mut waits = 0;
+    let mut compiles = 0;
+    for kiln in [&a, &b] {
+        let text = kiln
+            .get("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        waits += metric(&text, "kiln_queue_wait_seconds_count");
+        compiles += metric(
+            &text,
+            "kiln_build_stage_duration_seconds_count{stage=\"compile\"}",
+        );
+    }
+    assert!(
+        (1..=ids.len() as u64).contains(&waits),
+        "{waits} queue waits"
+    );
+    assert!(
+        (1..=ids.len() as u64).contains(&compiles),
+        "{compiles} compiles"
+    );
+
     // Nothing of a build is left on the host.
     for root in &roots {
         assert_eq!(scratch_dirs(root.path()), Vec::<PathBuf>::new());
@@ -702,7 +745,9 @@ async fn two_servers_and_two_workers_survive_kills_and_outages() {
     for pid in [killed, w1.id(), w2.id()] {
         assert_eq!(run_cgroups(pid), Vec::<PathBuf>::new(), "runs of {pid}");
     }
-    assert_eq!(sandbox_processes(), Vec::<String>::new());
+    let kilns = [killed, w1.id(), w2.id()];
+    let root_paths = [roots[0].path(), roots[1].path()];
+    assert_eq!(sandbox_processes(&kilns, &root_paths), Vec::<String>::new());
 
     w1.stop();
     w2.stop();
