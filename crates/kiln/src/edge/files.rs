@@ -22,9 +22,18 @@ pub fn module_path(dir: &Path, sha256: &str) -> PathBuf {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let parent = path.parent().context("a file in a directory")?;
     let name = path.file_name().context("a file name")?.to_string_lossy();
-    let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let temp = parent.join(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
     let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        // A new file, never one already there (O_EXCL): a link planted
+        // under the temporary name is not followed.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temp, path)?;
