@@ -34,6 +34,10 @@ struct Change<'a> {
     version: BuildId,
     action: ChannelAction,
     actor: &'a str,
+    /// The revision the change was decided on (a rollback's): if the
+    /// channel moved since, the change is refused rather than undoing a
+    /// change nobody looked at.
+    from_revision: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -236,6 +240,7 @@ impl MetaStore {
             version,
             action: ChannelAction::Promote,
             actor,
+            from_revision: None,
         };
         self.change_channel(&change).await
     }
@@ -267,6 +272,7 @@ impl MetaStore {
             version: previous,
             action: ChannelAction::Rollback,
             actor,
+            from_revision: Some(revision),
         };
         Ok(match self.change_channel(&change).await? {
             Err(ChannelRefusal::NoSuchVersion) => {
@@ -310,6 +316,11 @@ impl MetaStore {
                 )
                 .bind(c.app.0).bind(c.name.as_str())
                 .fetch_optional(&mut *tx).await?;
+                if let (Some(expected), Some((_, revision))) = (c.from_revision, current)
+                    && revision != expected
+                {
+                    return Err(sqlx::Error::RowNotFound);
+                }
                 let revision = match current {
                     Some((version, _)) if version == c.version.0 => return Ok(true),
                     Some((_, revision)) => {
