@@ -372,36 +372,9 @@ async fn the_client_manages_apps_deploys_cancels_and_prints_json() {
     assert_eq!(json(&out)["application"]["name"], "demo2");
 }
 
-/// The smallest module the server takes for a plugin (as in api.rs).
+/// The smallest module the server takes for a plugin.
 fn wasm() -> Vec<u8> {
-    let exports = [
-        "proxy_abi_version_0_2_1",
-        "proxy_on_context_create",
-        "malloc",
-        "proxy_on_request_headers",
-        "proxy_on_request_body",
-        "proxy_on_response_headers",
-        "proxy_on_response_body",
-        "proxy_on_log",
-    ];
-    let mut m = b"\0asm\x01\0\0\0".to_vec();
-    m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0]);
-    let mut section = vec![exports.len() as u8];
-    for name in exports {
-        section.push(name.len() as u8);
-        section.extend_from_slice(name.as_bytes());
-        section.extend_from_slice(&[0, 0]);
-    }
-    m.push(7);
-    let mut size = section.len();
-    while size >= 0x80 {
-        m.push((size as u8 & 0x7f) | 0x80);
-        size >>= 7;
-    }
-    m.push(size as u8);
-    m.extend_from_slice(&section);
-    m.extend_from_slice(&[10, 4, 1, 2, 0, 0x0b]);
-    m
+    common::tiny_plugin()
 }
 
 #[tokio::test]
