@@ -1142,3 +1142,45 @@ on_both_backends!(
     edge_tokens_resolve_and_revoke,
     image_digests_find_modules_and_their_versions,
 );
+
+/// The queue's hot statements read indexes, never every build: their cost
+/// must not grow with the depth of the queue. SQLite only: PostgreSQL
+/// rightly scans a table this small, and its plans at depth are recorded
+/// by `scripts/bench queue` in `bench/results/queue.md`.
+#[tokio::test]
+async fn the_queue_reads_indexes_only() {
+    let Some(db) = sqlite_db().await else { return };
+    let store = &db.store;
+    let (alice, alices_app) = owner_with_app(store).await;
+    let (bob, bobs_app) = owner_with_app(store).await;
+    for n in 0..20 {
+        let (owner, app) = if n % 2 == 0 {
+            (alice, alices_app)
+        } else {
+            (bob, bobs_app)
+        };
+        store
+            .create_build(&new_build(owner, app, &format!("1.0.{n}")))
+            .await
+            .unwrap();
+    }
+    store.claim_next(LEASE, &shared()).await.unwrap().unwrap();
+    let plans = store.queue_plans(alice).await.unwrap();
+    assert_eq!(plans.len(), 5);
+    for (name, plan) in plans {
+        println!("{name}:\n{plan}");
+        // "SCAN t" without an index reads the whole table t. The claim's
+        // own common tables (q, next_owner) hold one row per owner with
+        // queued builds, and the constant row starts its recursion.
+        let full_scans: Vec<&str> = plan
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("SCAN ") && !l.contains("USING"))
+            .filter(|l| !["SCAN q", "SCAN next_owner", "SCAN CONSTANT ROW"].contains(l))
+            .collect();
+        assert!(
+            full_scans.is_empty(),
+            "{name} reads a whole table: {full_scans:?}\n{plan}"
+        );
+    }
+}

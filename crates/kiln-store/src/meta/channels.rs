@@ -4,7 +4,7 @@
 //! and the change is recorded in `channel_events` beside it.
 
 use super::rows::{self, VersionRow};
-use super::{Backend, MetaStore, VERSION_COLS, conflict_on_unique, now_us};
+use super::{MetaStore, VERSION_COLS, conflict_on_unique, now_us};
 use crate::{Result, StoreError};
 use kiln_domain::channel::artifact_path;
 use kiln_domain::{

@@ -4,7 +4,7 @@
 //! demand, never stored.
 
 use super::rows::VersionRow;
-use super::{Backend, MetaStore, VERSION_COLS};
+use super::{MetaStore, VERSION_COLS};
 use crate::Result;
 use kiln_domain::{AppId, OwnerId, Version};
 
