@@ -34,7 +34,7 @@ impl MetaStore {
         }
         let sql = format!(
             "INSERT INTO builds (id, application_id, owner_id, version, language, phases, conf, notes, created_us, state, attempt, source_location, options) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', 0, $10, $11) RETURNING {BUILD_COLS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $12, 0, $10, $11) RETURNING {BUILD_COLS}"
         );
         // Ok(Err(n)): the owner already has n unfinished builds.
         let created: std::result::Result<std::result::Result<BuildRow, i64>, sqlx::Error> = with_pool!(self, pool => {
@@ -46,6 +46,8 @@ impl MetaStore {
                     .await?;
                 let unfinished: i64 = sqlx::query_scalar(UNFINISHED_BUILDS)
                     .bind(new.owner_id.0)
+                    .bind(BuildState::Queued.as_str())
+                    .bind(BuildState::Running.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
                 if unfinished >= max_unfinished {
@@ -63,6 +65,7 @@ impl MetaStore {
                     .bind(now_us())
                     .bind(&new.source_location)
                     .bind(serde_json::to_string(&new.options).expect("options serialize"))
+                    .bind(BuildState::Queued.as_str())
                     .fetch_one(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -114,13 +117,16 @@ impl MetaStore {
     pub async fn cancel_build(&self, owner: OwnerId, id: BuildId) -> Result<VersionBuild> {
         let changed = with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE builds SET state = 'cancelled', finished_us = $1, error = 'cancelled by its owner', \
+                "UPDATE builds SET state = $1, finished_us = $2, error = 'cancelled by its owner', \
                  lease_id = NULL, lease_expires_us = NULL \
-                 WHERE id = $2 AND owner_id = $3 AND state IN ('queued', 'running')",
+                 WHERE id = $3 AND owner_id = $4 AND state IN ($5, $6)",
             )
+            .bind(BuildState::Cancelled.as_str())
             .bind(now_us())
             .bind(id.0)
             .bind(owner.0)
+            .bind(BuildState::Queued.as_str())
+            .bind(BuildState::Running.as_str())
             .execute(pool)
             .await.map(|r| r.rows_affected())
         })?;
@@ -139,6 +145,8 @@ impl MetaStore {
         Ok(with_pool!(self, pool => {
             sqlx::query_scalar(UNFINISHED_BUILDS)
             .bind(owner.0)
+            .bind(BuildState::Queued.as_str())
+            .bind(BuildState::Running.as_str())
             .fetch_one(pool)
             .await
         })?)

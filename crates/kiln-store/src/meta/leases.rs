@@ -25,11 +25,12 @@ impl MetaStore {
     ) -> Result<DateTime<Utc>> {
         let expires = now_us() + lease.as_micros() as i64;
         let changed = with_pool!(self, pool => {
-            sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND worker = $4 AND state = 'running'")
+            sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND worker = $4 AND state = $5")
                 .bind(expires)
                 .bind(id.0)
                 .bind(lease_id)
                 .bind(worker.as_str())
+                .bind(BuildState::Running.as_str())
                 .execute(pool)
                 .await.map(|r| r.rows_affected())
         })?;
@@ -80,10 +81,11 @@ impl MetaStore {
             async {
                 let mut tx = pool.begin().await?;
                 let updated = sqlx::query(
-                    "UPDATE builds SET state = 'succeeded', finished_us = $1, logs_location = $2, profile = $3, \
-                     lease_id = NULL, lease_expires_us = NULL WHERE id = $4 AND lease_id = $5 AND state = 'running'",
+                    "UPDATE builds SET state = $1, finished_us = $2, logs_location = $3, profile = $4, \
+                     lease_id = NULL, lease_expires_us = NULL WHERE id = $5 AND lease_id = $6 AND state = $7",
                 )
-                .bind(now).bind(&new.logs_location).bind(&profile).bind(id.0).bind(lease_id)
+                .bind(BuildState::Succeeded.as_str()).bind(now).bind(&new.logs_location).bind(&profile).bind(id.0).bind(lease_id)
+                .bind(BuildState::Running.as_str())
                 .execute(&mut *tx).await?.rows_affected();
                 if updated == 0 {
                     return Ok(None);
@@ -151,10 +153,11 @@ impl MetaStore {
         if row.attempt < max_attempts {
             let changed = with_pool!(self, pool => {
                 sqlx::query(
-                    "UPDATE builds SET state = 'queued', error = $1, logs_location = COALESCE($2, logs_location), \
-                     lease_id = NULL, lease_expires_us = NULL WHERE id = $3 AND lease_id = $4 AND state = 'running'",
+                    "UPDATE builds SET state = $1, error = $2, logs_location = COALESCE($3, logs_location), \
+                     lease_id = NULL, lease_expires_us = NULL WHERE id = $4 AND lease_id = $5 AND state = $6",
                 )
-                .bind(error).bind(logs_location).bind(id.0).bind(lease_id)
+                .bind(BuildState::Queued.as_str()).bind(error).bind(logs_location).bind(id.0).bind(lease_id)
+                .bind(BuildState::Running.as_str())
                 .execute(pool).await.map(|r| r.rows_affected())
             })?;
             if changed == 0 {
@@ -187,10 +190,10 @@ impl MetaStore {
             sqlx::query(
                 "UPDATE builds SET state = $1, finished_us = $2, logs_location = COALESCE($3, logs_location), error = $4, \
                  profile = COALESCE($5, profile), lease_id = NULL, lease_expires_us = NULL \
-                 WHERE id = $6 AND lease_id = $7 AND state = 'running'",
+                 WHERE id = $6 AND lease_id = $7 AND state = $8",
             )
             .bind(state.as_str()).bind(now_us()).bind(logs_location).bind(error).bind(&profile)
-            .bind(id.0).bind(lease_id)
+            .bind(id.0).bind(lease_id).bind(BuildState::Running.as_str())
             .execute(pool).await.map(|r| r.rows_affected())
         })?;
         if changed == 0 {
@@ -232,8 +235,9 @@ impl MetaStore {
         let crash_error = format!("{} and the build used all its attempts", orphans.reason());
         let requeue_error = format!("{}; queued again", orphans.reason());
         // The running builds selected: by lease expiry or by claimer.
-        const SELECTED: &str = "state = 'running' AND ($1 IS NULL OR lease_expires_us < $1) \
-             AND ($2 IS NULL OR worker = $2)";
+        const SELECTED: &str = "state = $1 AND ($2 IS NULL OR lease_expires_us < $2) \
+             AND ($3 IS NULL OR worker = $3)";
+        let running = BuildState::Running.as_str();
         let ended = with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
@@ -247,16 +251,18 @@ impl MetaStore {
                     }
                 }
                 let crashed = sqlx::query(&format!(
-                    "UPDATE builds SET state = 'crashed', finished_us = $3, error = $4, \
-                     lease_id = NULL, lease_expires_us = NULL WHERE {SELECTED} AND attempt >= $5"
+                    "UPDATE builds SET state = $4, finished_us = $5, error = $6, \
+                     lease_id = NULL, lease_expires_us = NULL WHERE {SELECTED} AND attempt >= $7"
                 ))
-                .bind(expired_before).bind(worker).bind(now).bind(&crash_error).bind(max_attempts)
+                .bind(running).bind(expired_before).bind(worker)
+                .bind(BuildState::Crashed.as_str()).bind(now).bind(&crash_error).bind(max_attempts)
                 .execute(&mut *tx).await?.rows_affected();
                 let requeued = sqlx::query(&format!(
-                    "UPDATE builds SET state = 'queued', error = $3, \
+                    "UPDATE builds SET state = $4, error = $5, \
                      lease_id = NULL, lease_expires_us = NULL WHERE {SELECTED}"
                 ))
-                .bind(expired_before).bind(worker).bind(&requeue_error)
+                .bind(running).bind(expired_before).bind(worker)
+                .bind(BuildState::Queued.as_str()).bind(&requeue_error)
                 .execute(&mut *tx).await?.rows_affected();
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(Some(Orphaned { requeued, crashed }))

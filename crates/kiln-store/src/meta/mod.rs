@@ -191,9 +191,11 @@ pub struct QueueCounts {
     pub by_state: Vec<(BuildState, i64)>,
 }
 
-/// The number of one owner's builds that are queued or running.
+/// The number of one owner's builds that are queued or running (`$2`,
+/// `$3`). Statements bind [`BuildState`]'s own names rather than spelling
+/// states in SQL.
 const UNFINISHED_BUILDS: &str =
-    "SELECT COUNT(*) FROM builds WHERE owner_id = $1 AND state IN ('queued', 'running')";
+    "SELECT COUNT(*) FROM builds WHERE owner_id = $1 AND state IN ($2, $3)";
 
 /// One build by id, of one owner or (`$2` null) of any.
 fn one_build_sql() -> String {

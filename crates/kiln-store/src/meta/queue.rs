@@ -7,25 +7,25 @@
 use super::rows::{self, BuildRow};
 use super::{BUILD_COLS, Backend, BuildFilter, ClaimedBuild, MetaStore, now_us};
 use crate::Result;
-use kiln_domain::{OwnerId, WorkerName};
+use kiln_domain::{BuildState, OwnerId, WorkerName};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The owner whose build goes next: of the owners with queued builds, the
-/// one with the fewest builds running, then the one whose oldest queued
-/// build has waited longest. The owners are found by skipping through the
+/// The owner whose build goes next: of the owners with queued builds
+/// (`$5`), the one with the fewest builds running (`$6`), then the one
+/// whose oldest queued build has waited longest. The owners are found by skipping through the
 /// queued builds' index, one probe per owner, instead of reading every
 /// queued build.
 const NEXT_OWNER: &str = "WITH RECURSIVE queued_owners(owner_id) AS ( \
-       SELECT (SELECT owner_id FROM builds WHERE state = 'queued' ORDER BY owner_id LIMIT 1) \
+       SELECT (SELECT owner_id FROM builds WHERE state = $5 ORDER BY owner_id LIMIT 1) \
        UNION ALL \
-       SELECT (SELECT b.owner_id FROM builds b WHERE b.state = 'queued' AND b.owner_id > q.owner_id \
+       SELECT (SELECT b.owner_id FROM builds b WHERE b.state = $5 AND b.owner_id > q.owner_id \
                ORDER BY b.owner_id LIMIT 1) \
        FROM queued_owners q WHERE q.owner_id IS NOT NULL), \
      next_owner(owner_id) AS ( \
        SELECT q.owner_id FROM queued_owners q WHERE q.owner_id IS NOT NULL \
-       ORDER BY (SELECT COUNT(*) FROM builds r WHERE r.owner_id = q.owner_id AND r.state = 'running'), \
-                (SELECT o.created_us FROM builds o WHERE o.owner_id = q.owner_id AND o.state = 'queued' \
+       ORDER BY (SELECT COUNT(*) FROM builds r WHERE r.owner_id = q.owner_id AND r.state = $6), \
+                (SELECT o.created_us FROM builds o WHERE o.owner_id = q.owner_id AND o.state = $5 \
                  ORDER BY o.created_us, o.id LIMIT 1), \
                 q.owner_id \
        LIMIT 1) ";
@@ -71,6 +71,7 @@ impl MetaStore {
         let sql = self.claim_sql(pick);
         let row: Option<BuildRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(lease_id).bind(expires).bind(now).bind(worker.as_str())
+                .bind(BuildState::Queued.as_str()).bind(BuildState::Running.as_str())
                 .fetch_optional(pool).await
         })?;
         let Some(row) = row else { return Ok(None) };
@@ -98,11 +99,11 @@ impl MetaStore {
             Pick::Oldest => ("", ""),
         };
         format!(
-            "{with}UPDATE builds SET state = 'running', attempt = attempt + 1, lease_id = $1, \
+            "{with}UPDATE builds SET state = $6, attempt = attempt + 1, lease_id = $1, \
              lease_expires_us = $2, started_us = $3, error = NULL, worker = $4 \
-             WHERE id = (SELECT b.id FROM builds b WHERE b.state = 'queued' {owner} \
+             WHERE id = (SELECT b.id FROM builds b WHERE b.state = $5 {owner} \
                ORDER BY b.created_us, b.id LIMIT 1 {lock}) \
-             AND state = 'queued' \
+             AND state = $5 \
              AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.name = $4 AND w.revoked_us IS NOT NULL) \
              RETURNING {BUILD_COLS}"
         )
@@ -114,7 +115,7 @@ impl MetaStore {
     /// only; nothing is claimed.
     pub async fn queue_plans(&self, owner: OwnerId) -> Result<Vec<(&'static str, String)>> {
         let queued = BuildFilter {
-            state: Some(kiln_domain::BuildState::Queued),
+            state: Some(BuildState::Queued),
             ..BuildFilter::default()
         };
         let statements = [
@@ -144,18 +145,27 @@ impl MetaStore {
     /// values bound in their places.
     async fn explain(&self, name: &str, sql: &str, owner: OwnerId) -> Result<String> {
         let sample = Uuid::nil();
+        let (queued, running) = (BuildState::Queued.as_str(), BuildState::Running.as_str());
         macro_rules! bind_samples {
             ($query:expr) => {
                 match name {
-                    "claim" => $query.bind(sample).bind(0i64).bind(0i64).bind("sample"),
-                    "count of an owner's unfinished builds" => $query.bind(owner.0),
+                    "claim" => $query
+                        .bind(sample)
+                        .bind(0i64)
+                        .bind(0i64)
+                        .bind("sample")
+                        .bind(queued)
+                        .bind(running),
+                    "count of an owner's unfinished builds" => {
+                        $query.bind(owner.0).bind(queued).bind(running)
+                    }
                     "one build" => $query.bind(sample).bind(Some(owner.0)),
                     "first page of queued builds" => {
-                        $query.bind(owner.0).bind("queued").bind(100i64).bind(0i64)
+                        $query.bind(owner.0).bind(queued).bind(100i64).bind(0i64)
                     }
                     _ => $query
                         .bind(owner.0)
-                        .bind("queued")
+                        .bind(queued)
                         .bind(now_us())
                         .bind(sample)
                         .bind(100i64)
