@@ -8,8 +8,14 @@
 //!
 //! `kiln-bench coldstart [RUNS]`: cold starts of the example filters, the
 //! naive path against kiln's precompiled, pooled path.
+//!
+//! `kiln-bench queue [DEPTH…]`: the API and two workers' claims while the
+//! queue holds each depth of builds (default 10, 1 000, 10 000 and
+//! 100 000), on SQLite and PostgreSQL, against depth 10. Needs the release
+//! `kiln` and `KILN_BENCH_DATABASE_URL`; `scripts/bench queue` gives both.
 
 mod coldstart;
+mod queue;
 mod sandbox;
 
 fn main() -> anyhow::Result<()> {
@@ -23,6 +29,17 @@ fn main() -> anyhow::Result<()> {
         Some("coldstart") => {
             coldstart::run(args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(1000))
         }
-        _ => anyhow::bail!("usage: kiln-bench sandbox [RUNS] | coldstart [RUNS]"),
+        Some("queue") => {
+            let depths: Vec<usize> = args[1..]
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<_, _>>()?;
+            let depths = match depths.is_empty() {
+                true => vec![10, 1_000, 10_000, 100_000],
+                false => depths,
+            };
+            runtime.block_on(queue::run(depths))
+        }
+        _ => anyhow::bail!("usage: kiln-bench sandbox [RUNS] | coldstart [RUNS] | queue [DEPTH…]"),
     }
 }
