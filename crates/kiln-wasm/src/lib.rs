@@ -22,8 +22,8 @@ pub mod signing;
 pub mod trial;
 
 pub use host::{
-    CallOut, EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Metric, MetricKind,
-    Plugin,
+    CallOut, EngineSettings, HostEngine, HostError, InstanceLimits, LocalResponse, LogLine, Metric,
+    MetricKind, Plugin,
 };
 pub use profile::{StartupProfile, host_triple, startup_profile};
 pub use scenario::{

@@ -18,7 +18,8 @@ use crate::abi::{Action, BufferType, MapType};
 use crate::host::{
     CallOut, HostEngine, HostError, HostState, LocalResponse, LogLine, Metric, Plugin,
 };
-use crate::trial::{InvalidRequest, TrialLimits, UpstreamStub, check_fields, check_request, trap};
+use crate::host::InstanceLimits;
+use crate::trial::{InvalidRequest, UpstreamStub, check_fields, check_request};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -291,7 +292,7 @@ fn local_reply_headers(local: &LocalResponse) -> Vec<(String, String)> {
 struct Run<'a> {
     store: Store<HostState>,
     instance: Instance,
-    limits: &'a TrialLimits,
+    limits: &'a InstanceLimits,
     scenario: &'a Scenario,
     /// The export running, for a failure's report.
     callback: &'static str,
@@ -322,7 +323,7 @@ impl Run<'_> {
         let args: Vec<Val> = args.iter().map(|&a| Val::I32(a as i32)).collect();
         let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
         func.call(&mut self.store, &args, &mut results)
-            .map_err(|e| trap(e, self.limits))?;
+            .map_err(|e| HostError::from_instance(e, self.limits))?;
         Ok(results.first().and_then(Val::i32).or(Some(0)))
     }
 
@@ -704,7 +705,7 @@ pub fn run_scenario(
     engine: &HostEngine,
     plugin: &Plugin,
     scenario: &Scenario,
-    limits: &TrialLimits,
+    limits: &InstanceLimits,
 ) -> Result<(ScenarioResult, Option<HostError>), HostError> {
     let mut store = engine.store(
         |store_limits| {
@@ -722,7 +723,7 @@ pub fn run_scenario(
     let instance = plugin
         .instance_pre()
         .instantiate(&mut store)
-        .map_err(|e| trap(e, limits))?;
+        .map_err(|e| HostError::from_instance(e, limits))?;
     let instantiate_us = started.elapsed().as_micros() as u64;
     let mut run = Run {
         store,

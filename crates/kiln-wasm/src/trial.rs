@@ -2,12 +2,10 @@
 //! whose stub upstream is both the origin's response and the answer of
 //! every HTTP call out. The result says what the plugin did, with its logs.
 
-use crate::host::{HostEngine, HostError, KeptTooMuch, LocalResponse, LogLine, Plugin};
+use crate::host::{HostEngine, HostError, InstanceLimits, LocalResponse, LogLine, Plugin};
 use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, ScenarioResult, run_scenario};
 pub use crate::scenario::{Message, Response};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
-use wasmtime::Trap;
 
 /// The upstream the request is forwarded to, and the answer of any HTTP
 /// call the plugin dispatches.
@@ -166,35 +164,8 @@ pub(crate) fn check_fields(
     Ok(())
 }
 
-/// Bounds on one trial; the plugin is untrusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrialLimits {
-    /// wasmtime fuel units (roughly one per instruction), on an engine that
-    /// meters fuel ([`HostEngine::meters_fuel`]).
-    pub fuel: u64,
-    pub wall: Duration,
-    pub memory_bytes: usize,
-    /// Bytes of the plugin's data the host keeps for it over the run (logs,
-    /// headers, bodies, properties, shared data, queues), counted as they
-    /// are handed over.
-    #[serde(default = "default_host_bytes")]
-    pub host_bytes: usize,
-}
-
-fn default_host_bytes() -> usize {
-    16 << 20
-}
-
-impl Default for TrialLimits {
-    fn default() -> Self {
-        Self {
-            fuel: 500_000_000,
-            wall: Duration::from_secs(2),
-            memory_bytes: 64 << 20,
-            host_bytes: default_host_bytes(),
-        }
-    }
-}
+/// Bounds on one trial: those of the instance it runs in.
+pub type TrialLimits = InstanceLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
@@ -212,17 +183,6 @@ pub struct TrialResult {
     pub exchange_us: u64,
     #[serde(default)]
     pub teardown_us: u64,
-}
-
-pub(crate) fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
-    if e.downcast_ref::<KeptTooMuch>().is_some() {
-        return HostError::HostMemory(limits.host_bytes);
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => HostError::OutOfFuel(limits.fuel),
-        Some(Trap::Interrupt) => HostError::Timeout(limits.wall),
-        _ => HostError::Trap(format!("{e:#}")),
-    }
 }
 
 /// Instantiates `plugin` and runs one exchange through it; a trap or a

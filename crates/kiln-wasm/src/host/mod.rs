@@ -10,7 +10,6 @@ mod proxy;
 mod wasi;
 
 use crate::abi::{MapType, Status};
-use crate::trial::TrialLimits;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
     Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Linker, Module, OptLevel,
-    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap,
 };
 
 /// How often the engine's epoch advances; deadlines are counted in ticks.
@@ -66,6 +65,49 @@ impl HostError {
                 | Self::Trap(_)
                 | Self::MissingExport(_)
         )
+    }
+
+    /// What stopped an instance bounded by `limits`: a limit it hit, or a
+    /// trap.
+    pub(crate) fn from_instance(e: wasmtime::Error, limits: &InstanceLimits) -> Self {
+        if e.downcast_ref::<KeptTooMuch>().is_some() {
+            return Self::HostMemory(limits.host_bytes);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => Self::OutOfFuel(limits.fuel),
+            Some(Trap::Interrupt) => Self::Timeout(limits.wall),
+            _ => Self::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+/// Bounds on one instance of a plugin; the plugin is untrusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceLimits {
+    /// wasmtime fuel units (roughly one per instruction), on an engine that
+    /// meters fuel ([`HostEngine::meters_fuel`]).
+    pub fuel: u64,
+    pub wall: Duration,
+    pub memory_bytes: usize,
+    /// Bytes of the plugin's data the host keeps for it over the run (logs,
+    /// headers, bodies, properties, shared data, queues), counted as they
+    /// are handed over.
+    #[serde(default = "default_host_bytes")]
+    pub host_bytes: usize,
+}
+
+fn default_host_bytes() -> usize {
+    16 << 20
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        Self {
+            fuel: 500_000_000,
+            wall: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+            host_bytes: default_host_bytes(),
+        }
     }
 }
 
@@ -219,7 +261,7 @@ impl HostEngine {
         &self.engine
     }
 
-    /// Whether this engine meters fuel (and so applies [`TrialLimits::fuel`]).
+    /// Whether this engine meters fuel (and so applies [`InstanceLimits::fuel`]).
     pub fn meters_fuel(&self) -> bool {
         self.fuel
     }
@@ -229,7 +271,7 @@ impl HostEngine {
     pub(crate) fn store(
         &self,
         state: impl FnOnce(StoreLimits) -> HostState,
-        limits: &TrialLimits,
+        limits: &InstanceLimits,
     ) -> Result<Store<HostState>, HostError> {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
