@@ -250,7 +250,7 @@ impl HostEngine {
             target: settings
                 .target
                 .clone()
-                .unwrap_or_else(crate::profile::host_triple),
+                .unwrap_or_else(host_triple),
             fuel: settings.fuel,
             ticking,
             base: Arc::new(OnceLock::new()),
@@ -398,6 +398,16 @@ impl HostEngine {
         let base = base.as_ref().map_err(|e| HostError::Setup(e.clone()))?;
         Plugin::link(base, module)
     }
+}
+
+/// The target triple of this host, as `?target=` names it.
+pub fn host_triple() -> String {
+    let os = match std::env::consts::OS {
+        "linux" => "unknown-linux-gnu",
+        "macos" => "apple-darwin",
+        other => other,
+    };
+    format!("{}-{os}", std::env::consts::ARCH)
 }
 
 /// The trap of a host function kiln does not implement: it names it.
