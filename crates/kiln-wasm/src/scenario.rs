@@ -19,7 +19,7 @@ use crate::host::{
     CallOut, HostEngine, HostError, HostState, LocalResponse, LogLine, Metric, Plugin,
 };
 use crate::host::InstanceLimits;
-use crate::trial::{InvalidRequest, UpstreamStub, check_fields, check_request};
+use crate::request::{InvalidRequest, UpstreamStub, check_fields, check_request, check_status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -142,15 +142,6 @@ impl Scenario {
         }
         Ok(())
     }
-}
-
-fn check_status(whose: &str, status: u32) -> Result<(), InvalidRequest> {
-    if !(100..=599).contains(&status) {
-        return Err(InvalidRequest(format!(
-            "the {whose} status {status} is not an HTTP status (100 to 599)"
-        )));
-    }
-    Ok(())
 }
 
 /// An HTTP message as the plugin left it.
