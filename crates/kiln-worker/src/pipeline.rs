@@ -8,7 +8,7 @@ use crate::log::{BuildLog, millis};
 use futures::FutureExt;
 use kiln_build::Toolchain;
 use kiln_build::archive::{self, ArchiveLimits};
-use kiln_domain::Language;
+use kiln_domain::{Language, Phase};
 use kiln_domain::worker_api::Claim;
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
 use kiln_trial::{Outcome, Runner};
@@ -97,16 +97,27 @@ const PREINIT_LIMITS: kiln_wasm::TrialLimits = kiln_wasm::TrialLimits {
     host_bytes: 16 << 20,
 };
 
-/// `module` when the smoke requests found it answering like the original.
-fn keep_if_alike(same: Outcome<bool>, module: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
+/// A rewrite of the build's module (wasm-opt's output, a Wizer snapshot)
+/// is kept only if the smoke requests found it answering like the
+/// original (`same`) and it is still a valid plugin for the build's
+/// phases: it was written where the customer's code ran, so it is checked
+/// like any output.
+fn keep_rewrite(
+    rewrite: Vec<u8>,
+    same: Outcome<bool>,
+    phases: &[Phase],
+    what: &str,
+) -> Result<Vec<u8>, String> {
     match same {
-        Outcome::Done(true) => Ok(module),
-        Outcome::Done(false) => Err(format!("{what} answers a smoke request differently")),
+        Outcome::Done(true) => {}
+        Outcome::Done(false) => return Err(format!("{what} answers a smoke request differently")),
         // The original may fail its smoke request too: nothing to compare.
         Outcome::PluginFailed(e) | Outcome::HostFailed(e) => {
-            Err(format!("the smoke request failed: {e}"))
+            return Err(format!("the smoke request failed: {e}"));
         }
     }
+    kiln_wasm::check::check_module(&rewrite, phases).map_err(|e| e.to_string())?;
+    Ok(rewrite)
 }
 
 pub struct Pipeline {
@@ -410,14 +421,17 @@ impl Pipeline {
             tracing::error!(build = %claim.build.id, error = %e, "could not remove wasm-opt's directory");
         }
         let optimized = optimized?;
-        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
-            .map_err(|e| e.to_string())?;
         let same = self
             .children
             .smoke(binary, &optimized, &claim.build.conf)
             .await
             .map_err(|e| e.to_string())?;
-        keep_if_alike(same, optimized, "the optimized module")
+        keep_rewrite(
+            optimized,
+            same,
+            claim.build.phases.as_slice(),
+            "the optimized module",
+        )
     }
 
     /// `wasm-opt` on `binary` in the fresh `scratch`: its output.
@@ -504,11 +518,12 @@ impl Pipeline {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let snapshot = keep_if_alike(same, snapshot.unwrap_or_default(), "the snapshot")?;
-        // Written where the customer's code ran: checked like any output.
-        kiln_wasm::check::check_module(&snapshot, claim.build.phases.as_slice())
-            .map_err(|e| e.to_string())?;
-        Ok(snapshot)
+        keep_rewrite(
+            snapshot.unwrap_or_default(),
+            same,
+            claim.build.phases.as_slice(),
+            "the snapshot",
+        )
     }
 
     /// Measures the module's cold starts in the sandbox, as edge servers
