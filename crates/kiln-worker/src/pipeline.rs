@@ -6,7 +6,7 @@
 use crate::client::{Client, ClientError, SuccessReport};
 use crate::log::{BuildLog, millis};
 use futures::FutureExt;
-use kiln_build::Toolchain;
+use kiln_build::{Prepared, Toolchain};
 use kiln_build::archive::{self, ArchiveLimits};
 use kiln_domain::{Language, Phase};
 use kiln_domain::worker_api::Claim;
@@ -147,6 +147,29 @@ impl Stages {
         self.0
             .insert(name.to_owned(), json!(millis(started.elapsed())));
     }
+}
+
+/// Resolves the dependencies outside the sandbox (the toolchain fetches
+/// them; nothing of the customer's runs), their output to the log.
+async fn resolve_dependencies(
+    toolchain: &dyn Toolchain,
+    scratch: &Scratch,
+    src: &std::path::Path,
+    log: &mut BuildLog,
+    stages: &mut Stages,
+) -> Result<Prepared, Failure> {
+    let started = Instant::now();
+    let prepared = toolchain.prepare(scratch.path(), src).await.map_err(|e| {
+        if e.is_customer_error() {
+            Failure::Customer(e.to_string())
+        } else {
+            Failure::Ours(e.to_string())
+        }
+    })?;
+    log.output(&prepared.log);
+    stages.record("dependencies", started);
+    log.kiln("dependencies resolved outside the sandbox; compiling inside it");
+    Ok(prepared)
 }
 
 impl Pipeline {
@@ -293,7 +316,22 @@ impl Pipeline {
                 claim.build.language
             ))
         })?;
+        let src = self.unpack(source, scratch, log, stages).await?;
+        let prepared = resolve_dependencies(toolchain.as_ref(), scratch, &src, log, stages).await?;
+        self.compile(toolchain.as_ref(), &prepared, scratch, log, stages)
+            .await?;
+        let binary = self.checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)?;
+        Ok(self.post_process(binary, claim, log, stages).await)
+    }
 
+    /// Unpacks the source archive into the scratch directory's `src`.
+    async fn unpack(
+        &self,
+        source: &[u8],
+        scratch: &Scratch,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<std::path::PathBuf, Failure> {
         let started = Instant::now();
         let src = scratch.path().join("src");
         let limits = self.config.archive_limits.clone();
@@ -311,21 +349,20 @@ impl Pipeline {
             "unpacked {} entries, {} bytes",
             summary.entries, summary.unpacked_bytes
         ));
+        Ok(src)
+    }
 
+    /// Compiles in the sandbox, the compiler's output going to the log.
+    async fn compile(
+        &self,
+        toolchain: &dyn Toolchain,
+        prepared: &Prepared,
+        scratch: &Scratch,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<(), Failure> {
         let started = Instant::now();
-        let prepared = toolchain.prepare(scratch.path(), &src).await.map_err(|e| {
-            if e.is_customer_error() {
-                Failure::Customer(e.to_string())
-            } else {
-                Failure::Ours(e.to_string())
-            }
-        })?;
-        log.output(&prepared.log);
-        stages.record("dependencies", started);
-        log.kiln("dependencies resolved outside the sandbox; compiling inside it");
-
-        let started = Instant::now();
-        let mut command = toolchain.build_command(&prepared);
+        let mut command = toolchain.build_command(prepared);
         let tapped = log.tap();
         command.output_tap = Some(tapped.tap.clone());
         let report = self
@@ -335,11 +372,23 @@ impl Pipeline {
             .map_err(|e| Failure::Ours(format!("running the sandbox: {e}")))?;
         stages.record("compile", started);
         tapped.finish(&report);
-        self.check_outcome(&report.outcome)?;
+        self.check_outcome(&report.outcome)
+    }
 
+    /// The compiled module, read within its size limit and checked to be a
+    /// proxy-wasm plugin that handles the build's phases.
+    fn checked_output(
+        &self,
+        toolchain: &dyn Toolchain,
+        prepared: &Prepared,
+        scratch: &Scratch,
+        claim: &Claim,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<Vec<u8>, Failure> {
         let started = Instant::now();
         let output = toolchain
-            .find_output(scratch.path(), &prepared)
+            .find_output(scratch.path(), prepared)
             .map_err(|e| Failure::Customer(e.to_string()))?;
         let binary = kiln_sandbox::read_output_file(scratch, &output, self.config.max_output_bytes)
             .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
@@ -352,7 +401,18 @@ impl Pipeline {
             "checked: proxy-wasm ABI {}, sha256 {}",
             module.abi_version, module.sha256_hex
         ));
+        Ok(binary)
+    }
 
+    /// The steps after a checked compile: wasm-opt, pre-initialization and
+    /// the startup profile, each kept only when it holds up.
+    async fn post_process(
+        &self,
+        binary: Vec<u8>,
+        claim: &Claim,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Built {
         let started = Instant::now();
         let binary = self.optimize(binary, claim, log).await;
         stages.record("optimize", started);
@@ -369,7 +429,7 @@ impl Pipeline {
             None
         };
         stages.record("profile", started);
-        Ok(Built { binary, startup })
+        Built { binary, startup }
     }
 
     /// Runs wasm-opt in the sandbox and keeps its output only if it is a
