@@ -112,62 +112,122 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Both engines run plugins as an edge server does: epoch deadlines, no
+/// fuel; the naive one with wasmtime's default on-demand allocator.
+struct Engines {
+    naive: HostEngine,
+    kiln: HostEngine,
+}
+
+/// One filter's cold starts along both paths.
+struct Measured {
+    naive: Vec<Duration>,
+    kiln: Vec<Duration>,
+    stages: Stages,
+    /// The median of kiln's path in each round.
+    round_medians: Vec<Duration>,
+}
+
+/// The rows each filter adds to the report's tables.
+#[derive(Default)]
+struct Tables {
+    rows: String,
+    sizes: String,
+    breakdown: String,
+    verdicts: String,
+}
+
 pub fn run(runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(runs > 0, "the number of cold starts must be at least 1");
-    // Both run plugins as an edge server does: epoch deadlines, no fuel.
-    let naive_engine = HostEngine::with_settings(&EngineSettings::edge(None), false)?;
-    let kiln_engine = HostEngine::edge()?;
-    let request = TrialRequest::get("/bench");
-    let limits = TrialLimits::default();
-    let mut rows = String::new();
-    let mut sizes = String::new();
-    let mut breakdown = String::new();
-    let mut verdicts = String::new();
+    let engines = Engines {
+        naive: HostEngine::with_settings(&EngineSettings::edge(None), false)?,
+        kiln: HostEngine::edge()?,
+    };
+    let mut tables = Tables::default();
     for name in FILTERS {
         let wasm = build(name)?;
         // kiln's pipeline precompiles the module wasm-opt -O3 produced.
         let shipped = optimized(&wasm, LEVEL).unwrap_or_else(|| wasm.clone());
-        let cwasm = kiln_engine.precompile(&shipped)?;
-        let cwasm_path =
-            std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
-        std::fs::write(&cwasm_path, &cwasm)?;
-        let (mut naive, mut fast) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-        let mut stages = Stages::default();
-        let mut round_medians = Vec::new();
-        // Side by side, in alternating rounds: a 100 ms JIT compile between
-        // two of kiln's cold starts would only measure its wake in the caches.
-        for round in (0..runs).step_by(ROUND) {
-            for _ in round..(round + ROUND).min(runs) {
-                let started = Instant::now();
-                let plugin = naive_engine.compile(&wasm)?;
-                let result = run_trial(&naive_engine, &plugin, &request, &limits)?;
-                naive.push(until_answered(started, &result));
-            }
-            for _ in round..(round + ROUND).min(runs) {
-                let started = Instant::now();
-                // SAFETY: the file holds what `kiln_engine` compiled above,
-                // as an edge server's cache holds a verified artifact's
-                // `.cwasm`; nothing writes it while it is mapped.
-                let plugin = unsafe { kiln_engine.load_trusted_file(&cwasm_path)? };
-                let loaded = started.elapsed();
-                let result = run_trial(&kiln_engine, &plugin, &request, &limits)?;
-                fast.push(until_answered(started, &result));
-                stages.record(loaded, &result);
-            }
-            round_medians.push(median(fast[round..].to_vec()));
+        let cwasm = engines.kiln.precompile(&shipped)?;
+        let measured = measure(&engines, name, &wasm, &cwasm, runs)?;
+        tables.add(name, runs, &wasm, cwasm.len(), measured);
+    }
+    let report = report(runs, tables);
+    let path = repo().join("bench/results/coldstart.md");
+    std::fs::write(&path, &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// `runs` cold starts of `name` along each path, side by side, in
+/// alternating rounds: a 100 ms JIT compile between two of kiln's cold
+/// starts would only measure its wake in the caches.
+fn measure(
+    engines: &Engines,
+    name: &str,
+    wasm: &[u8],
+    cwasm: &[u8],
+    runs: usize,
+) -> anyhow::Result<Measured> {
+    let request = TrialRequest::get("/bench");
+    let limits = TrialLimits::default();
+    let cwasm_path =
+        std::env::temp_dir().join(format!("kiln-bench-{name}-{}.cwasm", std::process::id()));
+    std::fs::write(&cwasm_path, cwasm)?;
+    let mut measured = Measured {
+        naive: Vec::with_capacity(runs),
+        kiln: Vec::with_capacity(runs),
+        stages: Stages::default(),
+        round_medians: Vec::new(),
+    };
+    for round in (0..runs).step_by(ROUND) {
+        let this_round = round..(round + ROUND).min(runs);
+        for _ in this_round.clone() {
+            let started = Instant::now();
+            let plugin = engines.naive.compile(wasm)?;
+            let result = run_trial(&engines.naive, &plugin, &request, &limits)?;
+            measured.naive.push(until_answered(started, &result));
         }
-        let _ = std::fs::remove_file(&cwasm_path);
-        let b99 = percentile(&mut fast, 99);
+        for _ in this_round {
+            let started = Instant::now();
+            // SAFETY: the file holds what `engines.kiln` compiled, as an
+            // edge server's cache holds a verified artifact's `.cwasm`;
+            // nothing writes it while it is mapped.
+            let plugin = unsafe { engines.kiln.load_trusted_file(&cwasm_path)? };
+            let loaded = started.elapsed();
+            let result = run_trial(&engines.kiln, &plugin, &request, &limits)?;
+            measured.kiln.push(until_answered(started, &result));
+            measured.stages.record(loaded, &result);
+        }
+        measured
+            .round_medians
+            .push(median(measured.kiln[round..].to_vec()));
+    }
+    let _ = std::fs::remove_file(&cwasm_path);
+    Ok(measured)
+}
+
+impl Tables {
+    /// Adds `name`'s rows: its medians and spread, its stages, whether it
+    /// meets the goals, and its artifact sizes.
+    fn add(&mut self, name: &str, runs: usize, wasm: &[u8], cwasm_len: usize, m: Measured) {
+        let Measured {
+            naive,
+            mut kiln,
+            stages,
+            mut round_medians,
+        } = m;
+        let b99 = percentile(&mut kiln, 99);
         round_medians.sort();
         let (fastest, slowest) = (round_medians[0], round_medians[round_medians.len() - 1]);
-        let (a, b) = (median(naive), median(fast));
+        let (a, b) = (median(naive), median(kiln));
         let ratio = a.as_secs_f64() / b.as_secs_f64();
         eprintln!(
             "{name}: naive {:.0} µs, kiln {:.1} µs, {ratio:.0}×",
             micros(a),
             micros(b)
         );
-        rows.push_str(&format!(
+        self.rows.push_str(&format!(
             "| {name} | {runs} | {:.0} | {:.1} | {ratio:.0}× | {:.0} | {:.0} to {:.0} |\n",
             micros(a),
             micros(b),
@@ -175,25 +235,35 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
             micros(fastest),
             micros(slowest)
         ));
-        breakdown.push_str(&stages.row(name));
-        verdicts.push_str(&format!(
+        self.breakdown.push_str(&stages.row(name));
+        self.verdicts.push_str(&format!(
             "- {name}: (b) under 100 µs: {}; a/b at least 100×: {}.\n",
             if micros(b) < 100.0 { "met" } else { "not met" },
             if ratio >= 100.0 { "met" } else { "not met" },
         ));
         let size = |level| {
-            optimized(&wasm, level)
+            optimized(wasm, level)
                 .map_or("wasm-opt not installed".to_owned(), |m| m.len().to_string())
         };
-        sizes.push_str(&format!(
+        self.sizes.push_str(&format!(
             "| {name} | {} | {} | {} | {} |\n",
             wasm.len(),
             size(LEVEL),
             size("-Oz"),
-            cwasm.len()
+            cwasm_len
         ));
     }
-    let report = format!(
+}
+
+/// The report in Markdown, as `bench/results/coldstart.md` holds it.
+fn report(runs: usize, tables: Tables) -> String {
+    let Tables {
+        rows,
+        sizes,
+        breakdown,
+        verdicts,
+    } = tables;
+    format!(
         "# Cold start\n\n\
          What an edge server pays to start a plugin and answer its first request, for each example\n\
          filter, medians over {runs} cold starts each, run side by side on the same machine\n\
@@ -216,9 +286,5 @@ pub fn run(runs: usize) -> anyhow::Result<()> {
          | filter | .wasm | after `wasm-opt -O3` (kiln's default) | after `wasm-opt -Oz` | .cwasm (of the -O3 module) |\n| --- | --- | --- | --- | --- |\n{sizes}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         crate::sandbox::cpu_model(),
-    );
-    let path = repo().join("bench/results/coldstart.md");
-    std::fs::write(&path, &report)?;
-    println!("{report}");
-    Ok(())
+    )
 }

@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`ids`]: typed identifiers and worker names.
 //! - [`phase`], [`language`]: what a plugin declares about itself.
+//! - [`source`]: the formats of an uploaded source archive.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
 //! - [`channel`]: deployments, the channels that point at versions.
@@ -15,6 +16,7 @@ pub mod entities;
 pub mod ids;
 pub mod language;
 pub mod phase;
+pub mod source;
 pub mod state;
 pub mod text;
 pub mod worker_api;
@@ -24,6 +26,7 @@ pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuil
 pub use ids::{AppId, BuildId, OwnerId, WorkerName};
 pub use language::Language;
 pub use phase::{Phase, Phases};
+pub use source::SourceKind;
 pub use state::BuildState;
 
 /// Why a client-supplied value was refused. The message is shown to the

@@ -1,7 +1,7 @@
 //! The messages of the private worker API, shared by the server that
 //! answers them and the worker that sends them.
 
-use crate::{BuildId, VersionBuild};
+use crate::{BuildId, SourceKind, VersionBuild};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -30,7 +30,7 @@ pub struct Claim {
     /// Where to download the source archive (a path on the server).
     pub source_path: String,
     /// `tar.gz` or `zip`.
-    pub source_kind: String,
+    pub source_kind: SourceKind,
 }
 
 /// The answer to a heartbeat.

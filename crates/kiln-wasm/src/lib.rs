@@ -7,6 +7,7 @@
 //! - [`check`]: validation and the proxy-wasm ABI exports (wasmparser only).
 //! - [`abi`]: the ABI's enums and wire formats.
 //! - [`host`]: the engine, plugins and host functions.
+//! - [`request`]: what a proxy would hand a filter, and the stub answers.
 //! - [`scenario`]: requests in a row through one running plugin, as Envoy runs them.
 //! - [`trial`]: one HTTP exchange through a plugin (a scenario of one).
 //! - [`signing`]: signed `.cwasm` artifacts, the only native code kiln serves.
@@ -17,19 +18,18 @@ pub mod host;
 pub mod optimize;
 pub mod preinit;
 pub mod profile;
+pub mod request;
 pub mod scenario;
 pub mod signing;
 pub mod trial;
 
 pub use host::{
-    CallOut, EngineSettings, HostEngine, HostError, LocalResponse, LogLine, Metric, MetricKind,
-    Plugin,
+    CallOut, EngineSettings, HostEngine, HostError, InstanceLimits, LocalResponse, LogLine, Metric,
+    MetricKind, Plugin,
 };
 pub use profile::{StartupProfile, host_triple, startup_profile};
 pub use scenario::{
     Exchange, Failure, Held, Scenario, ScenarioRequest, ScenarioResult, run_scenario,
 };
-pub use trial::{
-    InvalidRequest, TrialLimits, TrialRequest, TrialResult, UpstreamStub, run_trial,
-    smoke_equivalent,
-};
+pub use request::{InvalidRequest, UpstreamStub};
+pub use trial::{TrialLimits, TrialRequest, TrialResult, run_trial, smoke_equivalent};

@@ -3,8 +3,7 @@
 //! kiln's host with the usual limits, and its memory and globals are
 //! snapshotted into a new module, so no cold start pays for it again.
 
-use crate::host::{HostEngine, HostError, HostState};
-use crate::trial::TrialLimits;
+use crate::host::{HostEngine, HostError, HostState, InstanceLimits};
 use wasmparser::{Parser, Payload};
 use wasmtime::{Instance, Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
@@ -82,7 +81,7 @@ fn setup(e: impl std::fmt::Display) -> HostError {
 pub fn preinitialize(
     engine: &HostEngine,
     wasm: &[u8],
-    limits: &TrialLimits,
+    limits: &InstanceLimits,
 ) -> Result<Option<Vec<u8>>, HostError> {
     let Some(init) = init_export(wasm) else {
         return Ok(None);
@@ -147,7 +146,7 @@ mod tests {
     fn what_cannot_be_snapshotted_is_refused_not_a_panic() {
         let engine = HostEngine::new().unwrap();
         let plugin = engine.compile(&module_with_a_funcref_global()).unwrap();
-        let limits = TrialLimits::default();
+        let limits = InstanceLimits::default();
         let mut store = engine
             .store(|l| HostState::new(l, Vec::new()), &limits)
             .unwrap();

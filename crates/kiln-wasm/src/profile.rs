@@ -1,6 +1,7 @@
 //! Startup profile of a plugin: what an edge server pays at a cold start,
 //! measured the naive way and kiln's way.
 
+pub use crate::host::host_triple;
 use crate::host::{HostEngine, HostError};
 use crate::trial::{TrialLimits, TrialRequest, run_trial};
 use serde::{Deserialize, Serialize};
@@ -74,14 +75,4 @@ pub fn startup_profile(
         first_response_us: micros(median(first)),
         runs,
     })
-}
-
-/// The target triple of this host, as `?target=` names it.
-pub fn host_triple() -> String {
-    let os = match std::env::consts::OS {
-        "linux" => "unknown-linux-gnu",
-        "macos" => "apple-darwin",
-        other => other,
-    };
-    format!("{}-{os}", std::env::consts::ARCH)
 }

@@ -18,11 +18,12 @@ use crate::abi::{Action, BufferType, MapType};
 use crate::host::{
     CallOut, HostEngine, HostError, HostState, LocalResponse, LogLine, Metric, Plugin,
 };
-use crate::trial::{InvalidRequest, TrialLimits, UpstreamStub, check_fields, check_request, trap};
+use crate::host::InstanceLimits;
+use crate::request::{InvalidRequest, UpstreamStub, check_fields, check_request, check_status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
-use wasmtime::{Instance, Store, Val};
+use wasmtime::{Instance, Store, StoreLimits, Val};
 
 const ROOT_CONTEXT: u32 = 1;
 /// The most requests one scenario runs.
@@ -141,15 +142,6 @@ impl Scenario {
         }
         Ok(())
     }
-}
-
-fn check_status(whose: &str, status: u32) -> Result<(), InvalidRequest> {
-    if !(100..=599).contains(&status) {
-        return Err(InvalidRequest(format!(
-            "the {whose} status {status} is not an HTTP status (100 to 599)"
-        )));
-    }
-    Ok(())
 }
 
 /// An HTTP message as the plugin left it.
@@ -291,7 +283,7 @@ fn local_reply_headers(local: &LocalResponse) -> Vec<(String, String)> {
 struct Run<'a> {
     store: Store<HostState>,
     instance: Instance,
-    limits: &'a TrialLimits,
+    limits: &'a InstanceLimits,
     scenario: &'a Scenario,
     /// The export running, for a failure's report.
     callback: &'static str,
@@ -322,7 +314,7 @@ impl Run<'_> {
         let args: Vec<Val> = args.iter().map(|&a| Val::I32(a as i32)).collect();
         let mut results = vec![Val::I32(0); func.ty(&self.store).results().len()];
         func.call(&mut self.store, &args, &mut results)
-            .map_err(|e| trap(e, self.limits))?;
+            .map_err(|e| HostError::from_instance(e, self.limits))?;
         Ok(results.first().and_then(Val::i32).or(Some(0)))
     }
 
@@ -704,25 +696,14 @@ pub fn run_scenario(
     engine: &HostEngine,
     plugin: &Plugin,
     scenario: &Scenario,
-    limits: &TrialLimits,
+    limits: &InstanceLimits,
 ) -> Result<(ScenarioResult, Option<HostError>), HostError> {
-    let mut store = engine.store(
-        |store_limits| {
-            let mut state = HostState::new(store_limits, scenario.conf.clone().into_bytes());
-            let mut names: BTreeSet<String> = scenario.clusters.keys().cloned().collect();
-            for request in &scenario.requests {
-                names.extend(request.clusters.keys().cloned());
-            }
-            state.clusters = (!names.contains(ANY_CLUSTER)).then_some(names);
-            state
-        },
-        limits,
-    )?;
+    let mut store = engine.store(|store_limits| scenario_state(scenario, store_limits), limits)?;
     let started = Instant::now();
     let instance = plugin
         .instance_pre()
         .instantiate(&mut store)
-        .map_err(|e| trap(e, limits))?;
+        .map_err(|e| HostError::from_instance(e, limits))?;
     let instantiate_us = started.elapsed().as_micros() as u64;
     let mut run = Run {
         store,
@@ -735,75 +716,137 @@ pub fn run_scenario(
         ticks: 0,
     };
     let exchange_started = Instant::now();
-    let mut exchanges = Vec::new();
-    let mut outside = Vec::new();
-    let mut failed = None;
-    let mut logged = 0;
-    match run.start() {
-        Err(e) => failed = Some((e, None)),
-        Ok(()) => {
-            for (index, request) in scenario.requests.iter().enumerate() {
-                if let Err(e) = run.advance(request.after_ms) {
-                    failed = Some((e, None));
-                    break;
-                }
-                let logs = &run.state().logs;
-                outside.extend_from_slice(&logs[logged..]);
-                logged = logs.len();
-                let mut exchange = Exchange::default();
-                run.current = Some(index);
-                let result = run.exchange(index, request, &mut exchange);
-                run.current = None;
-                let logs = &run.store.data().logs;
-                exchange.logs = logs[logged..].to_vec();
-                logged = logs.len();
-                exchange.calls = std::mem::take(&mut run.calls);
-                exchanges.push(exchange);
-                if let Err(e) = result {
-                    failed = Some((e, Some(index)));
-                    break;
-                }
+    let mut transcript = Transcript::default();
+    let stopped = run.run_all(&mut transcript);
+    let exchange_us = exchange_started.elapsed().as_micros() as u64;
+    run.finish(transcript, stopped, instantiate_us, exchange_us)
+}
+
+/// The host's state for a scenario: its configuration, and the clusters
+/// its calls out may name (any, when it lists `"*"`).
+fn scenario_state(scenario: &Scenario, store_limits: StoreLimits) -> HostState {
+    let mut state = HostState::new(store_limits, scenario.conf.clone().into_bytes());
+    let mut names: BTreeSet<String> = scenario.clusters.keys().cloned().collect();
+    for request in &scenario.requests {
+        names.extend(request.clusters.keys().cloned());
+    }
+    state.clusters = (!names.contains(ANY_CLUSTER)).then_some(names);
+    state
+}
+
+/// What a scenario's requests came to so far: one exchange per request
+/// run, the lines logged outside any request, and how many of the
+/// plugin's log lines have been handed to one or the other.
+#[derive(Default)]
+struct Transcript {
+    exchanges: Vec<Exchange>,
+    outside: Vec<LogLine>,
+    logged: usize,
+}
+
+/// Where a run stopped: the error, and the request (from 0) it stopped in.
+type Stop = (HostError, Option<usize>);
+
+impl Run<'_> {
+    /// Starts the plugin, then runs each request after the time it waits;
+    /// the first error stops the run.
+    fn run_all(&mut self, transcript: &mut Transcript) -> Option<Stop> {
+        if let Err(e) = self.start() {
+            return Some((e, None));
+        }
+        let scenario = self.scenario;
+        for (index, request) in scenario.requests.iter().enumerate() {
+            if let Err(e) = self.advance(request.after_ms) {
+                return Some((e, None));
+            }
+            if let Err(e) = self.run_request(index, request, transcript) {
+                return Some((e, Some(index)));
             }
         }
+        None
     }
-    let exchange_us = exchange_started.elapsed().as_micros() as u64;
-    let callback = run.callback;
-    let calls = std::mem::take(&mut run.calls);
-    let ticks = run.ticks;
-    let teardown_started = Instant::now();
-    let state = run.store.into_data();
-    let teardown_us = teardown_started.elapsed().as_micros() as u64;
-    outside.extend_from_slice(&state.logs[logged.min(state.logs.len())..]);
-    let (failure, error) = match failed {
-        None => (None, None),
-        Some((e, _)) if !e.is_plugin_fault() => return Err(e),
-        Some((e, request)) => (
+
+    /// Runs one request into a new exchange, with the log lines and calls
+    /// out it caused; what was logged before it was logged outside.
+    fn run_request(
+        &mut self,
+        index: usize,
+        request: &ScenarioRequest,
+        transcript: &mut Transcript,
+    ) -> Result<(), HostError> {
+        let logs = &self.state().logs;
+        transcript.outside.extend_from_slice(&logs[transcript.logged..]);
+        transcript.logged = logs.len();
+        let mut exchange = Exchange::default();
+        self.current = Some(index);
+        let result = self.exchange(index, request, &mut exchange);
+        self.current = None;
+        let logs = &self.store.data().logs;
+        exchange.logs = logs[transcript.logged..].to_vec();
+        transcript.logged = logs.len();
+        exchange.calls = std::mem::take(&mut self.calls);
+        transcript.exchanges.push(exchange);
+        result
+    }
+
+    /// Drops the instance (timed) and says what the run came to. A stop
+    /// that is not the plugin's fault is the host's error, returned as one.
+    fn finish(
+        mut self,
+        mut transcript: Transcript,
+        stopped: Option<Stop>,
+        instantiate_us: u64,
+        exchange_us: u64,
+    ) -> Result<(ScenarioResult, Option<HostError>), HostError> {
+        let callback = self.callback;
+        let calls = std::mem::take(&mut self.calls);
+        let ticks = self.ticks;
+        let teardown_started = Instant::now();
+        let state = self.store.into_data();
+        let teardown_us = teardown_started.elapsed().as_micros() as u64;
+        let logs = &state.logs;
+        let unread = transcript.logged.min(logs.len());
+        transcript.outside.extend_from_slice(&logs[unread..]);
+        let (failure, error) = failure(callback, stopped)?;
+        let shared_data = state
+            .shared_data
+            .into_iter()
+            .map(|(k, (v, _))| (k, text(v)))
+            .collect();
+        Ok((
+            ScenarioResult {
+                exchanges: transcript.exchanges,
+                logs: transcript.outside,
+                metrics: state.metrics,
+                shared_data,
+                calls,
+                ticks,
+                failure,
+                instantiate_us,
+                exchange_us,
+                teardown_us,
+            },
+            error,
+        ))
+    }
+}
+
+/// The failure a stopped run reports, in `callback`, with its error; an
+/// error that is not the plugin's fault is returned as the host's.
+fn failure(
+    callback: &str,
+    stopped: Option<Stop>,
+) -> Result<(Option<Failure>, Option<HostError>), HostError> {
+    match stopped {
+        None => Ok((None, None)),
+        Some((e, _)) if !e.is_plugin_fault() => Err(e),
+        Some((e, request)) => Ok((
             Some(Failure {
                 callback: callback.into(),
                 request,
                 message: e.to_string(),
             }),
             Some(e),
-        ),
-    };
-    let shared_data = state
-        .shared_data
-        .into_iter()
-        .map(|(k, (v, _))| (k, text(v)))
-        .collect();
-    Ok((
-        ScenarioResult {
-            exchanges,
-            logs: outside,
-            metrics: state.metrics,
-            shared_data,
-            calls,
-            ticks,
-            failure,
-            instantiate_us,
-            exchange_us,
-            teardown_us,
-        },
-        error,
-    ))
+        )),
+    }
 }

@@ -2,38 +2,11 @@
 //! whose stub upstream is both the origin's response and the answer of
 //! every HTTP call out. The result says what the plugin did, with its logs.
 
-use crate::host::{HostEngine, HostError, KeptTooMuch, LocalResponse, LogLine, Plugin};
+use crate::host::{HostEngine, HostError, InstanceLimits, LocalResponse, LogLine, Plugin};
+use crate::request::{InvalidRequest, UpstreamStub, check_fields, check_request, check_status};
 use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, ScenarioResult, run_scenario};
 pub use crate::scenario::{Message, Response};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
-use wasmtime::Trap;
-
-/// The upstream the request is forwarded to, and the answer of any HTTP
-/// call the plugin dispatches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpstreamStub {
-    #[serde(default = "ok_status")]
-    pub status: u32,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    #[serde(default)]
-    pub body: String,
-}
-
-fn ok_status() -> u32 {
-    200
-}
-
-impl Default for UpstreamStub {
-    fn default() -> Self {
-        Self {
-            status: 200,
-            headers: Vec::new(),
-            body: String::new(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrialRequest {
@@ -63,11 +36,6 @@ fn root() -> String {
     "/".into()
 }
 
-/// A trial request that no HTTP proxy would hand a filter.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidRequest(pub(crate) String);
-
 impl TrialRequest {
     /// Refuses what a proxy would refuse before any filter sees it: a
     /// method or header name that is not an HTTP token, a path that is not
@@ -76,13 +44,7 @@ impl TrialRequest {
     pub fn check(&self) -> Result<(), InvalidRequest> {
         check_request(&self.method, &self.path, &self.headers)?;
         check_fields("upstream", &self.upstream.headers)?;
-        if !(100..=599).contains(&self.upstream.status) {
-            return Err(InvalidRequest(format!(
-                "the upstream status {} is not an HTTP status (100 to 599)",
-                self.upstream.status
-            )));
-        }
-        Ok(())
+        check_status("upstream", self.upstream.status)
     }
 
     /// The scenario this request is: one request, whose stub upstream
@@ -117,84 +79,8 @@ impl TrialRequest {
     }
 }
 
-/// Refuses a request line or header no proxy would hand a filter.
-pub(crate) fn check_request(
-    method: &str,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<(), InvalidRequest> {
-    let invalid = |message: String| Err(InvalidRequest(message));
-    if !is_token(method) {
-        return invalid(format!(
-            "the method {method:?} is not an HTTP method (letters, digits and !#$%&'*+-.^_`|~)"
-        ));
-    }
-    // A proxy strips the fragment before a filter sees the path.
-    let allowed = |c: char| c.is_ascii_graphic() && c != '#';
-    let asterisk = path == "*" && method == "OPTIONS";
-    if !(path.starts_with('/') || asterisk) || !path.chars().all(allowed) {
-        return invalid(format!(
-            "the path {path:?} must start with / (or be * for OPTIONS) and hold only visible ASCII characters without # (percent-encode the rest)"
-        ));
-    }
-    check_fields("request", headers)
-}
-
-/// RFC 9110's token: the characters of a method or a header name.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-pub(crate) fn check_fields(
-    whose: &str,
-    headers: &[(String, String)],
-) -> Result<(), InvalidRequest> {
-    for (name, value) in headers {
-        if !is_token(name) {
-            return Err(InvalidRequest(format!(
-                "the {whose} header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~; :method, :path and :status come from the method, path and upstream status; :authority from the Host header (default kiln.test), :scheme is http)"
-            )));
-        }
-        if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
-            return Err(InvalidRequest(format!(
-                "the {whose} header {name:?} has a control character in its value"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Bounds on one trial; the plugin is untrusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrialLimits {
-    /// wasmtime fuel units (roughly one per instruction), on an engine that
-    /// meters fuel ([`HostEngine::meters_fuel`]).
-    pub fuel: u64,
-    pub wall: Duration,
-    pub memory_bytes: usize,
-    /// Bytes of the plugin's data the host keeps for it over the run (logs,
-    /// headers, bodies, properties, shared data, queues), counted as they
-    /// are handed over.
-    #[serde(default = "default_host_bytes")]
-    pub host_bytes: usize,
-}
-
-fn default_host_bytes() -> usize {
-    16 << 20
-}
-
-impl Default for TrialLimits {
-    fn default() -> Self {
-        Self {
-            fuel: 500_000_000,
-            wall: Duration::from_secs(2),
-            memory_bytes: 64 << 20,
-            host_bytes: default_host_bytes(),
-        }
-    }
-}
+/// Bounds on one trial: those of the instance it runs in.
+pub type TrialLimits = InstanceLimits;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
@@ -212,17 +98,6 @@ pub struct TrialResult {
     pub exchange_us: u64,
     #[serde(default)]
     pub teardown_us: u64,
-}
-
-pub(crate) fn trap(e: wasmtime::Error, limits: &TrialLimits) -> HostError {
-    if e.downcast_ref::<KeptTooMuch>().is_some() {
-        return HostError::HostMemory(limits.host_bytes);
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => HostError::OutOfFuel(limits.fuel),
-        Some(Trap::Interrupt) => HostError::Timeout(limits.wall),
-        _ => HostError::Trap(format!("{e:#}")),
-    }
 }
 
 /// Instantiates `plugin` and runs one exchange through it; a trap or a

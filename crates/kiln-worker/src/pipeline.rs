@@ -6,9 +6,9 @@
 use crate::client::{Client, ClientError, SuccessReport};
 use crate::log::{BuildLog, millis};
 use futures::FutureExt;
-use kiln_build::Toolchain;
+use kiln_build::{Prepared, Toolchain};
 use kiln_build::archive::{self, ArchiveLimits};
-use kiln_domain::Language;
+use kiln_domain::{Language, Phase};
 use kiln_domain::worker_api::Claim;
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
 use kiln_trial::{Outcome, Runner};
@@ -97,16 +97,27 @@ const PREINIT_LIMITS: kiln_wasm::TrialLimits = kiln_wasm::TrialLimits {
     host_bytes: 16 << 20,
 };
 
-/// `module` when the smoke requests found it answering like the original.
-fn keep_if_alike(same: Outcome<bool>, module: Vec<u8>, what: &str) -> Result<Vec<u8>, String> {
+/// A rewrite of the build's module (wasm-opt's output, a Wizer snapshot)
+/// is kept only if the smoke requests found it answering like the
+/// original (`same`) and it is still a valid plugin for the build's
+/// phases: it was written where the customer's code ran, so it is checked
+/// like any output.
+fn keep_rewrite(
+    rewrite: Vec<u8>,
+    same: Outcome<bool>,
+    phases: &[Phase],
+    what: &str,
+) -> Result<Vec<u8>, String> {
     match same {
-        Outcome::Done(true) => Ok(module),
-        Outcome::Done(false) => Err(format!("{what} answers a smoke request differently")),
+        Outcome::Done(true) => {}
+        Outcome::Done(false) => return Err(format!("{what} answers a smoke request differently")),
         // The original may fail its smoke request too: nothing to compare.
         Outcome::PluginFailed(e) | Outcome::HostFailed(e) => {
-            Err(format!("the smoke request failed: {e}"))
+            return Err(format!("the smoke request failed: {e}"));
         }
     }
+    kiln_wasm::check::check_module(&rewrite, phases).map_err(|e| e.to_string())?;
+    Ok(rewrite)
 }
 
 pub struct Pipeline {
@@ -136,6 +147,29 @@ impl Stages {
         self.0
             .insert(name.to_owned(), json!(millis(started.elapsed())));
     }
+}
+
+/// Resolves the dependencies outside the sandbox (the toolchain fetches
+/// them; nothing of the customer's runs), their output to the log.
+async fn resolve_dependencies(
+    toolchain: &dyn Toolchain,
+    scratch: &Scratch,
+    src: &std::path::Path,
+    log: &mut BuildLog,
+    stages: &mut Stages,
+) -> Result<Prepared, Failure> {
+    let started = Instant::now();
+    let prepared = toolchain.prepare(scratch.path(), src).await.map_err(|e| {
+        if e.is_customer_error() {
+            Failure::Customer(e.to_string())
+        } else {
+            Failure::Ours(e.to_string())
+        }
+    })?;
+    log.output(&prepared.log);
+    stages.record("dependencies", started);
+    log.kiln("dependencies resolved outside the sandbox; compiling inside it");
+    Ok(prepared)
 }
 
 impl Pipeline {
@@ -282,7 +316,22 @@ impl Pipeline {
                 claim.build.language
             ))
         })?;
+        let src = self.unpack(source, scratch, log, stages).await?;
+        let prepared = resolve_dependencies(toolchain.as_ref(), scratch, &src, log, stages).await?;
+        self.compile(toolchain.as_ref(), &prepared, scratch, log, stages)
+            .await?;
+        let binary = self.checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)?;
+        Ok(self.post_process(binary, claim, log, stages).await)
+    }
 
+    /// Unpacks the source archive into the scratch directory's `src`.
+    async fn unpack(
+        &self,
+        source: &[u8],
+        scratch: &Scratch,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<std::path::PathBuf, Failure> {
         let started = Instant::now();
         let src = scratch.path().join("src");
         let limits = self.config.archive_limits.clone();
@@ -300,21 +349,20 @@ impl Pipeline {
             "unpacked {} entries, {} bytes",
             summary.entries, summary.unpacked_bytes
         ));
+        Ok(src)
+    }
 
+    /// Compiles in the sandbox, the compiler's output going to the log.
+    async fn compile(
+        &self,
+        toolchain: &dyn Toolchain,
+        prepared: &Prepared,
+        scratch: &Scratch,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<(), Failure> {
         let started = Instant::now();
-        let prepared = toolchain.prepare(scratch.path(), &src).await.map_err(|e| {
-            if e.is_customer_error() {
-                Failure::Customer(e.to_string())
-            } else {
-                Failure::Ours(e.to_string())
-            }
-        })?;
-        log.output(&prepared.log);
-        stages.record("dependencies", started);
-        log.kiln("dependencies resolved outside the sandbox; compiling inside it");
-
-        let started = Instant::now();
-        let mut command = toolchain.build_command(&prepared);
+        let mut command = toolchain.build_command(prepared);
         let tapped = log.tap();
         command.output_tap = Some(tapped.tap.clone());
         let report = self
@@ -324,11 +372,23 @@ impl Pipeline {
             .map_err(|e| Failure::Ours(format!("running the sandbox: {e}")))?;
         stages.record("compile", started);
         tapped.finish(&report);
-        self.check_outcome(&report.outcome)?;
+        self.check_outcome(&report.outcome)
+    }
 
+    /// The compiled module, read within its size limit and checked to be a
+    /// proxy-wasm plugin that handles the build's phases.
+    fn checked_output(
+        &self,
+        toolchain: &dyn Toolchain,
+        prepared: &Prepared,
+        scratch: &Scratch,
+        claim: &Claim,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Result<Vec<u8>, Failure> {
         let started = Instant::now();
         let output = toolchain
-            .find_output(scratch.path(), &prepared)
+            .find_output(scratch.path(), prepared)
             .map_err(|e| Failure::Customer(e.to_string()))?;
         let binary = kiln_sandbox::read_output_file(scratch, &output, self.config.max_output_bytes)
             .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
@@ -341,7 +401,18 @@ impl Pipeline {
             "checked: proxy-wasm ABI {}, sha256 {}",
             module.abi_version, module.sha256_hex
         ));
+        Ok(binary)
+    }
 
+    /// The steps after a checked compile: wasm-opt, pre-initialization and
+    /// the startup profile, each kept only when it holds up.
+    async fn post_process(
+        &self,
+        binary: Vec<u8>,
+        claim: &Claim,
+        log: &mut BuildLog,
+        stages: &mut Stages,
+    ) -> Built {
         let started = Instant::now();
         let binary = self.optimize(binary, claim, log).await;
         stages.record("optimize", started);
@@ -358,7 +429,7 @@ impl Pipeline {
             None
         };
         stages.record("profile", started);
-        Ok(Built { binary, startup })
+        Built { binary, startup }
     }
 
     /// Runs wasm-opt in the sandbox and keeps its output only if it is a
@@ -410,14 +481,17 @@ impl Pipeline {
             tracing::error!(build = %claim.build.id, error = %e, "could not remove wasm-opt's directory");
         }
         let optimized = optimized?;
-        kiln_wasm::check::check_module(&optimized, claim.build.phases.as_slice())
-            .map_err(|e| e.to_string())?;
         let same = self
             .children
             .smoke(binary, &optimized, &claim.build.conf)
             .await
             .map_err(|e| e.to_string())?;
-        keep_if_alike(same, optimized, "the optimized module")
+        keep_rewrite(
+            optimized,
+            same,
+            claim.build.phases.as_slice(),
+            "the optimized module",
+        )
     }
 
     /// `wasm-opt` on `binary` in the fresh `scratch`: its output.
@@ -504,11 +578,12 @@ impl Pipeline {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let snapshot = keep_if_alike(same, snapshot.unwrap_or_default(), "the snapshot")?;
-        // Written where the customer's code ran: checked like any output.
-        kiln_wasm::check::check_module(&snapshot, claim.build.phases.as_slice())
-            .map_err(|e| e.to_string())?;
-        Ok(snapshot)
+        keep_rewrite(
+            snapshot.unwrap_or_default(),
+            same,
+            claim.build.phases.as_slice(),
+            "the snapshot",
+        )
     }
 
     /// Measures the module's cold starts in the sandbox, as edge servers

@@ -47,11 +47,9 @@ impl Default for ArchiveLimits {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveKind {
-    TarGz,
-    Zip,
-}
+/// The format of an archive: [`kiln_domain::SourceKind`], which names it
+/// in a stored source's key and in a worker's claim.
+pub use kiln_domain::SourceKind as ArchiveKind;
 
 /// What an archive held.
 #[derive(Debug, Clone, PartialEq, Eq)]

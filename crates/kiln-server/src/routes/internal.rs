@@ -19,7 +19,7 @@ use bytes::Bytes;
 use kiln_domain::worker_api::{
     Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
 };
-use kiln_domain::{BuildId, Version, VersionBuild, WorkerName};
+use kiln_domain::{BuildId, SourceKind, Version, VersionBuild, WorkerName};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -48,18 +48,14 @@ fn lease_error(e: StoreError, id: BuildId) -> ApiError {
 
 fn claim_answer(claimed: ClaimedBuild, lease: Duration) -> Claim {
     let id = claimed.build.id;
-    let kind = if claimed.source_location.ends_with(".zip") {
-        "zip"
-    } else {
-        "tar.gz"
-    };
+    let source_kind = SourceKind::of_location(&claimed.source_location);
     Claim {
         build: claimed.build,
         lease_id: claimed.lease_id,
         lease_expires: claimed.lease_expires,
         lease_seconds: lease.as_secs(),
         source_path: format!("/internal/builds/{id}/source"),
-        source_kind: kind.into(),
+        source_kind,
     }
 }
 

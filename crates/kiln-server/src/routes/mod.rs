@@ -14,6 +14,7 @@ pub mod versions;
 pub mod web;
 
 use crate::AppState;
+use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::upload::{FORM_OVERHEAD_BYTES, refuse_declared_oversize};
 use axum::Router;
@@ -28,40 +29,59 @@ use tower_http::trace::TraceLayer;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn router(state: AppState) -> Router {
-    let config = state.config.clone();
+    let config = &state.config;
+    Router::new()
+        .merge(public_api(config))
+        .merge(worker_api(config))
+        .merge(operations())
+        .merge(registry_api())
+        .merge(web::router())
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        // Every request gets an id (or keeps the one a proxy gave it): the
+        // answer carries it in x-request-id and every log line of the
+        // request is in its span, so "internal error" can be found.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// `routes` with bodies over `limit` bytes refused: from their
+/// `Content-Length` before they are read, or while they stream.
+fn size_limited(routes: Router<AppState>, limit: u64) -> Router<AppState> {
+    routes
+        .layer(DefaultBodyLimit::max(limit as usize))
+        .layer(middleware::from_fn(move |req, next| {
+            refuse_declared_oversize(limit, req, next)
+        }))
+}
+
+/// What owners call with their token: applications, versions and their
+/// uploads, channels, builds, trials, artifacts.
+fn public_api(config: &ServerConfig) -> Router<AppState> {
     let upload_limit = config.archive_limits.max_upload_bytes + FORM_OVERHEAD_BYTES;
-    let report_limit = config.max_binary_bytes + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
-
-    let upload = Router::new()
-        .route("/version", post(versions::upload).get(versions::list))
-        .layer(DefaultBodyLimit::max(upload_limit as usize))
-        .layer(middleware::from_fn(move |req, next| {
-            refuse_declared_oversize(upload_limit, req, next)
-        }));
-    let reports = Router::new()
-        .route("/build_success/{id}", post(internal::build_success))
-        .route("/build_fail/{id}", post(internal::build_fail))
-        .route("/build_crash/{id}", post(internal::build_crash))
-        .layer(DefaultBodyLimit::max(report_limit as usize))
-        .layer(middleware::from_fn(move |req, next| {
-            refuse_declared_oversize(report_limit, req, next)
-        }));
-    let log_limit = config.max_report_log_bytes;
-    let live_logs = Router::new()
-        .route("/internal/builds/{id}/log", post(internal::log_chunk))
-        .layer(DefaultBodyLimit::max(log_limit as usize))
-        .layer(middleware::from_fn(move |req, next| {
-            refuse_declared_oversize(log_limit, req, next)
-        }));
-
-    let registry = Router::new()
-        .route("/v2/", get(registry::base).fallback(registry::read_only))
-        .route(
-            "/v2/{*rest}",
-            get(registry::dispatch).fallback(registry::read_only),
-        )
-        .layer(middleware::map_response(registry::api_version));
-
+    let upload = Router::new().route("/version", post(versions::upload).get(versions::list));
     Router::new()
         .route(
             "/application",
@@ -97,48 +117,46 @@ pub fn router(state: AppState) -> Router {
         .route("/version_build/{id}", get(builds::get))
         .route("/version_build/{id}/logs", get(builds::logs))
         .route("/version_build/{id}/cancel", post(builds::cancel))
+        .merge(size_limited(upload, upload_limit))
+}
+
+/// What workers call with their token: claims, heartbeats, the source,
+/// the live log and the reports, each body within its limit.
+fn worker_api(config: &ServerConfig) -> Router<AppState> {
+    let report_limit = config.max_binary_bytes + config.max_report_log_bytes + FORM_OVERHEAD_BYTES;
+    let reports = Router::new()
+        .route("/build_success/{id}", post(internal::build_success))
+        .route("/build_fail/{id}", post(internal::build_fail))
+        .route("/build_crash/{id}", post(internal::build_crash));
+    let live_logs = Router::new().route("/internal/builds/{id}/log", post(internal::log_chunk));
+    Router::new()
         .route("/internal/builds/claim", post(internal::claim))
         .route("/internal/builds/{id}/heartbeat", post(internal::heartbeat))
         .route("/internal/builds/{id}/source", get(internal::source))
+        .merge(size_limited(reports, report_limit))
+        .merge(size_limited(live_logs, config.max_report_log_bytes))
+}
+
+/// The server's own: liveness, readiness, metrics, the OpenAPI document
+/// and the key its artifacts are signed with.
+fn operations() -> Router<AppState> {
+    Router::new()
         .route("/signing-key", get(ops::signing_key))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi_json))
-        .merge(upload)
-        .merge(reports)
-        .merge(live_logs)
-        .merge(registry)
-        .merge(web::router())
-        .fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
-        .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            crate::metrics::track,
-        ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        // Every request gets an id (or keeps the one a proxy gave it): the
-        // answer carries it in x-request-id and every log line of the
-        // request is in its span, so "internal error" can be found.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+}
+
+/// Channels as a read-only OCI registry, for Istio.
+fn registry_api() -> Router<AppState> {
+    Router::new()
+        .route("/v2/", get(registry::base).fallback(registry::read_only))
+        .route(
+            "/v2/{*rest}",
+            get(registry::dispatch).fallback(registry::read_only),
+        )
+        .layer(middleware::map_response(registry::api_version))
 }
 
 fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kiln_build::archive::{self, ArchiveKind};
 use kiln_domain::{
-    BuildId, BuildOptions, Language, OwnerId, Phases, Version, VersionBuild, parse_version,
-    validate_conf, validate_notes,
+    BuildId, BuildOptions, Language, OwnerId, Phases, SourceKind, Version, VersionBuild,
+    parse_version, validate_conf, validate_notes,
 };
 use kiln_store::{NewBuild, StoreError, VersionPatch, keys};
 use serde::Deserialize;
@@ -106,13 +106,6 @@ fn too_many_builds(unfinished: i64, limit: i64) -> ApiError {
     )
 }
 
-fn extension(kind: ArchiveKind) -> &'static str {
-    match kind {
-        ArchiveKind::TarGz => "tar.gz",
-        ArchiveKind::Zip => "zip",
-    }
-}
-
 #[utoipa::path(post, path = "/version", tag = "versions",
     description = "Uploads a plugin's source and queues its build. The source is stored before the answer.",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
@@ -153,7 +146,7 @@ pub async fn upload(
     let kind = check_archive(&state, &source).await?;
 
     let id = BuildId::new();
-    let source_location = keys::source(app_id, id, extension(kind));
+    let source_location = keys::source(app_id, id, kind.as_str());
     let new = NewBuild {
         id,
         application_id: app_id,
@@ -435,11 +428,7 @@ pub async fn source(
 }
 
 pub(crate) async fn source_response(state: &AppState, location: &str) -> ApiResult<Response> {
-    let content_type = if location.ends_with(".zip") {
-        "application/zip"
-    } else {
-        "application/gzip"
-    };
+    let content_type = SourceKind::of_location(location).content_type();
     let bytes = fetch_blob(state, location).await?;
     Ok(blob_response(bytes, content_type, None))
 }
