@@ -28,8 +28,8 @@ pub use host::{
     MetricKind, Plugin,
 };
 pub use profile::{StartupProfile, host_triple, startup_profile};
+pub use request::{InvalidRequest, UpstreamStub};
 pub use scenario::{
     Exchange, Failure, Held, Scenario, ScenarioRequest, ScenarioResult, run_scenario,
 };
-pub use request::{InvalidRequest, UpstreamStub};
 pub use trial::{TrialLimits, TrialRequest, TrialResult, run_trial, smoke_equivalent};

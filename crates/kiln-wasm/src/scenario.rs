@@ -15,10 +15,10 @@
 //! bytes the host keeps): the plugin is untrusted.
 
 use crate::abi::{Action, BufferType, MapType};
+use crate::host::InstanceLimits;
 use crate::host::{
     CallOut, HostEngine, HostError, HostState, LocalResponse, LogLine, Metric, Plugin,
 };
-use crate::host::InstanceLimits;
 use crate::request::{InvalidRequest, UpstreamStub, check_fields, check_request, check_status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -698,7 +698,10 @@ pub fn run_scenario(
     scenario: &Scenario,
     limits: &InstanceLimits,
 ) -> Result<(ScenarioResult, Option<HostError>), HostError> {
-    let mut store = engine.store(|store_limits| scenario_state(scenario, store_limits), limits)?;
+    let mut store = engine.store(
+        |store_limits| scenario_state(scenario, store_limits),
+        limits,
+    )?;
     let started = Instant::now();
     let instance = plugin
         .instance_pre()
@@ -775,7 +778,9 @@ impl Run<'_> {
         transcript: &mut Transcript,
     ) -> Result<(), HostError> {
         let logs = &self.state().logs;
-        transcript.outside.extend_from_slice(&logs[transcript.logged..]);
+        transcript
+            .outside
+            .extend_from_slice(&logs[transcript.logged..]);
         transcript.logged = logs.len();
         let mut exchange = Exchange::default();
         self.current = Some(index);

@@ -6,10 +6,10 @@
 use crate::client::{Client, ClientError, SuccessReport};
 use crate::log::{BuildLog, millis};
 use futures::FutureExt;
-use kiln_build::{Prepared, Toolchain};
 use kiln_build::archive::{self, ArchiveLimits};
-use kiln_domain::{Language, Phase};
+use kiln_build::{Prepared, Toolchain};
 use kiln_domain::worker_api::Claim;
+use kiln_domain::{Language, Phase};
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
 use kiln_trial::{Outcome, Runner};
 use serde_json::{Map, Value, json};
@@ -320,7 +320,8 @@ impl Pipeline {
         let prepared = resolve_dependencies(toolchain.as_ref(), scratch, &src, log, stages).await?;
         self.compile(toolchain.as_ref(), &prepared, scratch, log, stages)
             .await?;
-        let binary = self.checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)?;
+        let binary =
+            self.checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)?;
         Ok(self.post_process(binary, claim, log, stages).await)
     }
 

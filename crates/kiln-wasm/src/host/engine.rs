@@ -157,10 +157,7 @@ impl HostEngine {
         }
         Ok(Self {
             engine,
-            target: settings
-                .target
-                .clone()
-                .unwrap_or_else(host_triple),
+            target: settings.target.clone().unwrap_or_else(host_triple),
             fuel: settings.fuel,
             ticking,
             base: Arc::new(OnceLock::new()),
