@@ -357,23 +357,32 @@ impl MetaStore {
                 Ok(true)
             }.await
         });
-        let concurrent = || {
-            StoreError::Conflict(format!(
-                "channel {} changed while this change was made; try again",
-                c.name
-            ))
-        };
-        match changed {
-            Ok(true) => {}
-            Ok(false) => return Ok(Err(ChannelRefusal::NoSuchVersion)),
-            Err(sqlx::Error::RowNotFound) => return Err(concurrent()),
-            Err(e) => {
-                return Err(match conflict_on_unique(e, "") {
-                    StoreError::Conflict(_) => concurrent(),
-                    other => other,
-                });
-            }
+        if let Some(refusal) = settled(changed, c.name)? {
+            return Ok(Err(refusal));
         }
         self.get_channel(c.owner, c.app, c.name).await.map(Ok)
+    }
+}
+
+/// What a channel change's transaction ended in: done (`None`), refused
+/// for want of the version, or lost to a concurrent change of the channel
+/// (a moved revision, or the same channel created at the same time).
+fn settled(
+    changed: std::result::Result<bool, sqlx::Error>,
+    name: &ChannelName,
+) -> Result<Option<ChannelRefusal>> {
+    let concurrent = || {
+        StoreError::Conflict(format!(
+            "channel {name} changed while this change was made; try again"
+        ))
+    };
+    match changed {
+        Ok(true) => Ok(None),
+        Ok(false) => Ok(Some(ChannelRefusal::NoSuchVersion)),
+        Err(sqlx::Error::RowNotFound) => Err(concurrent()),
+        Err(e) => Err(match conflict_on_unique(e, "") {
+            StoreError::Conflict(_) => concurrent(),
+            other => other,
+        }),
     }
 }
