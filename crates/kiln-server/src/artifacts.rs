@@ -91,6 +91,18 @@ impl Precompiler {
     }
 }
 
+/// The blob name of a precompiled artifact, `<target>.cwasm`. Target
+/// triples are plain identifiers; anything else is refused (`None`)
+/// before it reaches a key.
+pub fn cwasm_name(target: &str) -> Option<String> {
+    let valid = !target.is_empty()
+        && target.len() <= 100
+        && target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    valid.then(|| format!("{target}.cwasm"))
+}
+
 /// The server's signing key from `path`, created there (mode 0600) on the
 /// first start when `create` is set.
 pub fn signing_key(path: &Path, create: bool) -> anyhow::Result<SigningKey> {

@@ -6,19 +6,56 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-/// `Json<T>` with JSON errors: 415 without a JSON content type, 400 for
-/// malformed JSON, 422 for a body of the wrong shape.
+/// A JSON object body as `T`, with JSON errors: 415 without a JSON
+/// content type, 400 for malformed JSON, 422 for a body of the wrong
+/// shape. Every body is an object (serde would also take a struct's
+/// fields as an array), and a number is an integer when its value is one,
+/// as JSON Schema counts it (`5.0` is the integer 5).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let axum::Json(value) = axum::Json::<Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
         }
+        serde_path_to_error::deserialize(integers_as_integers(value))
+            .map(Self)
+            .map_err(|e| {
+                ApiError::invalid(format!(
+                    "Failed to deserialize the JSON body into the target type: {e}"
+                ))
+            })
+    }
+}
+
+/// `value` with every number whose value is an integer written as one.
+fn integers_as_integers(value: Value) -> Value {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let float = n.as_f64().unwrap_or(f64::NAN);
+            // Within ±2^53 every integer is exact, so nothing is rounded.
+            const EXACT: f64 = 9_007_199_254_740_992.0;
+            if float.fract() == 0.0 && float.abs() <= EXACT {
+                Value::from(float as i64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(integers_as_integers).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, integers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -53,4 +90,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             Err(other) => Err(ApiError::bad_request("invalid_query", other.body_text())),
         }
     }
+}
+
+/// A long poll's `wait_seconds`: none is 0, more than `max` is refused
+/// (422) rather than cut short unseen.
+pub fn wait_within(
+    seconds: Option<u64>,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ApiError> {
+    let seconds = seconds.unwrap_or(0);
+    if seconds > max.as_secs() {
+        return Err(ApiError::invalid(format!(
+            "wait_seconds must be 0 to {}",
+            max.as_secs()
+        )));
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }

@@ -12,8 +12,9 @@
 //! - [`artifacts`]: the signed `.cwasm`s the server precompiles.
 //! - [`auth`]: owner, worker and edge tokens.
 //! - [`error`]: the one error type and its JSON body.
-//! - [`routes`]: one module per resource; handlers stay thin.
-//! - [`sweeper`]: removes blobs no row owns, after a grace period.
+//! - [`routes`]: one module per resource; handlers extract, call and answer.
+//! - [`service`]: the use-cases the handlers call (an upload, a worker's
+//!   report) and the queue's housekeeping (expired leases, orphaned blobs).
 //! - [`upload`]: bounded multipart reading.
 //! - [`live`]: the live logs of running builds, shared by their readers.
 //! - [`oci`]: modules as OCI images, for the registry at `/v2/`.
@@ -30,7 +31,7 @@ pub mod metrics;
 pub mod oci;
 pub mod openapi;
 pub mod routes;
-pub mod sweeper;
+pub mod service;
 pub mod upload;
 
 pub use config::ServerConfig;
@@ -122,8 +123,8 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let reaper = tokio::spawn(routes::internal::reap_forever(self.state.clone()));
-        let sweeper = tokio::spawn(sweeper::sweep_forever(self.state.clone()));
+        let reaper = tokio::spawn(service::housekeeping::reap_forever(self.state.clone()));
+        let sweeper = tokio::spawn(service::housekeeping::sweep_forever(self.state.clone()));
         let live = self.state.live.clone();
         let app = router(self.state);
         // Followers of a live log end first, so draining does not wait on them.

@@ -57,6 +57,9 @@ pub struct FormSpec<'a> {
     /// Fields refused outright, by name prefix: the whole request gets 422
     /// with this code and sentence before the field is read.
     pub refused: &'a [Refused<'a>],
+    /// The text fields the form has, when it names them: any other field
+    /// is refused (422 `unknown_field`), as a misspelt one would be lost.
+    pub texts: Option<&'a [&'a str]>,
 }
 
 /// A field a form must not carry.
@@ -71,6 +74,7 @@ impl<'a> FormSpec<'a> {
         Self {
             files,
             refused: &[],
+            texts: None,
         }
     }
 
@@ -82,17 +86,33 @@ impl<'a> FormSpec<'a> {
     }
 
     fn refusal(&self, name: &str) -> Option<ApiError> {
-        let refused = self.refused.iter().find(|r| name.starts_with(r.prefix))?;
-        Some(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            refused.code,
-            refused.sentence.to_owned(),
-        ))
+        if let Some(refused) = self.refused.iter().find(|r| name.starts_with(r.prefix)) {
+            return Some(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                refused.code,
+                refused.sentence.to_owned(),
+            ));
+        }
+        let texts = self.texts?;
+        let known = texts.contains(&name) || self.file_limit(name).is_some();
+        (!known).then(|| {
+            let mut fields: Vec<&str> = texts.to_vec();
+            fields.extend(self.files.iter().map(|(file, _)| *file));
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_field",
+                format!(
+                    "the form has no field {name:?}; its fields are {}",
+                    fields.join(", ")
+                ),
+            )
+        })
     }
 }
 
-/// Reads a multipart body into a [`Form`]; unknown fields are drained and
-/// ignored, a repeated field is an error.
+/// Reads a multipart body into a [`Form`]; fields the spec does not know
+/// are refused when it names its text fields, and ignored otherwise; a
+/// repeated field is an error.
 pub async fn read_form(
     multipart: Result<Multipart, MultipartRejection>,
     spec: &FormSpec<'_>,

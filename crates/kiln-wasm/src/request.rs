@@ -6,14 +6,28 @@ use serde::{Deserialize, Serialize};
 
 /// The upstream the request is forwarded to, and the answer of any HTTP
 /// call the plugin dispatches.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpstreamStub {
+    /// The HTTP status (default 200).
     #[serde(default = "ok_status")]
     pub status: u32,
+    /// Response headers as [name, value] pairs.
     #[serde(default)]
+    #[schema(schema_with = header_pairs)]
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub body: String,
+}
+
+/// The schema of headers as `[[name, value], …]`: each pair exactly two
+/// strings.
+pub fn header_pairs() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let pair = ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String))
+        .min_items(Some(2))
+        .max_items(Some(2));
+    ArrayBuilder::new().items(pair).build()
 }
 
 fn ok_status() -> u32 {

@@ -69,7 +69,7 @@ fn default_idle_timeout() -> u64 {
 }
 
 /// One request of a scenario, and the origin's response to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioRequest {
     #[serde(default = "get")]
@@ -78,6 +78,7 @@ pub struct ScenarioRequest {
     pub path: String,
     /// Request headers; `host` becomes `:authority`, as Envoy does.
     #[serde(default)]
+    #[schema(schema_with = crate::request::header_pairs)]
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub body: String,

@@ -18,10 +18,13 @@ use serde::Deserialize;
 pub const MAX_PAGE: i64 = 200;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BuildQuery {
     /// Only this application's builds.
+    #[param(format = Uuid)]
     pub application_id: Option<String>,
-    /// Only builds in this state: queued, running, succeeded, failed, crashed or cancelled.
+    /// Only builds in this state.
+    #[param(value_type = Option<kiln_domain::BuildState>)]
     pub state: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
@@ -31,6 +34,7 @@ pub struct BuildQuery {
     pub offset: Option<i64>,
     /// Only the builds listed after this one (the `Link` header's next page
     /// gives it): a page costs the same however deep it is.
+    #[param(format = Uuid)]
     pub after: Option<String>,
 }
 
@@ -38,7 +42,7 @@ pub struct BuildQuery {
     description = "The caller's builds, newest first. When more remain, a `Link: <…>; rel=\"next\"` header points to the next page.",
     params(BuildQuery),
     responses((status = 200, body = [VersionBuild]), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 422, body = ErrorBody)),
+        (status = 404, body = ErrorBody, description = "no application `application_id`"), (status = 422, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -128,6 +132,7 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     /// Stream the log as Server-Sent Events until the build ends.
     pub follow: Option<bool>,

@@ -7,12 +7,12 @@ use super::versions::parse_build_id;
 use crate::AppState;
 use crate::auth::{EdgeReader, OwnerToken};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, wait_within};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kiln_domain::{AppId, Channel, ChannelName, OwnerId};
+use kiln_domain::{AppId, BuildId, Channel, ChannelName, OwnerId};
 use kiln_store::{ChannelRefusal, StoreError};
 use serde::Deserialize;
 use std::time::Duration;
@@ -24,13 +24,16 @@ pub const MAX_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 #[serde(deny_unknown_fields)]
 pub struct Promote {
     /// A succeeded version of this application.
+    #[schema(format = Uuid)]
     pub version_id: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChannelQuery {
     /// With `after`: seconds to wait for the channel to move past that
     /// revision (0 to 60); 204 when it has not.
+    #[param(minimum = 0, maximum = 60)]
     pub wait_seconds: Option<u64>,
     /// A revision the caller already has; the answer is 204 until the
     /// channel is at a later one. 0 waits for a channel not promoted yet.
@@ -63,9 +66,7 @@ async fn owned_app(state: &AppState, owner: OwnerId, raw: &str) -> ApiResult<App
 
 fn refusal(refused: ChannelRefusal, name: &ChannelName, app: &str) -> ApiError {
     match refused {
-        ChannelRefusal::NoSuchVersion => ApiError::invalid(format!(
-            "that is not a succeeded version of application {app}; only built versions can be deployed"
-        )),
+        ChannelRefusal::NoSuchVersion => not_a_built_version(app),
         ChannelRefusal::NoSuchChannel => ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -83,6 +84,23 @@ fn refusal(refused: ChannelRefusal, name: &ChannelName, app: &str) -> ApiError {
             ),
         ),
     }
+}
+
+/// Why a version cannot be promoted: an id of nothing the owner has is
+/// unknown (404); a build that did not (or not yet) succeed, or another
+/// application's version, is not deployable (422).
+async fn not_deployable(state: &AppState, owner: OwnerId, version: BuildId, app: &str) -> ApiError {
+    match state.meta.get_build(owner, version).await {
+        Err(StoreError::NotFound) => ApiError::not_found("version", version),
+        Err(e) => ApiError::internal("reading a build failed", e),
+        Ok(_) => not_a_built_version(app),
+    }
+}
+
+fn not_a_built_version(app: &str) -> ApiError {
+    ApiError::invalid(format!(
+        "that is not a succeeded version of application {app}; only built versions can be deployed"
+    ))
 }
 
 fn changed(state: &AppState, channel: &Channel, what: &str) {
@@ -107,12 +125,18 @@ pub async fn promote(
     let app = owned_app(&state, token.owner, &id).await?;
     let name = channel_name(&name)?;
     let version = parse_build_id(&body.version_id, "version")?;
-    let channel = state
+    let promoted = state
         .meta
         .promote(token.owner, app, &name, version, &token.actor())
         .await
-        .map_err(|e| ApiError::from_store(e, "channel", &name))?
-        .map_err(|r| refusal(r, &name, &id))?;
+        .map_err(|e| ApiError::from_store(e, "channel", &name))?;
+    let channel = match promoted {
+        Ok(channel) => channel,
+        Err(ChannelRefusal::NoSuchVersion) => {
+            return Err(not_deployable(&state, token.owner, version, &id).await);
+        }
+        Err(refused) => return Err(refusal(refused, &name, &id)),
+    };
     changed(&state, &channel, "promoted");
     Ok(Json(channel))
 }
@@ -174,7 +198,7 @@ pub async fn get(
     let app = readable_app(&state, &reader, &id).await?;
     let name = channel_name(&name)?;
     if let Some(after) = query.after {
-        let wait = Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(MAX_CHANNEL_WAIT);
+        let wait = wait_within(query.wait_seconds, MAX_CHANNEL_WAIT)?;
         if !wait_for_change(&state, app, &name, after, wait).await? {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }

@@ -25,6 +25,7 @@ use serde::Deserialize;
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
     /// For a `.cwasm`: the target triple, e.g. `x86_64-unknown-linux-gnu`.
     pub target: Option<String>,

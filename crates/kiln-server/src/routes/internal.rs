@@ -4,11 +4,12 @@
 //! that claim, so a stale, forged or another worker's report changes
 //! nothing (409).
 
-use super::versions::{cwasm_name, parse_build_id, source_response};
+use super::versions::{parse_build_id, source_response};
 use crate::AppState;
 use crate::auth::Worker;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, wait_within};
+use crate::service::report::{self, Leased, ReportError, Success};
 use crate::upload::{Form, FormSpec, Refused, read_form};
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
@@ -19,10 +20,9 @@ use bytes::Bytes;
 use kiln_domain::worker_api::{
     Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
 };
-use kiln_domain::{BuildId, SourceKind, Version, VersionBuild, WorkerName};
-use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
+use kiln_domain::{BuildId, BuildState, SourceKind, Version, VersionBuild, WorkerName};
+use kiln_store::{ClaimedBuild, StoreError};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -60,8 +60,10 @@ fn claim_answer(claimed: ClaimedBuild, lease: Duration) -> Claim {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClaimQuery {
     /// Seconds to wait for a build when the queue is empty (0 to 30).
+    #[param(minimum = 0, maximum = 30)]
     pub wait_seconds: Option<u64>,
 }
 
@@ -75,8 +77,7 @@ pub async fn claim(
     worker: Worker,
     ApiQuery(query): ApiQuery<ClaimQuery>,
 ) -> ApiResult<Response> {
-    let wait =
-        Duration::from_secs(query.wait_seconds.unwrap_or(0)).min(crate::config::MAX_CLAIM_WAIT);
+    let wait = wait_within(query.wait_seconds, crate::config::MAX_CLAIM_WAIT)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Registered before the claim, so a build queued in between still wakes us.
@@ -150,6 +151,7 @@ pub async fn source(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Byte offset of the chunk in this lease's log.
     pub offset: u64,
@@ -319,103 +321,44 @@ pub async fn build_success(
             (fields::LOGS, config.max_report_log_bytes),
         ],
         refused: &[NATIVE_CODE_REFUSED],
+        texts: None,
     };
     let (claimed, lease, mut form, _turn) =
         report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
-    let binary = form.required_file(fields::BINARY)?;
-    let logs = form.take_file(fields::LOGS).unwrap_or_default();
-    let profile = profile_field(&form)?;
-    let build = &claimed.build;
-    check_reported_module(&binary, build).await?;
-    let artifacts = if build.options.precompile {
-        state
-            .artifacts
-            .precompile(build.id, binary.clone())
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "precompile_failed",
-                    format!("the module could not be precompiled: {e}"),
-                )
-            })?
-    } else {
-        Vec::new()
+    let success = Success {
+        binary: form.required_file(fields::BINARY)?,
+        logs: form.take_file(fields::LOGS).unwrap_or_default(),
+        profile: profile_field(&form)?,
     };
-
-    let binary_sha256 = hex::encode(Sha256::digest(&binary));
-    let report = keys::report_prefix(build.application_id, build.id);
-    let new = NewVersion {
-        binary_location: keys::report_binary(&report),
-        binary_sha256,
-        binary_size: binary.len() as i64,
-        logs_location: keys::report_logs(&report),
-        profile,
+    let leased = Leased {
+        claimed: &claimed,
+        lease,
     };
-    let mut written = vec![
-        (new.binary_location.clone(), binary),
-        (new.logs_location.clone(), logs),
-    ];
-    for (target, signed) in artifacts {
-        let name = cwasm_name(&target)?;
-        written.push((keys::artifact(&new.binary_location, &name), signed.into()));
-    }
-    store_blobs(&state, &written).await?;
-    match state.meta.complete_success(build.id, lease, &new).await {
-        Ok(version) => {
-            tracing::info!(build = %build.id, size = version.binary_size, "build succeeded");
-            let profile = version.profile.as_ref();
-            state.metrics.finished(
-                worker.0.as_str(),
-                kiln_domain::BuildState::Succeeded,
-                profile,
-            );
-            state
-                .live
-                .finish(build.id, kiln_domain::BuildState::Succeeded);
-            Ok((StatusCode::CREATED, Json(version)))
-        }
-        Err(e) => {
-            // The lease was lost while the blobs were written: undo them.
-            remove_blobs(&state, &written).await;
-            Err(lease_error(e, build.id))
-        }
-    }
+    let version = report::succeeded(state.stores(), &state.artifacts, leased, success).await?;
+    tracing::info!(build = %version.id, size = version.binary_size, "build succeeded");
+    let (state_now, profile) = (BuildState::Succeeded, version.profile.as_ref());
+    state
+        .metrics
+        .finished(worker.0.as_str(), state_now, profile);
+    state.live.finish(version.id, state_now);
+    Ok((StatusCode::CREATED, Json(version)))
 }
 
-/// The server's own check of what a worker reports: a valid proxy-wasm
-/// plugin with the build's phases (a worker runs customer code, so its
-/// word is not enough), checked off the async threads.
-async fn check_reported_module(binary: &Bytes, build: &VersionBuild) -> ApiResult<()> {
-    let (binary, phases) = (binary.clone(), build.phases.clone());
-    tokio::task::spawn_blocking(move || {
-        kiln_wasm::check::check_module(&binary, phases.as_slice()).map(drop)
-    })
-    .await
-    .map_err(|e| ApiError::internal("checking a reported module", e))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_module",
-            format!("the reported binary is not a valid proxy-wasm plugin: {e}"),
-        )
-    })
-}
-
-async fn store_blobs(state: &AppState, blobs: &[(String, Bytes)]) -> ApiResult<()> {
-    for (i, (key, bytes)) in blobs.iter().enumerate() {
-        if let Err(e) = state.blobs.put(key, bytes.clone()).await {
-            remove_blobs(state, &blobs[..i]).await;
-            return Err(ApiError::internal("storing a build result failed", e));
-        }
-    }
-    Ok(())
-}
-
-async fn remove_blobs(state: &AppState, blobs: &[(String, Bytes)]) {
-    for (key, _) in blobs {
-        if let Err(e) = state.blobs.delete(key).await {
-            tracing::error!(%e, key, "could not remove a blob of a refused report");
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        let message = e.to_string();
+        match e {
+            ReportError::InvalidModule(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_module", message)
+            }
+            ReportError::Precompile(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "precompile_failed",
+                message,
+            ),
+            ReportError::InvalidTarget(_) => Self::internal("naming an artifact failed", message),
+            ReportError::Store { source, build, .. } => lease_error(source, build),
+            ReportError::Check(source) => Self::internal(&message, source),
         }
     }
 }
@@ -439,20 +382,17 @@ pub async fn build_fail(
     let logs = form.required_file(fields::LOGS)?;
     let error = error_field(&form, "the build failed; see its logs");
     let profile = profile_field(&form)?;
-    let build = &claimed.build;
-    let key = keys::report_logs(&keys::report_prefix(build.application_id, build.id));
-    store_blobs(&state, &[(key.clone(), logs)]).await?;
-    let updated = state
-        .meta
-        .complete_failure(build.id, lease, &key, &error, profile.as_ref())
-        .await
-        .map_err(|e| lease_error(e, build.id))?;
-    tracing::info!(build = %build.id, %error, "build failed");
+    let leased = Leased {
+        claimed: &claimed,
+        lease,
+    };
+    let updated = report::failed(state.stores(), leased, logs, &error, profile.as_ref()).await?;
+    tracing::info!(build = %updated.id, %error, "build failed");
     let reported = updated.profile.as_ref();
     state
         .metrics
         .finished(worker.0.as_str(), updated.state, reported);
-    state.live.finish(build.id, updated.state);
+    state.live.finish(updated.id, updated.state);
     Ok(Json(updated))
 }
 
@@ -473,51 +413,23 @@ pub async fn build_crash(
     let (claimed, lease, mut form, _turn) =
         report_form(&state, &worker.0, &id, &headers, multipart, &spec).await?;
     let error = error_field(&form, "the worker crashed");
-    let build = &claimed.build;
-    let logs_key = match form.take_file(fields::LOGS) {
-        Some(logs) => {
-            let key = keys::report_logs(&keys::report_prefix(build.application_id, build.id));
-            store_blobs(&state, &[(key.clone(), logs)]).await?;
-            Some(key)
-        }
-        None => None,
+    let logs = form.take_file(fields::LOGS);
+    let leased = Leased {
+        claimed: &claimed,
+        lease,
     };
-    let updated = state
-        .meta
-        .report_crash(
-            build.id,
-            lease,
-            logs_key.as_deref(),
-            &error,
-            state.config.max_attempts,
-        )
-        .await
-        .map_err(|e| lease_error(e, build.id))?;
-    tracing::warn!(build = %build.id, %error, state = %updated.state, "build crashed");
+    let max_attempts = state.config.max_attempts;
+    let updated = report::crashed(state.stores(), leased, logs, &error, max_attempts).await?;
+    tracing::warn!(build = %updated.id, %error, state = %updated.state, "build crashed");
     state
         .metrics
         .finished(worker.0.as_str(), updated.state, None);
-    if updated.state == kiln_domain::BuildState::Queued {
+    if updated.state == BuildState::Queued {
         state.queue_signal.notify_waiters();
     } else {
-        state.live.finish(build.id, updated.state);
+        state.live.finish(updated.id, updated.state);
     }
     Ok(Json(updated))
-}
-
-/// Re-queues builds whose worker stopped heartbeating, forever.
-pub async fn reap_forever(state: AppState) {
-    let mut tick = tokio::time::interval(state.config.reap_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        state.live.prune(crate::live::IDLE_BUFFER);
-        match state.meta.reap_expired(state.config.max_attempts).await {
-            Ok(0) => {}
-            Ok(_) => state.queue_signal.notify_waiters(),
-            Err(e) => tracing::error!(%e, "reaping expired leases failed"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -53,15 +53,20 @@ pub struct RegistryError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct ErrorsBody<'a> {
-    errors: [ErrorEntry<'a>; 1],
+/// The body of every error under `/v2/`, as the distribution spec has it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RegistryErrors {
+    /// One error.
+    errors: Vec<RegistryErrorEntry>,
 }
 
-#[derive(Serialize)]
-struct ErrorEntry<'a> {
-    code: &'a str,
-    message: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RegistryErrorEntry {
+    /// The spec's code, such as `MANIFEST_UNKNOWN`.
+    #[schema(example = "MANIFEST_UNKNOWN")]
+    code: &'static str,
+    /// A sentence for humans.
+    message: String,
 }
 
 impl RegistryError {
@@ -125,10 +130,10 @@ impl From<ApiError> for RegistryError {
 
 impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
-        let body = ErrorsBody {
-            errors: [ErrorEntry {
+        let body = RegistryErrors {
+            errors: vec![RegistryErrorEntry {
                 code: self.code,
-                message: &self.message,
+                message: self.message,
             }],
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -290,7 +295,7 @@ pub async fn base(_reader: RegistryReader) -> Response {
 #[derive(Debug, Deserialize)]
 pub struct TagsQuery {
     /// At most this many tags.
-    n: Option<usize>,
+    n: Option<u32>,
     /// Only tags after this one.
     last: Option<String>,
 }
@@ -401,7 +406,7 @@ struct TagList<'a> {
 #[utoipa::path(get, path = "/v2/{name}/tags/list", tag = "registry",
     description = "The application's channels, by name: `{\"name\", \"tags\"}`; `n` and `last` page it (with a `Link: rel=\"next\"` header when more remain).",
     params(("name" = String, Path, description = "the application: `<id>` or `app/<id>`"),
-        ("n" = Option<usize>, Query, description = "at most this many"),
+        ("n" = Option<u32>, Query, description = "at most this many"),
         ("last" = Option<String>, Query, description = "only channels after this one")),
     responses((status = 200, description = "the tags"),
         (status = 401, description = "no or an unknown token"),
@@ -426,7 +431,7 @@ async fn tags(
         .filter(|tag| query.last.as_ref().is_none_or(|last| tag > last))
         .collect();
     let mut next = None;
-    if let Some(n) = query.n
+    if let Some(n) = query.n.map(|n| n as usize)
         && tags.len() > n
     {
         tags.truncate(n);
@@ -443,12 +448,13 @@ async fn tags(
 }
 
 /// Every method but `GET` and `HEAD`: kiln's registry is read-only.
-pub async fn read_only() -> RegistryError {
-    RegistryError::new(
+pub async fn read_only() -> Response {
+    let refused = RegistryError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "UNSUPPORTED",
         "kiln's registry is read-only: images are published by promoting a channel",
-    )
+    );
+    ([(header::ALLOW, "GET, HEAD")], refused).into_response()
 }
 
 #[cfg(test)]

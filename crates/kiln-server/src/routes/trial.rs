@@ -31,28 +31,26 @@ pub struct TryBody {
     pub path: String,
     /// Request headers as [name, value] pairs.
     #[serde(default)]
+    #[schema(schema_with = kiln_wasm::request::header_pairs)]
     pub headers: Vec<(String, String)>,
     #[serde(default)]
     pub body: String,
-    /// The stub upstream: {status, headers, body}.
+    /// The stub upstream.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub upstream: UpstreamStub,
     /// The plugin configuration; default: the version's `conf`.
     pub conf: Option<String>,
     /// A scenario's requests, each {method, path, headers, body, origin,
     /// clusters, after_ms}; the single request's fields must then be unset.
-    #[schema(value_type = Option<Vec<Object>>)]
     pub requests: Option<Vec<ScenarioRequest>>,
-    /// A scenario's call-out answers by cluster name ({status, headers, body}; `*`: any other).
+    /// A scenario's call-out answers by cluster name (`*`: any other).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub clusters: BTreeMap<String, UpstreamStub>,
     /// A scenario's stream idle timeout in milliseconds (Envoy's default, 300000).
     pub stream_idle_timeout_ms: Option<u64>,
     /// A scenario's body chunk size in bytes (0: each body in one chunk).
     #[serde(default)]
-    pub body_chunk_bytes: usize,
+    pub body_chunk_bytes: u32,
     /// Timer ticks delivered to the root context after it starts.
     #[serde(default)]
     pub ticks: u32,
@@ -98,7 +96,7 @@ impl TryBody {
             stream_idle_timeout_ms: self
                 .stream_idle_timeout_ms
                 .unwrap_or(kiln_wasm::scenario::DEFAULT_STREAM_IDLE_TIMEOUT_MS),
-            body_chunk_bytes: self.body_chunk_bytes,
+            body_chunk_bytes: self.body_chunk_bytes as usize,
         }))
     }
 }

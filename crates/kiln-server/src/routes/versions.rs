@@ -6,6 +6,7 @@ use crate::AppState;
 use crate::auth::Owner;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::service::upload::{self, Upload, UploadError, UploadLimits};
 use crate::upload::{FormSpec, read_form};
 use axum::Json;
 use axum::extract::multipart::MultipartRejection;
@@ -13,31 +14,48 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kiln_build::archive::{self, ArchiveKind};
 use kiln_domain::{
     BuildId, BuildOptions, Language, OwnerId, Phases, SourceKind, Version, VersionBuild,
     parse_version, validate_conf, validate_notes,
 };
-use kiln_store::{NewBuild, StoreError, VersionPatch, keys};
+use kiln_store::{StoreError, VersionPatch, keys};
 use serde::Deserialize;
 
-/// The `multipart/form-data` body of `POST /version`.
+/// The text fields of an upload's form; `source_code` is its file.
+const UPLOAD_TEXT_FIELDS: [&str; 7] = [
+    "plugin_id",
+    "version",
+    "plugin_language",
+    "phases",
+    "conf",
+    "notes",
+    "options",
+];
+
+/// The `multipart/form-data` body of `POST /version`. A field it does not
+/// name is refused.
 #[derive(utoipa::ToSchema)]
+// For the document only: `deny_unknown_fields` is its `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct UploadForm {
     /// The application id.
+    #[schema(format = Uuid)]
     plugin_id: String,
     /// A semantic version, unique within the application.
     version: String,
-    /// `rust`.
-    plugin_language: String,
+    /// The language of the source.
+    plugin_language: Language,
     /// A JSON array of phases, e.g. `["request_headers","response_headers"]`.
     phases: String,
     /// The plugin configuration, passed to the plugin at start.
-    conf: Option<String>,
-    notes: Option<String>,
+    #[schema(required = false)]
+    conf: String,
+    #[schema(required = false)]
+    notes: String,
     /// JSON switches of the post-build steps, e.g. `{"optimize": false, "precompile": true}` (all on by default).
-    options: Option<String>,
+    #[schema(required = false)]
+    options: String,
     /// The source as `.tar.gz` or `.zip`, Cargo.toml at the root or in one top-level folder.
     #[schema(value_type = String, format = Binary)]
     source_code: Vec<u8>,
@@ -47,63 +65,25 @@ pub(crate) fn parse_build_id(raw: &str, what: &str) -> ApiResult<BuildId> {
     BuildId::parse(raw).map_err(|_| ApiError::not_found(what, raw))
 }
 
-fn unsupported_archive(message: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_archive",
-        message,
-    )
-}
-
-/// Refuses an archive that is not a `.tar.gz` or `.zip`, or that breaks the
-/// archive limits, before anything is stored. Inspecting decompresses up
-/// to the unpacked limit (200 MiB by default): it runs off the async
-/// threads, so the API keeps answering meanwhile.
-async fn check_archive(state: &AppState, bytes: &Bytes) -> ApiResult<ArchiveKind> {
-    let kind = archive::detect(bytes).ok_or_else(|| {
-        unsupported_archive("source_code must be a .tar.gz or .zip archive".into())
-    })?;
-    let (bytes, limits) = (bytes.clone(), state.config.archive_limits.clone());
-    let inspected = tokio::task::spawn_blocking(move || archive::inspect(&bytes, &limits))
-        .await
-        .map_err(|e| ApiError::internal("inspecting an archive failed", e))?;
-    inspected.map_err(|e| match e {
-        archive::ArchiveError::NotAnArchive | archive::ArchiveError::Corrupt(_) => {
-            unsupported_archive(format!(
-                "source_code is not a readable .tar.gz or .zip archive: {e}"
-            ))
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        let message = e.to_string();
+        match e {
+            UploadError::NoApplication(_) => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            UploadError::TooManyBuilds { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_builds", message)
+            }
+            UploadError::NotAnArchive | UploadError::Unreadable(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_archive",
+                message,
+            ),
+            UploadError::Refused(_) => Self::invalid(message),
+            UploadError::DuplicateVersion(message) => Self::conflict("duplicate_version", message),
+            UploadError::Store { context, source } => Self::internal(context, source),
+            UploadError::Inspection(source) => Self::internal(&message, source),
         }
-        e => ApiError::invalid(format!("source_code was refused: {e}")),
-    })?;
-    Ok(kind)
-}
-
-/// One owner's burst of uploads must not fill the queue: past the limit,
-/// an upload waits for a build to finish (or be cancelled). Checked here
-/// before the source is stored, and again, exactly, when the build is
-/// queued.
-async fn check_unfinished_builds(state: &AppState, owner: OwnerId) -> ApiResult<()> {
-    let unfinished = state
-        .meta
-        .unfinished_builds(owner)
-        .await
-        .map_err(|e| ApiError::internal("counting unfinished builds failed", e))?;
-    let limit = state.config.max_unfinished_builds;
-    if unfinished >= limit {
-        return Err(too_many_builds(unfinished, limit));
     }
-    Ok(())
-}
-
-fn too_many_builds(unfinished: i64, limit: i64) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_builds",
-        format!(
-            "{unfinished} of your builds are queued or running, the most allowed is {limit}: \
-             upload again when one has finished, or cancel one"
-        ),
-    )
 }
 
 #[utoipa::path(post, path = "/version", tag = "versions",
@@ -122,73 +102,43 @@ pub async fn upload(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<VersionBuild>)> {
     let limit = state.config.archive_limits.max_upload_bytes;
-    let mut form = read_form(multipart, &FormSpec::files(&[("source_code", limit)])).await?;
+    let files = [("source_code", limit)];
+    let spec = FormSpec {
+        texts: Some(&UPLOAD_TEXT_FIELDS),
+        ..FormSpec::files(&files)
+    };
+    let mut form = read_form(multipart, &spec).await?;
     let plugin_id = form.required_text("plugin_id")?.to_owned();
-    let version = parse_version(form.required_text("version")?)?;
-    let language = Language::parse(form.required_text("plugin_language")?)?;
-    let phases = Phases::parse_json(form.required_text("phases")?)?;
-    let conf = validate_conf(form.text("conf").unwrap_or_default())?;
-    let notes = validate_notes(form.text("notes").unwrap_or_default())?;
-    let options = form
-        .text("options")
-        .map(BuildOptions::parse_json)
-        .transpose()?
-        .unwrap_or_default();
-    let source = form.required_file("source_code")?;
-
-    let app_id = parse_app_id(&plugin_id)?;
-    state
-        .meta
-        .get_application(owner, app_id)
-        .await
-        .map_err(|e| ApiError::from_store(e, "application", &plugin_id))?;
-    check_unfinished_builds(&state, owner).await?;
-    let kind = check_archive(&state, &source).await?;
-
-    let id = BuildId::new();
-    let source_location = keys::source(app_id, id, kind.as_str());
-    let new = NewBuild {
-        id,
-        application_id: app_id,
-        owner_id: owner,
-        version,
-        language,
-        phases,
-        conf,
-        notes,
-        options,
-        source_location: source_location.clone(),
+    let upload = Upload {
+        owner,
+        version: parse_version(form.required_text("version")?)?,
+        language: Language::parse(form.required_text("plugin_language")?)?,
+        phases: Phases::parse_json(form.required_text("phases")?)?,
+        conf: validate_conf(form.text("conf").unwrap_or_default())?,
+        notes: validate_notes(form.text("notes").unwrap_or_default())?,
+        options: form
+            .text("options")
+            .map(BuildOptions::parse_json)
+            .transpose()?
+            .unwrap_or_default(),
+        source: form.required_file("source_code")?,
+        application: parse_app_id(&plugin_id)?,
     };
-    state
-        .blobs
-        .put(&source_location, source)
-        .await
-        .map_err(|e| ApiError::internal("storing an uploaded source failed", e))?;
-    let limit = state.config.max_unfinished_builds;
-    let build = match state.meta.create_build_within(&new, limit).await {
-        Ok(build) => build,
-        Err(e) => {
-            // No row, so no blob either.
-            if let Err(cleanup) = state.blobs.delete(&source_location).await {
-                tracing::error!(%cleanup, key = source_location, "could not remove an orphaned source");
-            }
-            return Err(match e {
-                StoreError::Conflict(message) => ApiError::conflict("duplicate_version", message),
-                StoreError::TooManyUnfinished { unfinished, limit } => {
-                    too_many_builds(unfinished, limit)
-                }
-                e => ApiError::from_store(e, "application", &plugin_id),
-            });
-        }
+    let limits = UploadLimits {
+        archive: state.config.archive_limits.clone(),
+        max_unfinished_builds: state.config.max_unfinished_builds,
     };
+    let build = upload::queue(state.stores(), &limits, upload).await?;
     state.queue_signal.notify_waiters();
-    tracing::info!(build = %build.id, application = %app_id, version = %build.version, "build queued");
+    tracing::info!(build = %build.id, application = %build.application_id, version = %build.version, "build queued");
     Ok((StatusCode::CREATED, Json(build)))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VersionQuery {
     /// Only this application's versions.
+    #[param(format = Uuid)]
     pub application_id: Option<String>,
 }
 
@@ -245,6 +195,7 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct UpdateVersion {
     pub version: Option<String>,
+    #[schema(value_type = Option<Vec<kiln_domain::Phase>>, min_items = 1)]
     pub phases: Option<Vec<String>>,
     pub conf: Option<String>,
     pub notes: Option<String>,
@@ -341,6 +292,7 @@ pub async fn delete(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BinaryQuery {
     /// `wasm` (default) or `cwasm` (precompiled for one target).
     pub format: Option<String>,
@@ -397,21 +349,14 @@ pub async fn binary(
     }
 }
 
-/// The blob name of a precompiled artifact. Target triples are plain
-/// identifiers; anything else is refused before it reaches a key.
+/// The blob name of a precompiled artifact for a target a client named.
 pub fn cwasm_name(target: &str) -> ApiResult<String> {
-    let valid = !target.is_empty()
-        && target.len() <= 100
-        && target
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if !valid {
-        return Err(ApiError::bad_request(
+    crate::artifacts::cwasm_name(target).ok_or_else(|| {
+        ApiError::bad_request(
             "invalid_target",
             format!("{target:?} is not a target triple"),
-        ));
-    }
-    Ok(format!("{target}.cwasm"))
+        )
+    })
 }
 
 #[utoipa::path(get, path = "/version/{id}/source", tag = "versions",
