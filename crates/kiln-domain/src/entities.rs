@@ -36,13 +36,21 @@ impl Default for BuildOptions {
 }
 
 impl BuildOptions {
+    /// The switches' names, as the JSON form spells them.
+    pub const NAMES: [&'static str; 3] = ["optimize", "precompile", "preinit"];
+
     /// Parses the API and stored form, a JSON object (missing keys are on).
     pub fn parse_json(raw: &str) -> Result<Self, crate::ValidationError> {
-        serde_json::from_str(raw).map_err(|e| {
+        let refused = |e: &dyn std::fmt::Display| {
             crate::ValidationError::new(format!(
                 "options must be a JSON object such as {{\"optimize\": false}}: {e}"
             ))
-        })
+        };
+        // An object only: serde would also read the fields from an array.
+        if !raw.trim_start().starts_with('{') {
+            return Err(refused(&"it is not an object"));
+        }
+        serde_json::from_str(raw).map_err(|e| refused(&e))
     }
 }
 

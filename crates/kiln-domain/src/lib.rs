@@ -10,11 +10,13 @@
 //! - [`entities`]: the records the API returns.
 //! - [`channel`]: deployments, the channels that point at versions.
 //! - [`text`]: cutting text to a size on a character boundary.
+//! - [`patterns`]: the validations as JSON Schema patterns, for the API's document.
 
 pub mod channel;
 pub mod entities;
 pub mod ids;
 pub mod language;
+pub mod patterns;
 pub mod phase;
 pub mod source;
 pub mod state;
