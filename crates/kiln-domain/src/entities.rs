@@ -100,8 +100,7 @@ pub struct VersionBuild {
     #[schema(example = "/version_build/0190c0de-0000-7000-8000-000000000000/logs")]
     pub logs_url: Option<String>,
     /// The time each stage of the build took and the startup profile.
-    #[schema(value_type = Object)]
-    pub profile: Option<serde_json::Value>,
+    pub profile: Option<crate::BuildProfile>,
 }
 
 /// A successfully built plugin. Its id is the id of the build that made it.
@@ -133,11 +132,6 @@ pub struct Version {
     /// Hex sha256 of the `.wasm` binary; also its `ETag`.
     pub binary_sha256: String,
     pub binary_size: i64,
-    #[schema(value_type = Object)]
-    pub profile: Option<serde_json::Value>,
+    /// What the build that made the version measured.
+    pub profile: Option<crate::BuildProfile>,
 }
-
-/// Timings a worker reports with a successful build, in milliseconds per
-/// stage, plus any startup measurements. Kept as JSON so new stages need no
-/// migration.
-pub type BuildProfile = serde_json::Value;

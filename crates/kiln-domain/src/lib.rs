@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`ids`]: typed identifiers and worker names.
 //! - [`phase`], [`language`]: what a plugin declares about itself.
+//! - [`profile`]: what a build measured.
 //! - [`source`]: the formats of an uploaded source archive.
 //! - [`state`]: the build state machine.
 //! - [`entities`]: the records the API returns.
@@ -18,16 +19,18 @@ pub mod ids;
 pub mod language;
 pub mod patterns;
 pub mod phase;
+pub mod profile;
 pub mod source;
 pub mod state;
 pub mod text;
 pub mod worker_api;
 
 pub use channel::{Channel, ChannelAction, ChannelChange, ChannelName, ChannelTarget};
-pub use entities::{Application, BuildOptions, BuildProfile, Version, VersionBuild};
+pub use entities::{Application, BuildOptions, Version, VersionBuild};
 pub use ids::{AppId, BuildId, OwnerId, WorkerName};
 pub use language::Language;
 pub use phase::{Phase, Phases};
+pub use profile::{BuildProfile, StartupProfile};
 pub use source::SourceKind;
 pub use state::BuildState;
 

@@ -5,7 +5,7 @@
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use kiln_domain::BuildState;
+use kiln_domain::{BuildProfile, BuildState};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -152,18 +152,15 @@ impl Metrics {
     }
 
     /// A build ended `state` on `worker`, with the stage timings it reported.
-    pub fn finished(&self, worker: &str, state: BuildState, profile: Option<&serde_json::Value>) {
+    pub fn finished(&self, worker: &str, state: BuildState, profile: Option<&BuildProfile>) {
         self.finished
             .get_or_create(&OutcomeLabels {
                 worker: worker.to_owned(),
                 state: state.as_str().into(),
             })
             .inc();
-        let stages = profile
-            .and_then(|p| p.get("stages_ms"))
-            .and_then(|s| s.as_object());
-        for (stage, ms) in stages.into_iter().flatten() {
-            let Some(ms) = ms.as_u64() else { continue };
+        let stages = profile.map(|p| &p.stages_ms);
+        for (stage, &ms) in stages.into_iter().flatten() {
             let stage = STAGES
                 .iter()
                 .find(|s| **s == stage)

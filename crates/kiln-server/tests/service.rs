@@ -63,21 +63,13 @@ fn form(fields: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A `.tar.gz` of a crate with a manifest at its root.
 fn crate_archive() -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for (path, content) in [
+    kiln_testkit::archive::tar_gz(&[
         (
             "Cargo.toml",
-            &b"[package]\nname = \"p\"\nversion = \"0.1.0\"\n"[..],
+            b"[package]\nname = \"p\"\nversion = \"0.1.0\"\n",
         ),
         ("src/lib.rs", b"\n"),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        tar.append_data(&mut header, path, content).unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap()
+    ])
 }
 
 fn upload_form(app: &str, version: &str, source: &[u8]) -> Vec<u8> {

@@ -11,11 +11,13 @@
 //! - [`keys`]: where each blob of a build lives.
 
 pub mod blob;
+pub mod clock;
 pub mod fsck;
 pub mod keys;
 pub mod meta;
 
 pub use blob::{BlobStore, S3Config};
+pub use clock::Clock;
 pub use meta::{
     BuildFilter, ChannelRefusal, ClaimedBuild, ImageDigests, MetaStore, NewBuild, NewVersion,
     Orphaned, Page, QueueCounts, Revoked, VersionPatch, WorkerToken,

@@ -81,13 +81,20 @@ fn new_build(owner: OwnerId, app: AppId, version: &str) -> NewBuild {
     }
 }
 
+fn compile_took_10_ms() -> kiln_domain::BuildProfile {
+    kiln_domain::BuildProfile {
+        stages_ms: [("compile".to_owned(), 10)].into(),
+        ..Default::default()
+    }
+}
+
 fn new_version(build: BuildId) -> NewVersion {
     NewVersion {
         binary_location: format!("b/{build}/plugin.wasm"),
         binary_sha256: "ab".repeat(32),
         binary_size: 1234,
         logs_location: format!("b/{build}/build.log"),
-        profile: Some(serde_json::json!({"compile_ms": 10})),
+        profile: Some(compile_took_10_ms()),
     }
 }
 
@@ -356,7 +363,7 @@ async fn a_claimed_build_succeeds_into_a_version(db: TestDb) {
     let done = store.get_build(owner, build.id).await.unwrap();
     assert_eq!(done.state, BuildState::Succeeded);
     assert!(done.finished.is_some());
-    assert_eq!(done.profile, Some(serde_json::json!({"compile_ms": 10})));
+    assert_eq!(done.profile, Some(compile_took_10_ms()));
     // A second report with the same lease changes nothing.
     assert!(matches!(
         store
@@ -473,12 +480,16 @@ async fn a_database_error_is_not_a_lost_lease(db: TestDb) {
 }
 
 async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
-    let store = &db.store;
+    // The store's clock stands still until the test moves it on.
+    let clock = kiln_store::Clock::manual(chrono::Utc::now());
+    let store = &db.store.clone().with_clock(clock.clone());
     let (owner, app) = owner_with_app(store).await;
     let build = store
         .create_build(&new_build(owner, app, "1.0.0"))
         .await
         .unwrap();
+    // Queued later, so claimed after it.
+    clock.advance(Duration::from_millis(1));
     let live = store
         .create_build(&new_build(owner, app, "2.0.0"))
         .await
@@ -493,7 +504,12 @@ async fn expired_leases_are_requeued_then_crashed(db: TestDb) {
             (claimed.build.id, claimed.build.attempt),
             (build.id, attempt)
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(
+            store.reap_expired(3).await.unwrap(),
+            0,
+            "a lease that ends now has not expired yet"
+        );
+        clock.advance(Duration::from_millis(1));
         assert_eq!(store.reap_expired(3).await.unwrap(), 1);
         // The expired lease can no longer report.
         assert!(matches!(

@@ -4,24 +4,9 @@
 pub use crate::host::host_triple;
 use crate::host::{HostEngine, HostError};
 use crate::trial::{TrialLimits, TrialRequest, run_trial};
-use serde::{Deserialize, Serialize};
+pub use kiln_domain::StartupProfile;
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-/// Medians, in microseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StartupProfile {
-    /// `Module::new` from the `.wasm` (just-in-time compilation).
-    pub jit_compile_us: u64,
-    /// Mapping the precompiled `.cwasm` from its file and linking it, as an
-    /// edge server loads it.
-    pub cwasm_load_us: u64,
-    /// Instantiation with the pooling allocator and copy-on-write images.
-    pub instantiate_us: u64,
-    /// From instantiation to the end of a smoke request.
-    pub first_response_us: u64,
-    pub runs: u32,
-}
 
 fn setup(e: std::io::Error) -> HostError {
     HostError::Setup(format!("writing the .cwasm to measure: {e}"))

@@ -2,10 +2,10 @@
 //! server URL and the worker token, never a database or blob credential.
 
 use bytes::Bytes;
-use kiln_domain::BuildId;
 use kiln_domain::worker_api::{
     Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
 };
+use kiln_domain::{BuildId, BuildProfile};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use std::time::Duration;
@@ -105,7 +105,7 @@ fn refusal(
 pub struct SuccessReport {
     pub binary: Bytes,
     pub logs: String,
-    pub profile: serde_json::Value,
+    pub profile: BuildProfile,
 }
 
 #[derive(Clone)]
@@ -257,7 +257,7 @@ impl Client {
                     fields::LOGS,
                     Part::text(report.logs.clone()).file_name("build.log"),
                 )
-                .text(fields::PROFILE, report.profile.to_string())
+                .text(fields::PROFILE, report.profile.to_json())
         };
         self.report(claim, "build_success", form).await
     }
@@ -267,7 +267,7 @@ impl Client {
         claim: &Claim,
         logs: String,
         error: &str,
-        profile: serde_json::Value,
+        profile: BuildProfile,
     ) -> Result<()> {
         let form = || {
             Form::new()
@@ -276,7 +276,7 @@ impl Client {
                     Part::text(logs.clone()).file_name("build.log"),
                 )
                 .text(fields::ERROR, error.to_owned())
-                .text(fields::PROFILE, profile.to_string())
+                .text(fields::PROFILE, profile.to_json())
         };
         self.report(claim, "build_fail", form).await
     }

@@ -9,10 +9,10 @@ use futures::FutureExt;
 use kiln_build::archive::{self, ArchiveLimits};
 use kiln_build::{Prepared, Toolchain};
 use kiln_domain::worker_api::Claim;
-use kiln_domain::{Language, Phase};
+use kiln_domain::{BuildProfile, Language, Phase};
 use kiln_sandbox::{Limits, RunOutcome, Sandbox, Scratch};
 use kiln_trial::{Outcome, Runner};
-use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,12 +140,11 @@ impl std::fmt::Debug for Pipeline {
 
 /// Records how long each stage took.
 #[derive(Default)]
-struct Stages(Map<String, Value>);
+struct Stages(BTreeMap<String, u64>);
 
 impl Stages {
     fn record(&mut self, name: &str, started: Instant) {
-        self.0
-            .insert(name.to_owned(), json!(millis(started.elapsed())));
+        self.0.insert(name.to_owned(), millis(started.elapsed()));
     }
 }
 
@@ -231,16 +230,17 @@ impl Pipeline {
             _ = lost.cancelled() => Err(Failure::LeaseLost),
             _ = abort.cancelled() => Err(Failure::Ours("the worker shut down during the build".into())),
         };
-        let mut profile =
-            json!({ "stages_ms": Value::Object(stages.0), "sandbox": self.sandbox.name() });
+        let mut profile = BuildProfile {
+            stages_ms: std::mem::take(&mut stages.0),
+            sandbox: Some(self.sandbox.name().to_owned()),
+            startup: None,
+        };
         let build = claim.build.id;
         drop(shipper);
         let reported = match result {
             Ok(built) => {
                 log.kiln(format!("succeeded: {} bytes", built.binary.len()));
-                if let Some(startup) = &built.startup {
-                    profile["startup"] = json!(startup);
-                }
+                profile.startup = built.startup;
                 let report = SuccessReport {
                     binary: built.binary.into(),
                     logs: log.into_text(),

@@ -130,15 +130,7 @@ fn plugin() -> Vec<u8> {
 
 /// A `.tar.gz` holding `plugin.wasm`.
 fn archive(module: &[u8]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(module.len() as u64);
-    header.set_mode(0o644);
-    tar.append_data(&mut header, "plugin.wasm", module).unwrap();
-    tar.into_inner().unwrap().finish().unwrap()
+    kiln_testkit::archive::tar_gz(&[("plugin.wasm", module)])
 }
 
 struct TestServer {

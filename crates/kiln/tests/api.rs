@@ -1785,17 +1785,12 @@ fn largest_archive() -> Vec<u8> {
         x ^= x << 17;
         *byte = x as u8;
     }
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for i in 0..4 {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, format!("data/{i}.bin"), &content[..])
-            .unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap()
+    let names: Vec<String> = (0..4).map(|i| format!("data/{i}.bin")).collect();
+    let files: Vec<(&str, &[u8], u32)> = names
+        .iter()
+        .map(|name| (name.as_str(), &content[..], 0o644))
+        .collect();
+    kiln_testkit::archive::tar_gz_modes(&files, flate2::Compression::fast())
 }
 
 /// Inspecting an upload decompresses the whole archive; the API goes on

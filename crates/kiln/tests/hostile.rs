@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Kiln, repo_root, tar_gz_dir};
+use kiln_testkit::archive::{gzip_bomb, raw_tar_gz as raw_tar};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -561,49 +562,4 @@ async fn hostile_archives_are_refused_at_upload() {
     assert!(!Path::new(&format!("/tmp/kiln-abs-{marker}")).exists());
     assert!(!Path::new(&format!("/tmp/escaped-{marker}")).exists());
     h.assert_contained().await;
-}
-
-/// A tar.gz written header by header, for names the `tar` builder refuses.
-fn raw_tar(entries: &[(&str, u8, &str, &[u8])]) -> Vec<u8> {
-    use std::io::Write;
-    let mut raw = Vec::new();
-    for (name, kind, link, data) in entries {
-        raw.extend(header(name, *kind, link, data.len() as u64));
-        raw.extend_from_slice(data);
-        raw.resize(raw.len().div_ceil(512) * 512, 0);
-    }
-    raw.extend([0u8; 1024]);
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(&raw).unwrap();
-    e.finish().unwrap()
-}
-
-fn header(name: &str, kind: u8, link: &str, size: u64) -> Vec<u8> {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = kind;
-    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| b as u32).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h.to_vec()
-}
-
-/// A tar.gz holding one file of `size` zeros, about a thousand times smaller.
-fn gzip_bomb(size: u64) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(&header("zeros", b'0', "", size)).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    for _ in 0..size >> 20 {
-        e.write_all(&chunk).unwrap();
-    }
-    e.finish().unwrap()
 }

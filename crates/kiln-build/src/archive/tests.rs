@@ -1,70 +1,27 @@
 use super::*;
-use std::io::Write;
+use kiln_testkit::archive::{gzip_bomb, gzip_tar, tar_entry, tar_gz_modes, zip_modes};
 
 fn limits() -> ArchiveLimits {
     ArchiveLimits::default()
 }
 
-/// A raw tar header, for names and types the `tar` builder refuses to write.
-fn raw_entry(name: &str, kind: u8, link: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = [0u8; 512];
-    header[..name.len()].copy_from_slice(name.as_bytes());
-    header[100..108].copy_from_slice(b"0000644\0");
-    header[108..116].copy_from_slice(b"0000000\0");
-    header[116..124].copy_from_slice(b"0000000\0");
-    header[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-    header[136..148].copy_from_slice(b"00000000000\0");
-    header[156] = kind;
-    header[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    header[257..263].copy_from_slice(b"ustar\0");
-    header[263..265].copy_from_slice(b"00");
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| b as u32).sum();
-    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out
-}
-
-fn gz(raw_tar: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(raw_tar).unwrap();
-    e.write_all(&[0u8; 1024]).unwrap();
-    e.finish().unwrap()
-}
-
 fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
-    gz(&entries.concat())
+    gzip_tar(&entries.concat())
 }
 
 fn good_tar() -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
+    tar_gz_modes(
+        &[
+            ("Cargo.toml", &b"[package]\n"[..], 0o644),
+            ("src/lib.rs", b"fn f() {}\n", 0o644),
+            ("run.sh", b"#!/bin/sh\n", 0o4755),
+        ],
         flate2::Compression::default(),
-    ));
-    for (path, data, mode) in [
-        ("Cargo.toml", &b"[package]\n"[..], 0o644),
-        ("src/lib.rs", b"fn f() {}\n", 0o644),
-        ("run.sh", b"#!/bin/sh\n", 0o4755),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_cksum();
-        builder.append_data(&mut h, path, data).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
+    )
 }
 
 fn zip_of(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, data, mode) in files {
-        let options = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
-        w.start_file(*name, options).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    zip_modes(files)
 }
 
 fn unpack_fresh(
@@ -105,9 +62,9 @@ fn a_good_tar_gz_unpacks_identically_without_setuid() {
 fn the_root_entry_of_tar_c_dot_is_accepted() {
     // `tar -czf x.tar.gz -C dir .` starts with a "./" directory entry.
     let bytes = tar_of(&[
-        raw_entry("./", b'5', "", b""),
-        raw_entry("./Cargo.toml", b'0', "", b"[package]\n"),
-        raw_entry("./src/", b'5', "", b""),
+        tar_entry("./", b'5', "", b""),
+        tar_entry("./Cargo.toml", b'0', "", b"[package]\n"),
+        tar_entry("./src/", b'5', "", b""),
     ]);
     let (dir, result) = unpack_fresh(&bytes, &limits());
     assert_eq!(result.unwrap().entries, 3);
@@ -115,7 +72,7 @@ fn the_root_entry_of_tar_c_dot_is_accepted() {
         fs::read(dir.path().join("Cargo.toml")).unwrap(),
         b"[package]\n"
     );
-    let file_as_root = tar_of(&[raw_entry("./", b'0', "", b"x")]);
+    let file_as_root = tar_of(&[tar_entry("./", b'0', "", b"x")]);
     assert!(inspect(&file_as_root, &limits()).is_err());
 }
 
@@ -147,7 +104,7 @@ fn paths_must_stay_inside() {
         ("a/../../b", ".."),
         ("./ok/../../x", ".."),
     ] {
-        let bytes = tar_of(&[raw_entry(name, b'0', "", b"x")]);
+        let bytes = tar_of(&[tar_entry(name, b'0', "", b"x")]);
         let err = inspect(&bytes, &limits()).unwrap_err().to_string();
         assert!(err.contains(expected), "{name}: {err}");
         let (dir, result) = unpack_fresh(&bytes, &limits());
@@ -174,14 +131,14 @@ fn paths_must_stay_inside() {
 #[test]
 fn links_may_not_leave_the_tree_nor_be_written_through() {
     let escape = tar_of(&[
-        raw_entry("link", b'2', "/tmp", b""),
-        raw_entry("link/escaped", b'0', "", b"x"),
+        tar_entry("link", b'2', "/tmp", b""),
+        tar_entry("link/escaped", b'0', "", b"x"),
     ]);
     assert!(matches!(
         inspect(&escape, &limits()),
         Err(ArchiveError::LinkEscapes { .. })
     ));
-    let up = tar_of(&[raw_entry("a/link", b'2', "../../etc", b"")]);
+    let up = tar_of(&[tar_entry("a/link", b'2', "../../etc", b"")]);
     assert!(matches!(
         inspect(&up, &limits()),
         Err(ArchiveError::LinkEscapes { .. })
@@ -189,8 +146,8 @@ fn links_may_not_leave_the_tree_nor_be_written_through() {
 
     // A link inside the tree is fine, but nothing is written through it.
     let inside = tar_of(&[
-        raw_entry("real/", b'5', "", b""),
-        raw_entry("alias", b'2', "real", b""),
+        tar_entry("real/", b'5', "", b""),
+        tar_entry("alias", b'2', "real", b""),
     ]);
     let (dir, result) = unpack_fresh(&inside, &limits());
     result.unwrap();
@@ -201,9 +158,9 @@ fn links_may_not_leave_the_tree_nor_be_written_through() {
             .is_symlink()
     );
     let through = tar_of(&[
-        raw_entry("real/", b'5', "", b""),
-        raw_entry("alias", b'2', "real", b""),
-        raw_entry("alias/x", b'0', "", b"x"),
+        tar_entry("real/", b'5', "", b""),
+        tar_entry("alias", b'2', "real", b""),
+        tar_entry("alias/x", b'0', "", b"x"),
     ]);
     let (dir, result) = unpack_fresh(&through, &limits());
     assert!(
@@ -213,8 +170,8 @@ fn links_may_not_leave_the_tree_nor_be_written_through() {
     assert!(!dir.path().join("real/x").exists());
     // A file over an existing link is a duplicate, never a write through it.
     let over = tar_of(&[
-        raw_entry("f", b'2', "g", b""),
-        raw_entry("f", b'0', "", b"x"),
+        tar_entry("f", b'2', "g", b""),
+        tar_entry("f", b'0', "", b"x"),
     ]);
     let (dir, result) = unpack_fresh(&over, &limits());
     assert!(result.is_err());
@@ -230,8 +187,8 @@ fn hard_links_devices_and_fifos_are_refused() {
         ("fifo", b'6'),
     ] {
         let bytes = tar_of(&[
-            raw_entry("f", b'0', "", b"x"),
-            raw_entry("g", entry, "f", b""),
+            tar_entry("f", b'0', "", b"x"),
+            tar_entry("g", entry, "f", b""),
         ]);
         let err = inspect(&bytes, &limits()).unwrap_err();
         assert!(
@@ -247,35 +204,17 @@ fn hard_links_devices_and_fifos_are_refused() {
 #[test]
 fn duplicates_are_refused() {
     let bytes = tar_of(&[
-        raw_entry("f", b'0', "", b"1"),
-        raw_entry("f", b'0', "", b"2"),
+        tar_entry("f", b'0', "", b"1"),
+        tar_entry("f", b'0', "", b"2"),
     ]);
     let (dir, result) = unpack_fresh(&bytes, &limits());
     assert!(matches!(result, Err(ArchiveError::Duplicate { .. })));
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"1");
 }
 
-/// A gzip stream of `size` zero bytes inside one tar entry, built without
-/// holding it in memory.
-fn zero_bomb(size: u64) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let header = raw_entry("zeros", b'0', "", b"");
-    let mut header = header[..512].to_vec();
-    header[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-    header[148..156].copy_from_slice(b"        ");
-    let sum: u32 = header.iter().map(|&b| b as u32).sum();
-    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    e.write_all(&header).unwrap();
-    let chunk = vec![0u8; 1 << 20];
-    for _ in 0..size >> 20 {
-        e.write_all(&chunk).unwrap();
-    }
-    e.finish().unwrap()
-}
-
 #[test]
 fn a_gzip_bomb_is_refused_early() {
-    let bomb = zero_bomb(300 << 20);
+    let bomb = gzip_bomb(300 << 20);
     assert!(bomb.len() < 1 << 20, "the bomb is small: {}", bomb.len());
     let err = inspect(&bomb, &limits()).unwrap_err();
     assert!(
@@ -323,7 +262,7 @@ fn totals_and_counts_are_limited() {
         ..limits()
     };
     let many: Vec<_> = (0..5)
-        .map(|i| raw_entry(&format!("f{i}"), b'0', "", b"x"))
+        .map(|i| tar_entry(&format!("f{i}"), b'0', "", b"x"))
         .collect();
     assert!(matches!(
         inspect(&tar_of(&many), &small),
@@ -334,8 +273,8 @@ fn totals_and_counts_are_limited() {
         ..limits()
     };
     let big = tar_of(&[
-        raw_entry("a", b'0', "", &[1u8; 8]),
-        raw_entry("b", b'0', "", &[2u8; 8]),
+        tar_entry("a", b'0', "", &[1u8; 8]),
+        tar_entry("b", b'0', "", &[2u8; 8]),
     ]);
     assert!(matches!(
         inspect(&big, &tiny),

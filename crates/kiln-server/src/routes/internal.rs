@@ -20,7 +20,9 @@ use bytes::Bytes;
 use kiln_domain::worker_api::{
     Claim, Heartbeat, LEASE_HEADER, LEASE_LOST_CODE, LogReceived, fields,
 };
-use kiln_domain::{BuildId, BuildState, SourceKind, Version, VersionBuild, WorkerName};
+use kiln_domain::{
+    BuildId, BuildProfile, BuildState, SourceKind, Version, VersionBuild, WorkerName,
+};
 use kiln_store::{ClaimedBuild, StoreError};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -238,45 +240,9 @@ impl Reporting {
     }
 }
 
-/// What a worker may say of a build's timings: it is stored on the build
-/// and the version and shown to the customer, so only this shape, within
-/// these bounds, is taken from a worker.
-#[derive(Debug, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-struct ReportedProfile {
-    #[serde(default)]
-    stages_ms: std::collections::BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sandbox: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    startup: Option<kiln_wasm::StartupProfile>,
-}
-
-/// Stages a profile may name, and the longest name of one (or of the sandbox).
-const MAX_PROFILE_STAGES: usize = 32;
-const MAX_PROFILE_NAME_BYTES: usize = 64;
-
-fn profile_field(form: &Form) -> ApiResult<Option<serde_json::Value>> {
-    let Some(raw) = form.text(fields::PROFILE) else {
-        return Ok(None);
-    };
-    let profile: ReportedProfile = serde_json::from_str(raw).map_err(|e| {
-        ApiError::invalid(format!(
-            "profile must be {{stages_ms, sandbox, startup}} as workers report it: {e}"
-        ))
-    })?;
-    let long = |name: &str| name.len() > MAX_PROFILE_NAME_BYTES;
-    if profile.stages_ms.len() > MAX_PROFILE_STAGES
-        || profile.stages_ms.keys().any(|k| long(k))
-        || profile.sandbox.as_deref().is_some_and(long)
-    {
-        return Err(ApiError::invalid(format!(
-            "profile may name at most {MAX_PROFILE_STAGES} stages, each name at most {MAX_PROFILE_NAME_BYTES} bytes"
-        )));
-    }
-    Ok(Some(
-        serde_json::to_value(profile).expect("a profile serializes"),
-    ))
+fn profile_field(form: &Form) -> ApiResult<Option<BuildProfile>> {
+    let reported = form.text(fields::PROFILE).map(BuildProfile::parse_reported);
+    Ok(reported.transpose()?)
 }
 
 /// Most bytes of a reported error kept on the build record.

@@ -7,7 +7,7 @@
 use super::Stores;
 use crate::artifacts::{Precompiler, cwasm_name};
 use bytes::Bytes;
-use kiln_domain::{BuildId, Version, VersionBuild};
+use kiln_domain::{BuildId, BuildProfile, Version, VersionBuild};
 use kiln_store::{ClaimedBuild, NewVersion, StoreError, keys};
 use kiln_wasm::HostError;
 use kiln_wasm::check::CheckError;
@@ -37,7 +37,7 @@ impl Leased<'_> {
 pub struct Success {
     pub binary: Bytes,
     pub logs: Bytes,
-    pub profile: Option<serde_json::Value>,
+    pub profile: Option<BuildProfile>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ pub async fn failed(
     leased: Leased<'_>,
     logs: Bytes,
     error: &str,
-    profile: Option<&serde_json::Value>,
+    profile: Option<&BuildProfile>,
 ) -> Result<VersionBuild, ReportError> {
     let key = keys::report_logs(&leased.report_prefix());
     store_blobs(stores, leased.build_id(), &[(key.clone(), logs)]).await?;

@@ -1,7 +1,7 @@
 //! Applications: an owner's named plugins, each with its builds and versions.
 
+use super::MetaStore;
 use super::rows::{self, AppRow, to_us};
-use super::{MetaStore, now_us};
 use crate::{Result, StoreError};
 use kiln_domain::{AppId, Application, OwnerId};
 
@@ -17,7 +17,7 @@ impl MetaStore {
             owner_id: owner,
             name: name.to_owned(),
             notes: notes.to_owned(),
-            created: rows::from_us(now_us()),
+            created: rows::from_us(self.now_us()),
         };
         with_pool!(self, pool => {
             sqlx::query("INSERT INTO applications (id, owner_id, name, notes, created_us) VALUES ($1, $2, $3, $4, $5)")

@@ -4,7 +4,7 @@
 use super::rows::BuildRow;
 use super::{
     BUILD_COLS, BuildFilter, MetaStore, NewBuild, Page, QueueCounts, UNFINISHED_BUILDS,
-    conflict_on_unique, duplicate_version, now_us, one_build_sql,
+    conflict_on_unique, duplicate_version, one_build_sql,
 };
 use crate::{Result, StoreError};
 use kiln_domain::{AppId, BuildId, BuildState, OwnerId, VersionBuild};
@@ -62,7 +62,7 @@ impl MetaStore {
                     .bind(new.phases.to_json())
                     .bind(&new.conf)
                     .bind(&new.notes)
-                    .bind(now_us())
+                    .bind(self.now_us())
                     .bind(&new.source_location)
                     .bind(serde_json::to_string(&new.options).expect("options serialize"))
                     .bind(BuildState::Queued.as_str())
@@ -122,7 +122,7 @@ impl MetaStore {
                  WHERE id = $3 AND owner_id = $4 AND state IN ($5, $6)",
             )
             .bind(BuildState::Cancelled.as_str())
-            .bind(now_us())
+            .bind(self.now_us())
             .bind(id.0)
             .bind(owner.0)
             .bind(BuildState::Queued.as_str())

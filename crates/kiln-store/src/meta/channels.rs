@@ -4,7 +4,7 @@
 //! and the change is recorded in `channel_events` beside it.
 
 use super::rows::{self, VersionRow};
-use super::{MetaStore, VERSION_COLS, conflict_on_unique, now_us};
+use super::{MetaStore, VERSION_COLS, conflict_on_unique};
 use crate::{Result, StoreError};
 use kiln_domain::channel::artifact_path;
 use kiln_domain::{
@@ -81,7 +81,7 @@ impl MetaStore {
     ) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query("INSERT INTO edge_tokens (hash, owner_id, application_id, created_us) VALUES ($1, $2, $3, $4)")
-                .bind(token_hash).bind(owner.0).bind(app.map(|a| a.0)).bind(now_us())
+                .bind(token_hash).bind(owner.0).bind(app.map(|a| a.0)).bind(self.now_us())
                 .execute(pool).await.map(|r| r.rows_affected())
         })?;
         Ok(())
@@ -298,7 +298,7 @@ impl MetaStore {
         &self,
         c: &Change<'_>,
     ) -> Result<std::result::Result<Channel, ChannelRefusal>> {
-        let now = now_us();
+        let now = self.now_us();
         // Ok(false): refused for want of the version; Ok(true): done (or nothing to do).
         let changed: std::result::Result<bool, sqlx::Error> = with_pool!(self, pool => {
             async {

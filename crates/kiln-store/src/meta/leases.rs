@@ -4,11 +4,11 @@
 
 use super::rows::{self, BuildRow};
 use super::{
-    BUILD_COLS, ClaimedBuild, MetaStore, NewVersion, Orphaned, Orphans, conflict_on_unique, now_us,
+    BUILD_COLS, ClaimedBuild, MetaStore, NewVersion, Orphaned, Orphans, conflict_on_unique,
 };
 use crate::{Result, StoreError};
 use chrono::{DateTime, Utc};
-use kiln_domain::{BuildId, BuildState, OwnerId, Version, VersionBuild, WorkerName};
+use kiln_domain::{BuildId, BuildProfile, BuildState, OwnerId, Version, VersionBuild, WorkerName};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -23,7 +23,7 @@ impl MetaStore {
         worker: &WorkerName,
         lease: Duration,
     ) -> Result<DateTime<Utc>> {
-        let expires = now_us() + lease.as_micros() as i64;
+        let expires = self.now_us() + lease.as_micros() as i64;
         let changed = with_pool!(self, pool => {
             sqlx::query("UPDATE builds SET lease_expires_us = $1 WHERE id = $2 AND lease_id = $3 AND worker = $4 AND state = $5")
                 .bind(expires)
@@ -75,8 +75,8 @@ impl MetaStore {
         lease_id: Uuid,
         new: &NewVersion,
     ) -> Result<Version> {
-        let now = now_us();
-        let profile = new.profile.as_ref().map(|p| p.to_string());
+        let now = self.now_us();
+        let profile = new.profile.as_ref().map(BuildProfile::to_json);
         let result: std::result::Result<Option<BuildRow>, sqlx::Error> = with_pool!(self, pool => {
             async {
                 let mut tx = pool.begin().await?;
@@ -121,7 +121,7 @@ impl MetaStore {
         lease_id: Uuid,
         logs_location: &str,
         error: &str,
-        profile: Option<&serde_json::Value>,
+        profile: Option<&BuildProfile>,
     ) -> Result<VersionBuild> {
         self.finish(
             id,
@@ -183,16 +183,16 @@ impl MetaStore {
         state: BuildState,
         logs_location: Option<&str>,
         error: &str,
-        profile: Option<&serde_json::Value>,
+        profile: Option<&BuildProfile>,
     ) -> Result<VersionBuild> {
-        let profile = profile.map(|p| p.to_string());
+        let profile = profile.map(BuildProfile::to_json);
         let changed = with_pool!(self, pool => {
             sqlx::query(
                 "UPDATE builds SET state = $1, finished_us = $2, logs_location = COALESCE($3, logs_location), error = $4, \
                  profile = COALESCE($5, profile), lease_id = NULL, lease_expires_us = NULL \
                  WHERE id = $6 AND lease_id = $7 AND state = $8",
             )
-            .bind(state.as_str()).bind(now_us()).bind(logs_location).bind(error).bind(&profile)
+            .bind(state.as_str()).bind(self.now_us()).bind(logs_location).bind(error).bind(&profile)
             .bind(id.0).bind(lease_id).bind(BuildState::Running.as_str())
             .execute(pool).await.map(|r| r.rows_affected())
         })?;
@@ -206,7 +206,7 @@ impl MetaStore {
     /// them `crashed` once they have used `max_attempts`. Returns how many
     /// builds it touched.
     pub async fn reap_expired(&self, max_attempts: i32) -> Result<u64> {
-        let orphans = Orphans::LeaseExpiredBefore(now_us());
+        let orphans = Orphans::LeaseExpiredBefore(self.now_us());
         let Orphaned { requeued, crashed } = self
             .end_orphans(&orphans, max_attempts)
             .await?
@@ -227,7 +227,7 @@ impl MetaStore {
         orphans: &Orphans<'_>,
         max_attempts: i32,
     ) -> Result<Option<Orphaned>> {
-        let now = now_us();
+        let now = self.now_us();
         let (expired_before, worker) = match orphans {
             Orphans::LeaseExpiredBefore(t) => (Some(*t), None),
             Orphans::ClaimedBy(name) => (None, Some(name.as_str())),

@@ -16,7 +16,6 @@ use chrono::{DateTime, Utc};
 use kiln_domain::{
     AppId, BuildId, BuildState, Language, OwnerId, Phases, VersionBuild, WorkerName,
 };
-use rows::to_us;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
@@ -57,6 +56,7 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     backend: Backend,
+    clock: crate::Clock,
 }
 
 /// The longest a request waits for a database connection: when the
@@ -101,7 +101,7 @@ pub struct NewVersion {
     pub binary_sha256: String,
     pub binary_size: i64,
     pub logs_location: String,
-    pub profile: Option<serde_json::Value>,
+    pub profile: Option<kiln_domain::BuildProfile>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -211,15 +211,22 @@ fn conflict_on_unique(e: sqlx::Error, message: impl Into<String>) -> StoreError 
     }
 }
 
-fn now_us() -> i64 {
-    to_us(Utc::now())
-}
-
 fn duplicate_version(version: &semver::Version) -> String {
     format!("version {version} already exists for this application")
 }
 
 impl MetaStore {
+    /// The store reading the time from `clock`, such as a test's
+    /// [`crate::Clock::manual`].
+    pub fn with_clock(mut self, clock: crate::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
     /// Connects by URL: `sqlite://PATH` (created if missing) or
     /// `postgres://…`, and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -238,6 +245,7 @@ impl MetaStore {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             Ok(Self {
                 backend: Backend::Sqlite(pool),
+                clock: crate::Clock::system(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Self::connect_postgres(PgConnectOptions::from_str(url)?).await
@@ -273,6 +281,7 @@ impl MetaStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self {
             backend: Backend::Postgres(pool),
+            clock: crate::Clock::system(),
         })
     }
 

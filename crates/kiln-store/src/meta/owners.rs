@@ -3,9 +3,7 @@
 //! builds as the reaper does ([`MetaStore::revoke_worker`]).
 
 use super::rows::WorkerRow;
-use super::{
-    Backend, MetaStore, Orphaned, Orphans, Revoked, WorkerToken, conflict_on_unique, now_us,
-};
+use super::{Backend, MetaStore, Orphaned, Orphans, Revoked, WorkerToken, conflict_on_unique};
 use crate::{Result, StoreError};
 use kiln_domain::{OwnerId, WorkerName};
 
@@ -14,7 +12,7 @@ impl MetaStore {
         let id: i64 = with_pool!(self, pool => {
             sqlx::query_scalar("INSERT INTO owners (name, created_us) VALUES ($1, $2) RETURNING id")
                 .bind(name)
-                .bind(now_us())
+                .bind(self.now_us())
                 .fetch_one(pool)
                 .await
         })?;
@@ -29,7 +27,7 @@ impl MetaStore {
         }
         with_pool!(self, pool => {
             sqlx::query("INSERT INTO owners (id, name, created_us) VALUES ($1, $2, $3)")
-                .bind(id.0).bind(name).bind(now_us())
+                .bind(id.0).bind(name).bind(self.now_us())
                 .execute(pool).await.map(|r| r.rows_affected())
         })?;
         if let Backend::Postgres(pool) = &self.backend {
@@ -62,7 +60,7 @@ impl MetaStore {
             sqlx::query("INSERT INTO tokens (hash, owner_id, created_us) VALUES ($1, $2, $3)")
                 .bind(token_hash)
                 .bind(owner.0)
-                .bind(now_us())
+                .bind(self.now_us())
                 .execute(pool)
                 .await.map(|r| r.rows_affected())
         })?;
@@ -102,7 +100,7 @@ impl MetaStore {
             sqlx::query("INSERT INTO workers (name, token_hash, created_us) VALUES ($1, $2, $3)")
                 .bind(name.as_str())
                 .bind(token_hash)
-                .bind(now_us())
+                .bind(self.now_us())
                 .execute(pool)
                 .await.map(|r| r.rows_affected())
         })

@@ -5,7 +5,7 @@
 //! statements.
 
 use super::rows::{self, BuildRow};
-use super::{BUILD_COLS, Backend, BuildFilter, ClaimedBuild, MetaStore, now_us};
+use super::{BUILD_COLS, Backend, BuildFilter, ClaimedBuild, MetaStore};
 use crate::Result;
 use kiln_domain::{BuildState, OwnerId, WorkerName};
 use std::time::Duration;
@@ -66,7 +66,7 @@ impl MetaStore {
         worker: &WorkerName,
     ) -> Result<Option<ClaimedBuild>> {
         let lease_id = Uuid::new_v4();
-        let now = now_us();
+        let now = self.now_us();
         let expires = now + lease.as_micros() as i64;
         let sql = self.claim_sql(pick);
         let row: Option<BuildRow> = with_pool!(self, pool => {
@@ -166,7 +166,7 @@ impl MetaStore {
                     _ => $query
                         .bind(owner.0)
                         .bind(queued)
-                        .bind(now_us())
+                        .bind(self.now_us())
                         .bind(sample)
                         .bind(100i64)
                         .bind(0i64),

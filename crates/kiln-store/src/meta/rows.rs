@@ -21,7 +21,7 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn parse_profile(raw: Option<String>) -> Result<Option<serde_json::Value>> {
+fn parse_profile(raw: Option<String>) -> Result<Option<kiln_domain::BuildProfile>> {
     raw.map(|p| serde_json::from_str(&p).map_err(|e| corrupt("profile", e)))
         .transpose()
 }

@@ -442,55 +442,9 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// A `.tar.gz` of the files given as (path, contents).
-pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut builder = tar::Builder::new(encoder);
-    for (path, contents) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(contents.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, *contents).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
-/// A `.zip` of the files given as (path, contents).
-pub fn zip(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (path, contents) in files {
-        writer
-            .start_file(*path, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        writer.write_all(contents).unwrap();
-    }
-    writer.finish().unwrap().into_inner()
-}
-
-/// A tar.gz of a directory on disk (an example filter), skipping `target/`.
-pub fn tar_gz_dir(dir: &Path) -> Vec<u8> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut builder = tar::Builder::new(encoder);
-    add_dir(&mut builder, dir, Path::new(""));
-    builder.into_inner().unwrap().finish().unwrap()
-}
-
-fn add_dir<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, prefix: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let name = entry.file_name();
-        if name == "target" {
-            continue;
-        }
-        let path = entry.path();
-        let rel = prefix.join(&name);
-        if path.is_dir() {
-            add_dir(builder, &path, &rel);
-        } else {
-            builder.append_path_with_name(&path, &rel).unwrap();
-        }
-    }
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use kiln_testkit::archive::{tar_gz, tar_gz_dir, zip};
 
 /// A minimal crate, enough for the server's archive checks.
 pub fn small_crate() -> Vec<u8> {

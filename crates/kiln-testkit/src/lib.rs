@@ -1,0 +1,5 @@
+//! Helpers for kiln's tests only (a dev-dependency, never linked into
+//! kiln): source archives built in memory, as customers upload them and
+//! as an attacker would.
+
+pub mod archive;
