@@ -140,7 +140,8 @@ pub struct RevokeArgs {
     pub worker: Option<String>,
     /// Starts of a build before a crash is final, as the server's --max-attempts: a
     /// revoked worker's running build that has used them ends crashed instead of queued.
-    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "KILN_MAX_ATTEMPTS", default_value_t = 3,
+        value_parser = clap::value_parser!(i32).range(1..))]
     pub max_attempts: i32,
 }
 
@@ -208,8 +209,8 @@ pub struct WorkerArgs {
     /// This worker's token (`kiln token create --worker NAME`), or the server's shared one.
     #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
     pub worker_token: String,
-    /// Builders on this host. Default: one per two cores.
-    #[arg(long, env = "KILN_WORKERS")]
+    /// Builders on this host (at least 1). Default: one per two cores.
+    #[arg(long, env = "KILN_WORKERS", value_parser = at_least_one)]
     pub workers: Option<usize>,
     /// Largest source archive fetched, in MiB (as the server's limit).
     #[arg(long, env = "KILN_MAX_UPLOAD_MIB", default_value_t = 20)]
@@ -313,10 +314,10 @@ pub struct EdgeAgentArgs {
     #[arg(long, default_value = "kiln")]
     pub filter_name: String,
     /// Seconds each long poll of the channel waits for a change (1 to 60).
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub wait_seconds: u64,
-    /// Seconds before a failed download or an unreachable server is tried again.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds before a failed download or an unreachable server is tried again (at least 1).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_seconds: u64,
 }
 
@@ -337,4 +338,13 @@ pub struct EnvoyConfigArgs {
     /// The name of the wasm HTTP filter (as given to the agent).
     #[arg(long, default_value = "kiln")]
     pub filter_name: String,
+}
+
+/// A count that must be at least 1, such as a worker's builders.
+fn at_least_one(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -99,7 +99,7 @@ fn shared_token_is_configuration(data_dir: &Path) -> anyhow::Error {
 }
 
 pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
-    let max_attempts = args.max_attempts.max(1);
+    let max_attempts = args.max_attempts;
     let data_dir = args.store.data_dir.clone();
     let revoked = match (&args.worker, &args.token) {
         (Some(name), _) => {

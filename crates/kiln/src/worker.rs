@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let count = args.workers.unwrap_or_else(builders::default_count).max(1);
+    let count = args.workers.unwrap_or_else(builders::default_count);
     let pipeline = builders::pipeline(&args.build, args.max_upload_mib)?;
     let stop = CancellationToken::new();
     let signal = stop.clone();

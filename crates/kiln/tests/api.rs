@@ -2100,23 +2100,50 @@ async fn without_a_sandbox_trials_are_refused() {
 /// that names its flag.
 #[test]
 fn settings_that_cannot_work_are_refused_at_start() {
-    for (flag, value) in [
-        ("--build-idle-timeout", "0"),
-        ("--lease-seconds", "2"),
-        ("--max-attempts", "0"),
-        ("--max-unfinished-builds", "0"),
-        ("--reap-interval-seconds", "0"),
-        ("--build-timeout", "0"),
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--workers", "0"];
+    let worker = [
+        "worker",
+        "--server",
+        "http://127.0.0.1:9",
+        "--worker-token",
+        "t",
+    ];
+    let revoke = ["token", "revoke", "--worker", "w"];
+    let edge = [
+        "edge",
+        "--server",
+        "http://127.0.0.1:9",
+        "--app",
+        "a",
+        "--edge-token",
+        "t",
+        "--dir",
+        "/nonexistent/kiln-edge",
+    ];
+    for (command, flag, value) in [
+        (&serve[..], "--build-idle-timeout", "0"),
+        (&serve, "--lease-seconds", "2"),
+        (&serve, "--max-attempts", "0"),
+        (&serve, "--max-unfinished-builds", "0"),
+        (&serve, "--reap-interval-seconds", "0"),
+        (&serve, "--build-timeout", "0"),
+        (&worker, "--workers", "0"),
+        (&revoke, "--max-attempts", "0"),
+        (&edge, "--wait-seconds", "0"),
+        (&edge, "--wait-seconds", "61"),
+        (&edge, "--retry-seconds", "0"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
-            .arg("--data-dir")
-            .arg(dir.path())
+            .args(command)
+            .env("KILN_DATA_DIR", dir.path())
             .args([flag, value])
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{flag} {value} was taken");
+        assert!(
+            !out.status.success(),
+            "{command:?} {flag} {value} was taken"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(flag), "{stderr}");
     }

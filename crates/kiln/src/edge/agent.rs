@@ -54,8 +54,9 @@ impl AgentConfig {
             channel,
             dir,
             filter_name: args.filter_name,
-            wait: Duration::from_secs(args.wait_seconds.clamp(1, MAX_WAIT.as_secs())),
-            retry: Duration::from_secs(args.retry_seconds.max(1)),
+            // Both in range: clap refused anything else at start.
+            wait: Duration::from_secs(args.wait_seconds),
+            retry: Duration::from_secs(args.retry_seconds),
         })
     }
 }
