@@ -1,5 +1,7 @@
-// `sqlx::migrate!` embeds the migrations at compile time; without this a
-// new migration file would not rebuild the crate.
+//! Reruns the build when `migrations/` changes: `sqlx::migrate!` embeds the
+//! migrations at compile time, so without this a new migration file would
+//! not rebuild the crate.
+
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
 }

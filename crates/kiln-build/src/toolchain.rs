@@ -25,7 +25,9 @@ pub enum ToolchainError {
     /// kiln's own failure (disk, a missing toolchain).
     #[error("{context}: {source}")]
     Io {
+        /// What kiln was doing.
         context: String,
+        /// The underlying error.
         source: std::io::Error,
     },
 }
@@ -59,8 +61,11 @@ pub struct Prepared {
     pub log: String,
 }
 
+/// One language's build recipe. It describes the build; the caller runs
+/// [`build_command`](Toolchain::build_command) in the sandbox.
 #[async_trait::async_trait]
 pub trait Toolchain: Send + Sync + std::fmt::Debug {
+    /// The language whose sources this toolchain builds.
     fn language(&self) -> Language;
 
     /// Outside the sandbox, running no customer code: finds the project in

@@ -17,6 +17,8 @@ impl ChannelName {
     /// Longest channel name, in characters.
     pub const MAX_CHARS: usize = 64;
 
+    /// Takes `raw` as a channel name if it keeps the rules above; it is not
+    /// trimmed.
     pub fn parse(raw: &str) -> Result<Self, crate::ValidationError> {
         let valid = !raw.is_empty()
             && raw.len() <= Self::MAX_CHARS
@@ -35,6 +37,7 @@ impl ChannelName {
         }
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -57,6 +60,7 @@ pub enum ChannelAction {
 }
 
 impl ChannelAction {
+    /// Its name on the wire and in the store (`promote`, `rollback`).
     pub fn as_str(self) -> &'static str {
         match self {
             ChannelAction::Promote => "promote",
@@ -64,6 +68,7 @@ impl ChannelAction {
         }
     }
 
+    /// Parses the name [`ChannelAction::as_str`] gives.
     pub fn parse(raw: &str) -> Result<Self, crate::ValidationError> {
         match raw {
             "promote" => Ok(ChannelAction::Promote),
@@ -80,13 +85,16 @@ impl ChannelAction {
 pub struct ChannelTarget {
     /// The version's id (the id of the build that made it).
     pub id: BuildId,
+    /// The version's semantic version.
     #[schema(value_type = String, example = "1.0.0")]
     pub version: semver::Version,
     /// Hex sha256 of the `.wasm`; the artifact's address.
     pub binary_sha256: String,
+    /// Size of the `.wasm`, in bytes.
     pub binary_size: i64,
     /// The plugin configuration, handed to the plugin at start.
     pub conf: String,
+    /// The HTTP phases the plugin handles.
     pub phases: Phases,
     /// Where the module is served by content address, relative to the server.
     #[schema(
@@ -100,8 +108,11 @@ pub struct ChannelTarget {
 pub struct ChannelChange {
     /// The channel's revision after this change (1 for the first).
     pub revision: i64,
+    /// The version the channel pointed at after this change.
     pub version_id: BuildId,
+    /// Whether the change was a promotion or a rollback.
     pub action: ChannelAction,
+    /// When the change was made.
     pub at: DateTime<Utc>,
     /// The owner and the fingerprint of the token that made the change,
     /// e.g. `owner 1, token 3f2a9c01b7e4` (the first 12 hex digits of the
@@ -112,12 +123,17 @@ pub struct ChannelChange {
 /// A channel: the version it points at now, and how it got there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Channel {
+    /// The application the channel belongs to.
     pub application_id: AppId,
+    /// The channel's name: 1 to 64 ASCII letters, digits, `.`, `_` or `-`,
+    /// starting with a letter or digit.
     #[schema(value_type = String, example = "production")]
     pub name: String,
     /// Grows by one at each change; `?after=` of a long poll takes it.
     pub revision: i64,
+    /// When the channel last changed.
     pub updated: DateTime<Utc>,
+    /// The version the channel points at now.
     pub version: ChannelTarget,
     /// The latest changes, newest first (at most
     /// [`Channel::HISTORY_LIMIT`]).

@@ -57,29 +57,44 @@ impl BuildOptions {
 /// A customer's edge plugin; versions are built under it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Application {
+    /// The application's id, as API paths take it.
     pub id: AppId,
+    /// The owner (tenant) the application belongs to.
     pub owner_id: OwnerId,
+    /// A display name: 1 to 100 characters, trimmed, without control
+    /// characters.
     pub name: String,
+    /// Free text for the owner, at most 10 000 bytes.
     pub notes: String,
+    /// When the application was created.
     pub created: DateTime<Utc>,
 }
 
 /// One attempt at turning an uploaded source archive into a version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionBuild {
+    /// The build's id; also the id of the version it makes if it succeeds.
     pub id: BuildId,
+    /// The application the build belongs to.
     pub application_id: AppId,
+    /// The owner of the application.
     pub owner_id: OwnerId,
     /// The semantic version the build will publish.
     #[schema(value_type = String, example = "1.0.0")]
     pub version: semver::Version,
+    /// The source language, which picks the toolchain.
     pub language: Language,
+    /// The HTTP phases the plugin declares it handles.
     pub phases: Phases,
     /// The plugin configuration passed to `proxy_on_configure`.
     pub conf: String,
+    /// Free text for the owner, at most 10 000 bytes.
     pub notes: String,
+    /// Which post-build steps run.
     pub options: BuildOptions,
+    /// When the build was queued (its upload).
     pub created: DateTime<Utc>,
+    /// Where the build is in its life.
     pub state: BuildState,
     /// How many times a worker has started this build (1 for the first run).
     pub attempt: i32,
@@ -88,7 +103,10 @@ pub struct VersionBuild {
     /// It stays once the build ends, so the record says who built it.
     #[schema(example = "build-host-1")]
     pub worker: Option<String>,
+    /// When a worker last claimed the build; null until the first claim.
     pub started: Option<DateTime<Utc>>,
+    /// When the build reached its terminal state; null while it is queued
+    /// or running.
     pub finished: Option<DateTime<Utc>>,
     /// Why the build failed, crashed or was cancelled, in one sentence.
     pub error: Option<String>,
@@ -106,31 +124,46 @@ pub struct VersionBuild {
 /// A successfully built plugin. Its id is the id of the build that made it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Version {
+    /// The version's id: the id of the build that made it.
     pub id: BuildId,
+    /// The application the version belongs to.
     pub application_id: AppId,
+    /// The owner of the application.
     pub owner_id: OwnerId,
+    /// The semantic version, unique within the application.
     #[schema(value_type = String, example = "1.0.0")]
     pub version: semver::Version,
+    /// The source language.
     pub language: Language,
+    /// The HTTP phases the plugin handles.
     pub phases: Phases,
+    /// The plugin configuration passed to `proxy_on_configure`.
     pub conf: String,
+    /// Free text for the owner, at most 10 000 bytes.
     pub notes: String,
+    /// The post-build steps the build was asked to run.
     pub options: BuildOptions,
+    /// When the build succeeded and made the version.
     pub created: DateTime<Utc>,
-    /// Blob-store keys: kiln's own, never shown (the `*_url` fields are).
+    /// Blob-store key of the source archive: kiln's own, never shown
+    /// (`source_url` is).
     #[serde(skip)]
     pub source_location: String,
+    /// Blob-store key of the `.wasm`: never shown (`binary_url` is).
     #[serde(skip)]
     pub binary_location: String,
+    /// Blob-store key of the build log: never shown (`logs_url` is).
     #[serde(skip)]
     pub logs_location: String,
-    /// API paths of the version's `.wasm`, its source archive and its
-    /// build log.
+    /// API path of the `.wasm` binary.
     pub binary_url: String,
+    /// API path of the uploaded source archive.
     pub source_url: String,
+    /// API path of the build log.
     pub logs_url: String,
     /// Hex sha256 of the `.wasm` binary; also its `ETag`.
     pub binary_sha256: String,
+    /// Size of the `.wasm`, in bytes.
     pub binary_size: i64,
     /// What the build that made the version measured.
     pub profile: Option<crate::BuildProfile>,

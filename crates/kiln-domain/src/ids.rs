@@ -14,10 +14,12 @@ macro_rules! uuid_id {
         pub struct $name(pub Uuid);
 
         impl $name {
+            /// A new random (version 4) id.
             pub fn new() -> Self {
                 Self(Uuid::new_v4())
             }
 
+            /// Parses an id from its UUID text, surrounding spaces trimmed.
             pub fn parse(raw: &str) -> Result<Self, crate::ValidationError> {
                 Uuid::parse_str(raw.trim()).map(Self).map_err(|_| {
                     crate::ValidationError::new(format!("{raw:?} is not a valid id (a UUID)"))
@@ -85,6 +87,8 @@ impl WorkerName {
     /// store may take it.
     pub const SHARED: &'static str = "default";
 
+    /// Takes `raw` as a worker name if it keeps the rules above; it is not
+    /// trimmed.
     pub fn parse(raw: &str) -> Result<Self, crate::ValidationError> {
         let valid = !raw.is_empty()
             && raw.len() <= Self::MAX_CHARS
@@ -108,10 +112,12 @@ impl WorkerName {
         Self(Self::SHARED.to_owned())
     }
 
+    /// Whether this is the shared token's worker ([`WorkerName::SHARED`]).
     pub fn is_shared(&self) -> bool {
         self.0 == Self::SHARED
     }
 
+    /// The name, as builds record it.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -8,18 +8,24 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Language {
+    /// Rust: a `cdylib` crate, built with
+    /// `cargo build --release --target wasm32-wasip1`.
     Rust,
 }
 
 impl Language {
+    /// Every language kiln builds.
     pub const ALL: [Language; 1] = [Language::Rust];
 
+    /// Its name on the wire and in the store (`rust`).
     pub fn as_str(self) -> &'static str {
         match self {
             Language::Rust => "rust",
         }
     }
 
+    /// Parses the name [`Language::as_str`] gives, surrounding spaces
+    /// trimmed.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         Language::ALL
             .into_iter()

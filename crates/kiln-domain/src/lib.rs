@@ -41,6 +41,7 @@ pub use state::BuildState;
 pub struct ValidationError(pub String);
 
 impl ValidationError {
+    /// A refusal that shows `message` to the client.
     pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }

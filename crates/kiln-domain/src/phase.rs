@@ -21,14 +21,20 @@ use std::fmt;
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// The request's headers (`proxy_on_request_headers`).
     RequestHeaders,
+    /// The request's body (`proxy_on_request_body`).
     RequestBody,
+    /// The response's headers (`proxy_on_response_headers`).
     ResponseHeaders,
+    /// The response's body (`proxy_on_response_body`).
     ResponseBody,
+    /// The end of the stream, once the response is done (`proxy_on_log`).
     Log,
 }
 
 impl Phase {
+    /// Every phase, in the order a stream passes through them.
     pub const ALL: [Phase; 5] = [
         Phase::RequestHeaders,
         Phase::RequestBody,
@@ -37,6 +43,7 @@ impl Phase {
         Phase::Log,
     ];
 
+    /// Its name on the wire and in the store (`request_headers`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::RequestHeaders => "request_headers",
@@ -58,6 +65,7 @@ impl Phase {
         }
     }
 
+    /// Parses the name [`Phase::as_str`] gives.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         Phase::ALL
             .into_iter()
@@ -82,6 +90,7 @@ impl fmt::Display for Phase {
 pub struct Phases(Vec<Phase>);
 
 impl Phases {
+    /// The set of `phases`, sorted, duplicates dropped; refused when empty.
     pub fn new(mut phases: Vec<Phase>) -> Result<Self, ValidationError> {
         if phases.is_empty() {
             return Err(ValidationError::new("phases must name at least one phase"));
@@ -101,6 +110,7 @@ impl Phases {
         Self::from_names(&names)
     }
 
+    /// The set of the phases named as [`Phase::as_str`] names them.
     pub fn from_names(names: &[String]) -> Result<Self, ValidationError> {
         let phases = names
             .iter()
@@ -109,6 +119,7 @@ impl Phases {
         Self::new(phases)
     }
 
+    /// The phases, in stream order.
     pub fn as_slice(&self) -> &[Phase] {
         &self.0
     }

@@ -7,8 +7,9 @@ use crate::ValidationError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Stages a profile may name, and the longest name of one (or of the sandbox).
+/// Most stages a profile may name.
 pub const MAX_PROFILE_STAGES: usize = 32;
+/// Longest name of a stage or of the sandbox, in bytes.
 pub const MAX_PROFILE_NAME_BYTES: usize = 64;
 
 /// The timings of one build.

@@ -8,8 +8,10 @@ use std::fmt;
 /// `source.zip`), and a worker's claim names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum SourceKind {
+    /// A gzip-compressed tar archive (`tar.gz`).
     #[serde(rename = "tar.gz")]
     TarGz,
+    /// A zip archive (`zip`).
     #[serde(rename = "zip")]
     Zip,
 }

@@ -11,18 +11,29 @@ use crate::ValidationError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Where a build is in its life: `queued` or `running` while it is live,
+/// then one terminal state it never leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildState {
+    /// Waiting for a worker: new, or queued again after kiln's own failure
+    /// while attempts remain.
     Queued,
+    /// A worker claimed it and holds its lease.
     Running,
+    /// Built: the version exists, under the build's id.
     Succeeded,
+    /// The source did not build; `error` and the build log say why.
     Failed,
+    /// kiln's own failure on the last allowed attempt: the worker crashed,
+    /// stopped reporting, or lost its token.
     Crashed,
+    /// Cancelled by its owner before it ended.
     Cancelled,
 }
 
 impl BuildState {
+    /// Every state.
     pub const ALL: [BuildState; 6] = [
         BuildState::Queued,
         BuildState::Running,
@@ -32,6 +43,7 @@ impl BuildState {
         BuildState::Cancelled,
     ];
 
+    /// Its name on the wire and in the store (`queued`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             BuildState::Queued => "queued",
@@ -43,6 +55,7 @@ impl BuildState {
         }
     }
 
+    /// Parses the name [`BuildState::as_str`] gives; case matters.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         BuildState::ALL
             .into_iter()

@@ -17,6 +17,8 @@ pub const LEASE_LOST_CODE: &str = "lease_lost";
 /// A build handed to a worker by `POST /internal/builds/claim`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Claim {
+    /// The build to run, as the claim left it: `running`, its attempt
+    /// counted.
     pub build: VersionBuild,
     /// Sent back in [`LEASE_HEADER`] with every heartbeat and report.
     #[schema(value_type = String, format = Uuid)]
@@ -36,7 +38,9 @@ pub struct Claim {
 /// The answer to a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Heartbeat {
+    /// The build whose lease was extended.
     pub build_id: BuildId,
+    /// When the lease now ends unless another heartbeat extends it.
     pub lease_expires: DateTime<Utc>,
 }
 

@@ -30,6 +30,8 @@ const USR_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx
 /// Size of the sandbox's own /tmp (builds use their scratch dir).
 const TMP_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where [`Bubblewrap`] finds bwrap, which user builds run as, and where
+/// their scratch directories go.
 #[derive(Debug, Clone)]
 pub struct BubblewrapConfig {
     /// The bubblewrap binary.
@@ -50,6 +52,9 @@ impl Default for BubblewrapConfig {
     }
 }
 
+/// The default [`Sandbox`]: each run under bwrap as the unprivileged
+/// sandbox user, in its own cgroup, with no network and a seccomp filter.
+/// Needs root on the host to set that up.
 #[derive(Debug)]
 pub struct Bubblewrap {
     config: BubblewrapConfig,

@@ -60,8 +60,10 @@ impl Default for Limits {
     }
 }
 
+/// Whether code in the sandbox may write to a [`Mount`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MountKind {
+    /// Visible but not writable: toolchains and dependency caches.
     ReadOnly,
     /// ## Security
     /// Code in the sandbox can change anything under a writable mount.
@@ -72,8 +74,11 @@ pub enum MountKind {
 /// A host path made visible inside the sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mount {
+    /// Path on the host.
     pub host: PathBuf,
+    /// Path where it appears inside the sandbox.
     pub guest: PathBuf,
+    /// Whether the sandbox may write to it.
     pub kind: MountKind,
 }
 
@@ -83,7 +88,9 @@ pub struct Mount {
 pub struct SandboxCommand {
     /// Program path as seen inside the sandbox.
     pub program: PathBuf,
+    /// Arguments after the program, passed as they are (no shell).
     pub args: Vec<String>,
+    /// The whole environment of the command, as name and value.
     pub env: Vec<(String, String)>,
     /// Working directory inside the sandbox.
     pub cwd: PathBuf,
@@ -138,7 +145,9 @@ pub const GUEST_SCRATCH: &str = "/build";
 /// What the sandboxed command did. None of these is an error of kiln's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
+    /// Ended by itself with this exit code.
     Exited(i32),
+    /// Ended by this signal, not by one of kiln's limits.
     Signaled(i32),
     /// Killed at the wall-clock limit.
     TimedOut,
@@ -159,13 +168,22 @@ impl RunOutcome {
     }
 }
 
+/// What one sandboxed run did and printed.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// How the command ended.
     pub outcome: RunOutcome,
     /// stdout and stderr together, capped at `Limits::max_log_bytes`.
     pub log: String,
+    /// Whether output past the cap was dropped (`log` then ends with a
+    /// truncation marker).
     pub log_truncated: bool,
+    /// Wall-clock time from the start of the run until every process of
+    /// it was gone.
     pub duration: Duration,
+    /// Highest memory use of the whole process tree, in bytes, from its
+    /// cgroup. `None` without a cgroup (unsandboxed runs) or when the
+    /// kernel does not report it.
     pub peak_memory_bytes: Option<u64>,
 }
 
@@ -173,24 +191,45 @@ pub struct RunReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
+    /// The host cannot sandbox builds (bubblewrap, the sandbox user, root
+    /// or a cgroup controller is missing); the message says what to install.
     #[error("{0}")]
     Unavailable(String),
+    /// Creating or writing a cgroup file failed.
     #[error("cgroup {path}: {source}")]
     Cgroup {
+        /// The cgroup directory or file.
         path: PathBuf,
+        /// The error from the kernel.
         source: std::io::Error,
     },
+    /// Building or loading the seccomp filter failed.
     #[error("seccomp filter: {0}")]
     Seccomp(String),
+    /// Any other I/O on the host failed.
     #[error("{context}: {source}")]
     Io {
+        /// What kiln was doing.
         context: String,
+        /// The underlying error.
         source: std::io::Error,
     },
+    /// A file the build wrote is over the size kiln reads back.
     #[error("the output {path} is larger than {limit} bytes")]
-    OutputTooLarge { path: PathBuf, limit: u64 },
+    OutputTooLarge {
+        /// The output, relative to the scratch directory.
+        path: PathBuf,
+        /// The largest size read, in bytes.
+        limit: u64,
+    },
+    /// The output is missing, not a regular file, or its path goes through
+    /// a symlink or `..`: refused, so a build cannot make kiln read a host
+    /// file in its place.
     #[error("the output {path} is not a regular file inside the build directory")]
-    OutputNotAFile { path: PathBuf },
+    OutputNotAFile {
+        /// The output, relative to the scratch directory.
+        path: PathBuf,
+    },
 }
 
 impl SandboxError {

@@ -7,6 +7,10 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// One build's scratch directory on the host, seen as [`GUEST_SCRATCH`]
+/// inside the sandbox. Removed when dropped, if not removed before.
+///
+/// [`GUEST_SCRATCH`]: crate::GUEST_SCRATCH
 #[derive(Debug)]
 pub struct Scratch {
     path: PathBuf,
@@ -17,6 +21,9 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// The directory on the host. After a run, any part of the tree under
+    /// it may be a symlink planted by the build: read what the build wrote
+    /// with [`read_output_file`](crate::read_output_file), not by joining paths.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -30,7 +30,9 @@ fn alive(pid: u32) -> bool {
 /// What [`sweep`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Run cgroups removed, each after killing what ran in it.
     pub cgroups: usize,
+    /// Scratch directories unmounted and deleted.
     pub scratch_dirs: usize,
 }
 

@@ -9,12 +9,18 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+/// A [`Sandbox`] that isolates nothing: runs the command on the host with
+/// the worker's rights.
+///
+/// ## Security
+/// Never for untrusted code: only for trusted local use.
 #[derive(Debug)]
 pub struct Unsandboxed {
     root: PathBuf,
 }
 
 impl Unsandboxed {
+    /// Scratch directories go under `root`, as plain directories.
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }

@@ -53,6 +53,7 @@ impl Precompiler {
         PublicKey::of(&self.key)
     }
 
+    /// The target triples artifacts are made for, this host's first.
     pub fn targets(&self) -> Vec<&str> {
         self.engines.iter().map(HostEngine::target).collect()
     }

@@ -17,6 +17,7 @@ const OWNER_TOKEN_PREFIX: &str = "kiln_";
 const WORKER_TOKEN_PREFIX: &str = "kilnw_";
 const EDGE_TOKEN_PREFIX: &str = "kilne_";
 
+/// The hex sha256 of `token`: what is stored of a token and looked up.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -27,10 +28,12 @@ fn random_token(prefix: &str) -> String {
     format!("{prefix}{}", hex::encode(bytes))
 }
 
+/// A new random owner token: `kiln_` and 64 hex digits.
 pub fn new_owner_token() -> String {
     random_token(OWNER_TOKEN_PREFIX)
 }
 
+/// A new random worker token: `kilnw_` and 64 hex digits.
 pub fn new_worker_token() -> String {
     random_token(WORKER_TOKEN_PREFIX)
 }
@@ -78,6 +81,7 @@ impl FromRequestParts<AppState> for Owner {
 /// for the records that say who made a change.
 #[derive(Debug, Clone)]
 pub struct OwnerToken {
+    /// The owner the token belongs to.
     pub owner: OwnerId,
     /// See [`token_fingerprint`].
     pub fingerprint: String,
@@ -124,6 +128,7 @@ impl FromRequestParts<AppState> for OwnerToken {
 /// artifact downloads take it.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeReader {
+    /// The owner whose channels and artifacts may be read.
     pub owner: OwnerId,
     /// The one application an edge token may read; `None` for all of the owner's.
     pub app: Option<AppId>,

@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_UNFINISHED_BUILDS: i64 = 20;
 /// Longest a claim request waits for a build to be queued.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(30);
 
+/// What an operator can set; [`ServerConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// sha256 of the server's shared worker token (see `auth::hash_token`),
@@ -27,16 +28,26 @@ pub struct ServerConfig {
     /// Limits on uploaded archives; `max_upload_bytes` is also the cap on
     /// the `source_code` field of `POST /version`.
     pub archive_limits: ArchiveLimits,
+    /// How long a claim stays valid without a heartbeat; each heartbeat
+    /// extends it by this much.
     pub lease: Duration,
+    /// How many times a build is started before a crash or an expired lease
+    /// is final.
     pub max_attempts: i32,
+    /// How often expired leases are looked for.
     pub reap_interval: Duration,
+    /// Largest `.wasm` a worker may report, in bytes.
     pub max_binary_bytes: u64,
+    /// Largest build log a worker may report, in bytes; also the cap on one
+    /// build's live log buffer and on one live log chunk.
     pub max_report_log_bytes: u64,
     /// Uploads beyond this many unfinished builds of one owner are refused.
     pub max_unfinished_builds: i64,
 }
 
 impl ServerConfig {
+    /// The defaults, with `worker_token_hash` the sha256 of the shared worker
+    /// token.
     pub fn new(worker_token_hash: String) -> Self {
         Self {
             worker_token_hash,

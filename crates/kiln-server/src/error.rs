@@ -8,10 +8,16 @@ use axum::response::{IntoResponse, Response};
 use kiln_store::StoreError;
 use serde::Serialize;
 
+/// An error answer: its status, its JSON body and, for a 503,
+/// `Retry-After`.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status answered.
     pub status: StatusCode,
+    /// The body's `error`: a stable machine-readable code.
     pub code: &'static str,
+    /// The body's `message`: a sentence for humans, never an internal
+    /// error's cause.
     pub message: String,
     /// Seconds after which to try again (`Retry-After`), for a 503.
     pub retry_after: Option<u64>,
@@ -31,6 +37,7 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
+    /// An answer of `status` with `code` and `message`, without `Retry-After`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -52,10 +59,12 @@ impl ApiError {
         }
     }
 
+    /// 401 `unauthorized`: a token is missing, malformed, unknown or revoked.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 404 `not_found`: no `what` with `id` that the caller may see.
     pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -64,18 +73,23 @@ impl ApiError {
         )
     }
 
+    /// 400 with `code`: a request that cannot be read (a missing field, a
+    /// malformed body, query or header).
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 422 `invalid_input`: a value that was read but is not valid.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", message)
     }
 
+    /// 409 with `code`: the request clashes with the current state.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
+    /// 413 `payload_too_large`: a body or a field over its limit.
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
@@ -136,4 +150,5 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a handler returns: its answer, or an [`ApiError`].
 pub type ApiResult<T> = Result<T, ApiError>;

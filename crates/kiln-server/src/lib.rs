@@ -46,13 +46,17 @@ use tokio::sync::Notify;
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Metadata rows: owners, tokens, applications, builds, versions, channels.
     pub meta: MetaStore,
+    /// Blobs by key: sources, modules, logs and signed artifacts.
     pub blobs: BlobStore,
+    /// The operator's settings, fixed for the server's life.
     pub config: Arc<ServerConfig>,
     /// Woken whenever a build is queued, so long-polling claims answer at once.
     pub queue_signal: Arc<Notify>,
     /// Woken whenever a channel changes, so long-polling edge agents answer at once.
     pub channel_signal: Arc<Notify>,
+    /// The Prometheus metrics served at `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// Where `POST /version/{id}/try` runs plugins.
     pub trials: Arc<kiln_trial::Trials>,
@@ -108,11 +112,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Binds `addr`; port 0 takes a free port, which [`Server::local_addr`]
+    /// tells.
     pub async fn bind(addr: SocketAddr, state: AppState) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         Ok(Self { listener, state })
     }
 
+    /// The address bound, with the port the system chose for port 0.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -70,6 +70,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LiveLogs {
+    /// No buffers yet; each will keep at most `max_bytes` bytes of its log.
     pub fn new(max_bytes: usize) -> Self {
         Self {
             builds: Mutex::new(HashMap::new()),

@@ -56,6 +56,7 @@ const STAGES: [&str; 8] = [
     "profile",
 ];
 
+/// The server's Prometheus registry and its metrics, all named `kiln_…`.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -76,6 +77,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric registered, at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kiln");
         let requests = Family::<RequestLabels, Counter>::default();

@@ -54,6 +54,7 @@ pub struct Image {
     pub config: Bytes,
     /// The gzipped tar holding [`MODULE_FILE`].
     pub layer: Bytes,
+    /// The `sha256:` digests of the manifest, the config and the layer.
     pub digests: ImageDigests,
 }
 
@@ -190,6 +191,8 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
+    /// The image of the module `binary_sha256`, which becomes the most
+    /// recently used.
     pub fn get(&self, binary_sha256: &str) -> Option<Arc<Image>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let at = entries.iter().position(|(sha, _)| sha == binary_sha256)?;
@@ -199,6 +202,8 @@ impl ImageCache {
         Some(image)
     }
 
+    /// Keeps `image` as the module `binary_sha256`'s, dropping the least
+    /// recently used beyond [`IMAGE_CACHE_ENTRIES`].
     pub fn insert(&self, binary_sha256: &str, image: Arc<Image>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|(sha, _)| sha != binary_sha256);

@@ -7,6 +7,7 @@ use crate::routes::{
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+/// The OpenAPI document of every route, served at `/openapi.json`.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "kiln", description = "kiln builds untrusted source into proxy-wasm plugins in a sandbox and keeps every version."),

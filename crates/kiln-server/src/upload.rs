@@ -24,10 +24,12 @@ pub struct Form {
 }
 
 impl Form {
+    /// The text field `name`, if the form had it.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.texts.get(name).map(String::as_str)
     }
 
+    /// The text field `name`, or 400 `missing_field`.
     pub fn required_text(&self, name: &str) -> Result<&str, ApiError> {
         self.text(name).ok_or_else(|| {
             ApiError::bad_request(
@@ -37,10 +39,12 @@ impl Form {
         })
     }
 
+    /// Takes the file field `name` out of the form, if it had it.
     pub fn take_file(&mut self, name: &str) -> Option<Bytes> {
         self.files.remove(name)
     }
 
+    /// Takes the file field `name` out of the form, or 400 `missing_field`.
     pub fn required_file(&mut self, name: &str) -> Result<Bytes, ApiError> {
         self.take_file(name).ok_or_else(|| {
             ApiError::bad_request(
@@ -53,6 +57,8 @@ impl Form {
 
 /// Which fields are files, and the most bytes each may hold.
 pub struct FormSpec<'a> {
+    /// The file fields, each with its cap in bytes; any other field is text,
+    /// capped at [`MAX_TEXT_FIELD_BYTES`].
     pub files: &'a [(&'a str, u64)],
     /// Fields refused outright, by name prefix: the whole request gets 422
     /// with this code and sentence before the field is read.
@@ -64,12 +70,17 @@ pub struct FormSpec<'a> {
 
 /// A field a form must not carry.
 pub struct Refused<'a> {
+    /// Fields whose name starts with this are refused.
     pub prefix: &'a str,
+    /// The error code of the 422 answer.
     pub code: &'static str,
+    /// The message of the 422 answer.
     pub sentence: &'a str,
 }
 
 impl<'a> FormSpec<'a> {
+    /// These file fields, each with its cap in bytes; any other field is
+    /// taken as text, and none is refused.
     pub const fn files(files: &'a [(&'a str, u64)]) -> Self {
         Self {
             files,

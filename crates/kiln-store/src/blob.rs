@@ -17,11 +17,17 @@ use std::sync::Arc;
 /// Connection settings of an S3-compatible store.
 #[derive(Clone)]
 pub struct S3Config {
+    /// The bucket that holds every blob.
     pub bucket: String,
     /// e.g. `http://127.0.0.1:8333`; `None` means AWS itself.
     pub endpoint: Option<String>,
+    /// The bucket's region; requests are signed for it.
     pub region: String,
+    /// The access key id, set together with `secret_access_key`; with
+    /// neither, credentials come from the instance metadata service (an
+    /// EC2 instance role).
     pub access_key_id: Option<String>,
+    /// The access key's secret. `Debug` redacts it, so it is never logged.
     pub secret_access_key: Option<String>,
 }
 
@@ -40,6 +46,8 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// Where kiln keeps sources, binaries and logs, by key: a local
+/// directory, an S3-compatible bucket, or memory. Cheap to clone.
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
@@ -68,6 +76,8 @@ impl BlobStore {
         })
     }
 
+    /// A store in an S3-compatible bucket, addressed path-style; plain HTTP
+    /// only when the endpoint is an `http://` URL.
     pub fn s3(config: &S3Config) -> Result<Self> {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
@@ -98,10 +108,14 @@ impl BlobStore {
         }
     }
 
+    /// Where the blobs live, without credentials (`file://DIR`,
+    /// `s3://BUCKET`, `memory://`), for logs and health checks.
     pub fn describe(&self) -> &str {
         &self.description
     }
 
+    /// Writes `bytes` under `key` in one atomic write, replacing any blob
+    /// there.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<()> {
         self.inner
             .put(&ObjectPath::from(key), PutPayload::from_bytes(bytes))
@@ -109,6 +123,7 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Reads the whole blob under `key`; `NotFound` when there is none.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         match self.inner.get(&ObjectPath::from(key)).await {
             Ok(result) => Ok(result.bytes().await?),
@@ -117,6 +132,7 @@ impl BlobStore {
         }
     }
 
+    /// Whether a blob is stored under `key`.
     pub async fn exists(&self, key: &str) -> Result<bool> {
         match self.inner.head(&ObjectPath::from(key)).await {
             Ok(_) => Ok(true),

@@ -21,6 +21,7 @@ pub struct Findings {
 }
 
 impl Findings {
+    /// Whether the stores agree: no orphans and nothing missing.
     pub fn is_clean(&self) -> bool {
         self.orphans.is_empty() && self.missing.is_empty()
     }

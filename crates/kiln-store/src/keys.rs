@@ -3,10 +3,12 @@
 
 use kiln_domain::{AppId, BuildId};
 
+/// The prefix under which every blob of an application sits.
 pub fn app_prefix(app: AppId) -> String {
     format!("apps/{app}/")
 }
 
+/// The prefix under which every blob of one build sits.
 pub fn build_prefix(app: AppId, build: BuildId) -> String {
     format!("apps/{app}/builds/{build}/")
 }
@@ -16,10 +18,14 @@ pub fn source(app: AppId, build: BuildId, extension: &str) -> String {
     format!("{}source.{extension}", build_prefix(app, build))
 }
 
+/// Where a build's `.wasm` was stored before each report had a directory
+/// of its own ([`report_binary`]); versions stored then still name it.
 pub fn binary(app: AppId, build: BuildId) -> String {
     format!("{}plugin.wasm", build_prefix(app, build))
 }
 
+/// Where a build's log was stored before each report had a directory of
+/// its own ([`report_logs`]); builds stored then still name it.
 pub fn logs(app: AppId, build: BuildId) -> String {
     format!("{}build.log", build_prefix(app, build))
 }

@@ -27,25 +27,40 @@ pub use meta::{
 /// are answers callers act on; the rest are internal errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// No such record or blob, or it is another owner's.
     #[error("not found")]
     NotFound,
+    /// The operation clashes with what is stored (a duplicate version, a
+    /// finished build, a taken name); the message says how, and is shown
+    /// to the client.
     #[error("{0}")]
     Conflict(String),
     /// The owner already has `limit` or more builds queued or running.
     #[error("{unfinished} builds are queued or running, the most allowed is {limit}")]
-    TooManyUnfinished { unfinished: i64, limit: i64 },
+    TooManyUnfinished {
+        /// The owner's builds queued or running now.
+        unfinished: i64,
+        /// The most the owner may have.
+        limit: i64,
+    },
     /// The build is not running under this lease: it was re-queued,
     /// cancelled, finished, or the lease id is unknown.
     #[error("build {0} is not running under this lease")]
     LeaseLost(kiln_domain::BuildId),
+    /// The database failed or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The schema migrations, run at connect, did not apply.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The blob store failed or could not be reached.
     #[error("blob store error: {0}")]
     Blob(#[from] object_store::Error),
+    /// A store's settings are unusable: a bad URL, a blob directory that
+    /// cannot be created.
     #[error("invalid store configuration: {0}")]
     Config(String),
+    /// A stored value does not parse back into its domain type.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }
@@ -79,4 +94,5 @@ impl StoreError {
     }
 }
 
+/// The result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -26,7 +26,9 @@ pub enum Job {
     /// One exchange through [`PLUGIN_CWASM`]; the outcome holds a
     /// [`kiln_wasm::TrialResult`].
     Trial {
+        /// The request, with its upstream stub and the plugin configuration.
         request: TrialRequest,
+        /// Bounds on the plugin's instance.
         limits: TrialLimits,
     },
     /// A scenario's requests through one instance of [`PLUGIN_CWASM`],
@@ -34,25 +36,42 @@ pub enum Job {
     /// [`kiln_wasm::ScenarioResult`], whose `failure` says where the
     /// plugin trapped or hit a limit.
     Scenario {
+        /// The requests to run and what answers them.
         scenario: Scenario,
+        /// Bounds on the one instance, for all the requests together.
         limits: TrialLimits,
     },
     /// Whether [`PLUGIN_WASM`] and [`CANDIDATE_WASM`] answer a smoke
     /// request alike; the outcome holds a `bool`.
-    Smoke { conf: String },
+    Smoke {
+        /// The plugin configuration both modules get.
+        conf: String,
+    },
     /// Runs [`PLUGIN_WASM`]'s Wizer init function within `limits` and
     /// writes the snapshot to [`SNAPSHOT_WASM`]; the outcome holds whether
     /// the snapshot answers a smoke request like the original.
-    Preinit { conf: String, limits: TrialLimits },
+    Preinit {
+        /// The plugin configuration of the smoke requests.
+        conf: String,
+        /// Bounds on the init function's run.
+        limits: TrialLimits,
+    },
     /// Measures [`PLUGIN_WASM`]'s cold starts as an edge server pays them;
     /// the outcome holds a [`kiln_wasm::StartupProfile`].
-    Profile { conf: String, runs: u32 },
+    Profile {
+        /// The plugin configuration of each cold start's request.
+        conf: String,
+        /// Cold starts to measure (at least 1; at most 5 of them JIT
+        /// compiles).
+        runs: u32,
+    },
 }
 
 /// What a job came to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome<T> {
+    /// The job ran to its end, with its result.
     Done(T),
     /// The module's fault: a trap, a limit, a missing export.
     PluginFailed(String),

@@ -37,22 +37,37 @@ const MAX_CHILD_LOG_BYTES: usize = 64 << 10;
 /// [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
+    /// The sandbox could not make the scratch directory, run the child, or
+    /// hand back its outcome file (missing, too large, not a regular file).
     #[error("running the sandbox: {0}")]
     Sandbox(#[from] SandboxError),
+    /// Writing the job's files, or reading the outcome off the async
+    /// threads, failed.
     #[error("{context}: {source}")]
     Io {
+        /// What kiln was doing, e.g. `writing job.json for the trial`.
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The child exited non-zero, was signaled or went idle: kiln's
+    /// failure, unlike a stop at the time or memory limit, which is the
+    /// module's.
     #[error("{step} ended {outcome:?}")]
     Ended {
+        /// The job, as logs name it (`the trial`, `pre-initialization`, …).
         step: &'static str,
+        /// How the sandbox says the child ended.
         outcome: RunOutcome,
     },
+    /// The outcome file does not parse as the job's [`Outcome`]; the child
+    /// is untrusted, so this is refused, not trusted in part.
     #[error("the outcome of {step} is not valid: {source}")]
     Outcome {
+        /// The job, as logs name it.
         step: &'static str,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
@@ -82,6 +97,8 @@ fn limits(memory_bytes: u64, wall_time: Duration, disk_bytes: u64) -> Limits {
 }
 
 impl Runner {
+    /// Jobs in `sandbox`, each as `program wasm-child`; `program` is a kiln
+    /// binary the sandbox user can read and run, mounted read-only.
     pub fn new(sandbox: Arc<dyn Sandbox>, program: PathBuf) -> Self {
         Self { sandbox, program }
     }

@@ -32,17 +32,25 @@ pub const TRIAL_LIMITS: TrialLimits = TrialLimits {
 /// A module to try: the version's `.wasm`, or the `.cwasm` compiled from
 /// it for an earlier trial.
 pub enum Module {
+    /// The version's `.wasm`; the server compiles it before the trial.
     Wasm(Bytes),
+    /// A `.cwasm` from [`Trials::cached`]: the server's own compilation,
+    /// never bytes a worker or customer produced.
     Compiled(Arc<Vec<u8>>),
 }
 
+/// Why a trial did not run; the plugin's own failures are in its
+/// [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum TrialError {
     /// The node should sandbox trials and cannot.
     #[error("this node runs trials only in the build sandbox, which it does not have ({0})")]
     Unavailable(String),
+    /// The server could not compile the module into a `.cwasm`: it does
+    /// not compile, or the compiler could not start.
     #[error("compiling the plugin for a trial: {0}")]
     Compile(#[source] HostError),
+    /// Running the sandboxed child failed.
     #[error(transparent)]
     Runner(#[from] RunnerError),
 }
@@ -62,6 +70,8 @@ pub struct Trials {
     permits: Semaphore,
     /// Compilations running at once, held until each compile ends.
     compiles: Arc<Semaphore>,
+    /// Bounds on each trial's instance ([`TRIAL_LIMITS`] by default); for
+    /// a scenario, they bound all its requests together.
     pub limits: TrialLimits,
 }
 

@@ -5,29 +5,50 @@
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// The call succeeded.
     Ok = 0,
+    /// No such header, property, shared data key, queue or metric, or an
+    /// empty range of a buffer.
     NotFound = 1,
+    /// An argument the call refuses: an unknown map or buffer type, an
+    /// unknown cluster, a metric of the wrong kind.
     BadArgument = 2,
+    /// A value could not be serialized; kiln's host never answers it.
     SerializationFailure = 3,
+    /// Bytes from the plugin did not parse, such as a header map.
     ParseFailure = 4,
+    /// The shared queue held nothing to dequeue.
     Empty = 7,
+    /// A shared data write named a version (its CAS) that is not the
+    /// current one.
     CasMismatch = 8,
+    /// The host failed on its own account; kiln's host never answers it.
     InternalFailure = 10,
+    /// The host does not implement the call; kiln's host traps instead.
     Unimplemented = 12,
 }
 
+/// The header maps a plugin reads and changes, with the ABI's numbering.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapType {
+    /// The request's headers, pseudo-headers included.
     HttpRequestHeaders = 0,
+    /// The request's trailers.
     HttpRequestTrailers = 1,
+    /// The response's headers, `:status` included.
     HttpResponseHeaders = 2,
+    /// The response's trailers.
     HttpResponseTrailers = 3,
+    /// The headers of the answer to an HTTP call out (`proxy_http_call`).
     HttpCallResponseHeaders = 6,
+    /// The trailers of the answer to an HTTP call out.
     HttpCallResponseTrailers = 7,
 }
 
 impl MapType {
+    /// The map with the ABI's number `v`; `None` for a number the host
+    /// does not know (the guest is untrusted).
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             0 => Self::HttpRequestHeaders,
@@ -41,17 +62,27 @@ impl MapType {
     }
 }
 
+/// The byte buffers a plugin reads and changes, with the ABI's numbering.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BufferType {
+    /// The request body, as much of it as has been delivered.
     HttpRequestBody = 0,
+    /// The response body, as much of it as has been delivered.
     HttpResponseBody = 1,
+    /// The body of the answer to an HTTP call out.
     HttpCallResponseBody = 4,
+    /// The VM's configuration, read at `proxy_on_vm_start`; empty in kiln's
+    /// host.
     VmConfiguration = 6,
+    /// The plugin's configuration (a version's `conf`), read at
+    /// `proxy_on_configure`.
     PluginConfiguration = 7,
 }
 
 impl BufferType {
+    /// The buffer with the ABI's number `v`; `None` for a number the host
+    /// does not know (the guest is untrusted).
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             0 => Self::HttpRequestBody,
@@ -68,10 +99,14 @@ impl BufferType {
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Let the stream go on to the next filter.
     Continue = 0,
+    /// Hold the stream until the plugin resumes it (`proxy_continue_stream`).
     Pause = 1,
 }
 
+/// The name of a `proxy_log` level (`trace` to `critical`); `unknown` for
+/// a level the ABI does not define.
 pub fn log_level_name(level: u32) -> &'static str {
     match level {
         0 => "trace",

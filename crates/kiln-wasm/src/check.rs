@@ -10,19 +10,25 @@ use wasmparser::{Parser, Payload, Validator, WasmFeatures};
 /// What the check learned about a module.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModuleReport {
+    /// The module's length, in bytes.
     pub size: usize,
+    /// sha256 of the module's bytes, in hex.
     pub sha256_hex: String,
     /// e.g. `0_2_1`.
     pub abi_version: String,
+    /// The name of every export, in the module's order.
     pub exports: Vec<String>,
     /// `module.name` of every import.
     pub imports: Vec<String>,
 }
 
+/// Why a module is not a proxy-wasm plugin kiln can run.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// It does not validate or parse, with the parser's message.
     #[error("the module is not valid WebAssembly: {0}")]
     Invalid(String),
+    /// Exports a host needs that it lacks, each described for the reader.
     #[error("the module does not export {}", .0.join(", "))]
     MissingExports(Vec<String>),
 }

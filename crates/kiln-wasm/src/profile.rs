@@ -12,6 +12,7 @@ fn setup(e: std::io::Error) -> HostError {
     HostError::Setup(format!("writing the .cwasm to measure: {e}"))
 }
 
+/// The middle of `samples` (the upper one of an even count); zero for none.
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()

@@ -15,6 +15,7 @@ pub struct UpstreamStub {
     #[serde(default)]
     #[schema(schema_with = header_pairs)]
     pub headers: Vec<(String, String)>,
+    /// The response body (default empty).
     #[serde(default)]
     pub body: String,
 }

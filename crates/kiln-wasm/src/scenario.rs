@@ -43,6 +43,8 @@ pub struct Scenario {
     /// The plugin configuration (a version's `conf`).
     #[serde(default)]
     pub conf: String,
+    /// The requests, run in order through the same instance; 1 to
+    /// [`MAX_REQUESTS`].
     pub requests: Vec<ScenarioRequest>,
     /// The answer of an HTTP call out, by cluster name; a call to a cluster
     /// not listed is refused (`BadArgument`), as Envoy refuses a cluster it
@@ -72,14 +74,18 @@ fn default_idle_timeout() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioRequest {
+    /// The HTTP method (default `GET`), which becomes `:method`.
     #[serde(default = "get")]
     pub method: String,
+    /// The path and query (default `/`), which becomes `:path`.
     #[serde(default = "root")]
     pub path: String,
     /// Request headers; `host` becomes `:authority`, as Envoy does.
     #[serde(default)]
     #[schema(schema_with = crate::request::header_pairs)]
     pub headers: Vec<(String, String)>,
+    /// The request body, delivered in chunks of the scenario's
+    /// `body_chunk_bytes`.
     #[serde(default)]
     pub body: String,
     /// The origin's response, if the request reaches it.
@@ -103,6 +109,8 @@ fn root() -> String {
 }
 
 impl ScenarioRequest {
+    /// A `GET` of `path` without headers or body, which the origin
+    /// answers 200 with no body.
     pub fn get(path: &str) -> Self {
         Self {
             method: get(),
@@ -148,15 +156,20 @@ impl Scenario {
 /// An HTTP message as the plugin left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// Its header map, pseudo-headers included.
     pub headers: Vec<(String, String)>,
+    /// Its body, as the plugin let it through (invalid UTF-8 replaced).
     pub body: String,
 }
 
 /// A response as the client gets it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    /// The HTTP status the client got.
     pub status: u32,
+    /// The headers, without `:status`.
     pub headers: Vec<(String, String)>,
+    /// The body (invalid UTF-8 replaced).
     pub body: String,
 }
 
@@ -198,9 +211,12 @@ pub struct Failure {
     pub callback: String,
     /// The request (from 0) it failed in; `None` outside one.
     pub request: Option<usize>,
+    /// What stopped it: the error's text.
     pub message: String,
 }
 
+/// What a scenario came to: each request's exchange, what the plugin
+/// kept over the run, and how long its parts took.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioResult {
     /// One per request run, the one that failed included.
@@ -222,10 +238,12 @@ pub struct ScenarioResult {
     /// Set when the plugin trapped or hit a limit; the scenario stopped there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
-    /// Microseconds: instantiation, start to the end of the last request,
-    /// and dropping the instance afterwards.
+    /// Microseconds to instantiate the plugin.
     pub instantiate_us: u64,
+    /// Microseconds from the plugin's start to the end of the last request
+    /// run.
     pub exchange_us: u64,
+    /// Microseconds to drop the instance afterwards.
     #[serde(default)]
     pub teardown_us: u64,
 }

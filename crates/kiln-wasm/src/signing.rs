@@ -30,6 +30,7 @@ const CONTEXT: &str = "kiln cwasm signature v1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactHeader {
+    /// Always [`ALGORITHM`]; any other is refused.
     pub algorithm: String,
     /// The version the artifact was compiled from.
     pub version_id: String,
@@ -41,20 +42,28 @@ pub struct ArtifactHeader {
     pub signature: String,
 }
 
+/// Why an artifact or a key was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SignatureError {
+    /// The bytes do not start with [`MAGIC`].
     #[error(
         "the file is not a signed kiln artifact (download it with ?format=cwasm from a kiln server)"
     )]
     Unsigned,
+    /// The header is cut short, too long, not kiln's JSON, of another
+    /// algorithm, or its signature is not 64 bytes of hex.
     #[error("the artifact's signature header is not valid: {0}")]
     Malformed(String),
+    /// The `.cwasm` does not match the header's sha256.
     #[error("the artifact was altered: its .cwasm does not match the signed sha256")]
     Altered,
+    /// The signature does not verify with the key: another key signed it,
+    /// or the header was altered.
     #[error(
         "the artifact's signature does not verify with this key: another server signed it, or it was altered"
     )]
     Foreign,
+    /// A key that is not 32 bytes of hex, or not a valid Ed25519 key.
     #[error("the key is not an Ed25519 public key: {0}")]
     BadKey(String),
 }
@@ -62,7 +71,9 @@ pub enum SignatureError {
 /// A verified artifact: its header and its `.cwasm` bytes.
 #[derive(Debug)]
 pub struct Verified<'a> {
+    /// The header, every field of it covered by the signature.
     pub header: ArtifactHeader,
+    /// The `.cwasm` bytes, whose sha256 the signature covers.
     pub cwasm: &'a [u8],
 }
 
@@ -136,12 +147,14 @@ pub fn verify<'a>(bytes: &'a [u8], key: &VerifyingKey) -> Result<Verified<'a>, S
 /// The public half of a signing key, as `GET /signing-key` serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKey {
+    /// Always [`ALGORITHM`].
     pub algorithm: String,
     /// The 32-byte Ed25519 public key, in hex.
     pub public_key: String,
 }
 
 impl PublicKey {
+    /// The public half of `key`.
     pub fn of(key: &SigningKey) -> Self {
         Self {
             algorithm: ALGORITHM.into(),

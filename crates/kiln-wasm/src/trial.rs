@@ -8,16 +8,23 @@ use crate::scenario::{ANY_CLUSTER, Scenario, ScenarioRequest, ScenarioResult, ru
 pub use crate::scenario::{Message, Response};
 use serde::{Deserialize, Serialize};
 
+/// One HTTP request to try a plugin on, with the stub upstream that
+/// answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrialRequest {
+    /// The HTTP method (default `GET`).
     #[serde(default = "get")]
     pub method: String,
+    /// The path and query (default `/`).
     #[serde(default = "root")]
     pub path: String,
+    /// Request headers; `host` becomes `:authority`.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// The request body.
     #[serde(default)]
     pub body: String,
+    /// The origin's response, and the answer of every HTTP call out.
     #[serde(default)]
     pub upstream: UpstreamStub,
     /// The plugin configuration (a version's `conf`).
@@ -66,6 +73,8 @@ impl TrialRequest {
         }
     }
 
+    /// A `GET` of `path` without headers, body or configuration, which
+    /// the upstream answers 200 with no body.
     pub fn get(path: &str) -> Self {
         Self {
             method: get(),
@@ -82,6 +91,7 @@ impl TrialRequest {
 /// Bounds on one trial: those of the instance it runs in.
 pub type TrialLimits = InstanceLimits;
 
+/// What one trial came to, with the plugin's logs and timings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialResult {
     /// The request as forwarded upstream; `None` when answered locally.
@@ -91,11 +101,14 @@ pub struct TrialResult {
     /// What the client got after the response callbacks: the upstream's
     /// response, or the local one.
     pub response: Option<Response>,
+    /// Everything the plugin logged, in order: at start, at ticks and
+    /// during the exchange.
     pub logs: Vec<LogLine>,
-    /// Microseconds: instantiation, start to the end of the exchange, and
-    /// dropping the instance afterwards.
+    /// Microseconds to instantiate the plugin.
     pub instantiate_us: u64,
+    /// Microseconds from the plugin's start to the end of the exchange.
     pub exchange_us: u64,
+    /// Microseconds to drop the instance afterwards.
     #[serde(default)]
     pub teardown_us: u64,
 }

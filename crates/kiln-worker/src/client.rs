@@ -11,11 +11,13 @@ use reqwest::multipart::{Form, Part};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// Why a request to the server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The build is no longer ours: cancelled, re-queued or finished.
     #[error("the server no longer leases build {0} to this worker")]
     LeaseLost(BuildId),
+    /// A 401: the worker token is wrong or was revoked.
     #[error("the server refused the worker token")]
     Unauthorized,
     /// Any other refusal. `code` is the `error` of the server's JSON body
@@ -23,14 +25,21 @@ pub enum ClientError {
     /// start of the body.
     #[error("{context}: the server answered {status}{}: {message}", code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
     Status {
+        /// What the worker was asking for.
         context: &'static str,
+        /// The HTTP status of the answer.
         status: StatusCode,
+        /// The server's error code, capped at 500 bytes.
         code: Option<String>,
+        /// The server's sentence, capped at 500 bytes.
         message: String,
     },
+    /// The server could not be reached, or its answer could not be read.
     #[error("{context}: {source}")]
     Http {
+        /// What the worker was asking for.
         context: &'static str,
+        /// The underlying error.
         source: reqwest::Error,
     },
 }
@@ -103,11 +112,17 @@ fn refusal(
 /// What a successful build reports.
 #[derive(Debug, Default)]
 pub struct SuccessReport {
+    /// The checked `.wasm` module. Only the module: the server makes any
+    /// native code itself.
     pub binary: Bytes,
+    /// The whole build log.
     pub logs: String,
+    /// Stage timings, the sandbox's name and the startup profile.
     pub profile: BuildProfile,
 }
 
+/// A client of the server's private API, holding its URL and the worker
+/// token. Clones share one connection pool.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -126,6 +141,9 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// A client of the server at `base` (a trailing `/` is dropped) that
+    /// sends `token` as a bearer token. Connecting times out after 10 s, a
+    /// request after 120 s unless it sets its own timeout.
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -182,6 +200,8 @@ impl Client {
         Ok(Some(claim))
     }
 
+    /// Extends the lease `lease` on `build`; [`ClientError::LeaseLost`] when
+    /// the build is no longer this worker's.
     pub async fn heartbeat(&self, build: BuildId, lease: Uuid) -> Result<Heartbeat> {
         let request = self
             .http
@@ -244,6 +264,8 @@ impl Client {
         Ok(body.into())
     }
 
+    /// Reports the build succeeded, with its module, log and profile.
+    /// Retried while the server is unavailable.
     pub async fn success(&self, claim: &Claim, report: SuccessReport) -> Result<()> {
         // Only the `.wasm`: native code comes from the server's own
         // precompilation, never from a worker.
@@ -262,6 +284,8 @@ impl Client {
         self.report(claim, "build_success", form).await
     }
 
+    /// Reports the build failed by the customer's fault; `error` is the
+    /// sentence shown to them. Retried while the server is unavailable.
     pub async fn fail(
         &self,
         claim: &Claim,
@@ -281,6 +305,8 @@ impl Client {
         self.report(claim, "build_fail", form).await
     }
 
+    /// Reports the build failed by kiln's fault, so that it is retried.
+    /// Retried while the server is unavailable.
     pub async fn crash(&self, claim: &Claim, logs: String, error: &str) -> Result<()> {
         let form = || {
             Form::new()

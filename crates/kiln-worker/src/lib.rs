@@ -35,7 +35,10 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 /// What one step of a builder did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// A build was claimed and run to its end, reported or not.
     Built,
+    /// No build was claimed: none was queued within [`CLAIM_WAIT`], or a
+    /// stop was asked.
     Empty,
 }
 

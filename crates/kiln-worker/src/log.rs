@@ -54,6 +54,8 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Text> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One build's log, capped at [`MAX_LOG_BYTES`] with a truncation marker.
+/// Shared with its [`LogTail`] readers and [`Tapped`] taps.
 #[derive(Debug)]
 pub struct BuildLog {
     shared: Shared,
@@ -91,6 +93,8 @@ impl BuildLog {
         lock(&self.shared).text.clone()
     }
 
+    /// The whole log, taken out for the report: a [`LogTail`] reads an
+    /// empty log afterwards.
     pub fn into_text(self) -> String {
         std::mem::take(&mut lock(&self.shared).text)
     }
@@ -124,6 +128,7 @@ impl BuildLog {
 
 /// The output of one command, appended as it runs.
 pub struct Tapped {
+    /// Set as the command's `output_tap`.
     pub tap: OutputTap,
     /// Each pipe's bytes of a character not yet complete.
     carry: Arc<Mutex<[Vec<u8>; 2]>>,

@@ -24,12 +24,19 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 50 * 1024 * 1024;
 /// Default heartbeat period; the server's lease is several times longer.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// How a [`Pipeline`] builds.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// Sandbox limits of the compile. wasm-opt runs under them too, with
+    /// a disk sized to its input.
     pub limits: Limits,
+    /// Limits on the source archive; its `max_upload_bytes` also caps the
+    /// download.
     pub archive_limits: ArchiveLimits,
     /// Largest `.wasm` a build may produce, in bytes.
     pub max_output_bytes: u64,
+    /// Longest time between two heartbeats; shorter when the server grants
+    /// a lease under three times as long.
     pub heartbeat: Duration,
     /// Run binaryen's `wasm-opt` on successful builds (this binary, in the
     /// sandbox); the result is kept only if it validates and answers a
@@ -120,7 +127,10 @@ fn keep_rewrite(
     Ok(rewrite)
 }
 
+/// Runs claimed builds, one per [`run`](Pipeline::run), with a sandbox and
+/// a toolchain per language. One is shared by all builders of a worker.
 pub struct Pipeline {
+    /// How builds are run.
     pub config: PipelineConfig,
     sandbox: Arc<dyn Sandbox>,
     toolchains: Vec<Arc<dyn Toolchain>>,

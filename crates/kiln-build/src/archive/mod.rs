@@ -14,10 +14,15 @@ use std::path::{Path, PathBuf};
 
 pub use path::safe_relative_path;
 
+/// Default largest archive accepted: 20 MiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 20 * 1024 * 1024;
+/// Default cap on all unpacked files together: 200 MiB.
 pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 200 * 1024 * 1024;
+/// Default cap on entries (files, directories and links).
 pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+/// Default cap on one unpacked file: 50 MiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 50 * 1024 * 1024;
+/// Default cap on unpacked bytes per compressed byte, against compression bombs.
 pub const DEFAULT_MAX_RATIO: u64 = 200;
 
 /// Limits on one archive.
@@ -54,8 +59,12 @@ pub use kiln_domain::SourceKind as ArchiveKind;
 /// What an archive held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveSummary {
+    /// The format, recognised by its first bytes.
     pub kind: ArchiveKind,
+    /// Files, directories and links, as counted against
+    /// [`ArchiveLimits::max_entries`].
     pub entries: u64,
+    /// Total bytes of all files once unpacked.
     pub unpacked_bytes: u64,
 }
 
@@ -63,42 +72,119 @@ pub struct ArchiveSummary {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArchiveError {
+    /// The first bytes are neither gzip nor zip.
     #[error("the file is not a .tar.gz or .zip archive")]
     NotAnArchive,
+    /// The archive cannot be read, or uses an unsupported feature.
     #[error("the archive is corrupt: {0}")]
     Corrupt(String),
+    /// The archive is over [`ArchiveLimits::max_upload_bytes`].
     #[error("the archive is {size} bytes, over the limit of {limit} bytes")]
-    UploadTooLarge { size: u64, limit: u64 },
+    UploadTooLarge {
+        /// Size of the archive, in bytes.
+        size: u64,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The files together unpack past [`ArchiveLimits::max_unpacked_bytes`].
     #[error("the archive unpacks to more than {limit} bytes")]
-    TooLarge { limit: u64 },
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// More entries than [`ArchiveLimits::max_entries`].
     #[error("the archive has more than {limit} entries")]
-    TooManyEntries { limit: u64 },
+    TooManyEntries {
+        /// The limit, in entries.
+        limit: u64,
+    },
+    /// One file unpacks past [`ArchiveLimits::max_file_bytes`].
     #[error("{path} is larger than the limit of {limit} bytes for one file")]
-    FileTooLarge { path: String, limit: u64 },
+    FileTooLarge {
+        /// The entry's name in the archive.
+        path: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The bytes decompressed so far exceed [`ArchiveLimits::max_ratio`]
+    /// times the archive's size.
     #[error(
         "the archive expands more than {limit} times its compressed size (a compression bomb?)"
     )]
-    RatioExceeded { limit: u64 },
+    RatioExceeded {
+        /// The limit, in unpacked bytes per compressed byte.
+        limit: u64,
+    },
+    /// An entry's name starts at a root or a drive (`/x`, `C:`).
     #[error("{path:?} is an absolute path; archive paths must be relative")]
-    AbsolutePath { path: String },
+    AbsolutePath {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// An entry's name has a `..` component.
     #[error("{path:?} contains '..'; archive paths must stay inside the archive")]
-    ParentTraversal { path: String },
+    ParentTraversal {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// An entry's name is empty, not UTF-8, or has a NUL or a backslash,
+    /// or an entry other than a directory names the archive root.
     #[error("{path:?} is not a valid archive path")]
-    InvalidPath { path: String },
+    InvalidPath {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// A symlink is absolute or, judged lexically, resolves outside the tree.
     #[error("the link {path:?} points to {target:?}, outside the archive")]
-    LinkEscapes { path: String, target: String },
+    LinkEscapes {
+        /// The link's name in the archive.
+        path: String,
+        /// What it points to, as written in the archive.
+        target: String,
+    },
+    /// A tar hard link: refused, as it could alias any path.
     #[error("{path:?} is a hard link; hard links are not accepted")]
-    HardLink { path: String },
+    HardLink {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// A device, fifo, sparse file or other entry that is not a file,
+    /// directory or symlink.
     #[error("{path:?} is a {kind}; only files, directories and symbolic links are accepted")]
-    SpecialFile { path: String, kind: &'static str },
+    SpecialFile {
+        /// The entry's name in the archive.
+        path: String,
+        /// What it is, for the message (`"fifo"`, `"block device"`...).
+        kind: &'static str,
+    },
+    /// An entry lies under a symlink an earlier entry made: writing it
+    /// would follow the link.
     #[error("{path:?} would be written through a link")]
-    ThroughLink { path: String },
+    ThroughLink {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// An entry's path is already taken by an earlier entry.
     #[error("{path:?} appears twice in the archive")]
-    Duplicate { path: String },
+    Duplicate {
+        /// The entry's name in the archive.
+        path: String,
+    },
+    /// A zip entry is encrypted.
     #[error("{path:?} is encrypted; encrypted archives are not accepted")]
-    Encrypted { path: String },
+    Encrypted {
+        /// The entry's name, or `entry N` when it cannot be read.
+        path: String,
+    },
+    /// Writing to the destination directory failed: kiln's side, not the
+    /// archive's.
     #[error("writing {path:?}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// The entry being written, by its name in the archive.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 /// Recognises an archive by its first bytes, never by its name.

@@ -51,7 +51,7 @@ pub fn safe_relative_path(raw: &str) -> Result<PathBuf, ArchiveError> {
 
 /// Checks that a symlink at `link` (relative to the root) pointing to
 /// `target` resolves inside the tree, judged lexically.
-pub fn check_link_target(
+pub(crate) fn check_link_target(
     link: &Path,
     display: &str,
     target: &str,

@@ -13,12 +13,15 @@ use std::time::Duration;
 
 pub use policy::{check_policy, locate_project};
 
+/// The target triple every Rust build compiles for.
 pub const TARGET: &str = "wasm32-wasip1";
 /// Where the toolchain appears inside the sandbox.
 const GUEST_TOOLCHAIN: &str = "/toolchain";
 /// Where the vendored dependencies appear inside the sandbox.
 const GUEST_DEPS: &str = "/deps";
 
+/// Where the Rust toolchain and the dependency cache live on the host, and
+/// how dependencies are fetched and compiled.
 #[derive(Debug, Clone)]
 pub struct RustConfig {
     /// A toolchain the sandbox user can read: bin/cargo, bin/rustc and the
@@ -46,6 +49,8 @@ impl Default for RustConfig {
     }
 }
 
+/// The [`Toolchain`] for Rust: a `cdylib` built with `cargo build --offline
+/// --locked` for [`TARGET`], from crates.io dependencies vendored beforehand.
 #[derive(Debug)]
 pub struct RustToolchain {
     config: RustConfig,

@@ -11,18 +11,26 @@ use kiln_domain::{AppId, Application, validate_name, validate_notes};
 use kiln_store::keys;
 use serde::Deserialize;
 
+/// The body of `POST /application`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApplication {
+    /// 1 to 100 characters, no control characters; surrounding spaces are
+    /// trimmed.
     pub name: String,
+    /// Free text, at most 10 000 bytes; default empty.
     #[serde(default)]
     pub notes: String,
 }
 
+/// The body of `PATCH /application/{id}`: the fields to change; one left
+/// out keeps its value.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateApplication {
+    /// A new name, 1 to 100 characters.
     pub name: Option<String>,
+    /// New notes, at most 10 000 bytes.
     pub notes: Option<String>,
 }
 
@@ -30,6 +38,7 @@ pub(crate) fn parse_app_id(raw: &str) -> ApiResult<AppId> {
     AppId::parse(raw).map_err(|_| ApiError::not_found("application", raw))
 }
 
+/// Creates an application of the caller's.
 #[utoipa::path(post, path = "/application", tag = "applications",
     request_body = CreateApplication,
     responses((status = 201, body = Application), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
@@ -49,6 +58,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(app)))
 }
 
+/// The caller's applications.
 #[utoipa::path(get, path = "/application", tag = "applications",
     responses((status = 200, body = [Application]), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -64,6 +74,7 @@ pub async fn list(
     Ok(Json(apps))
 }
 
+/// One of the caller's applications.
 #[utoipa::path(get, path = "/application/{id}", tag = "applications",
     params(("id" = String, Path, description = "application id")),
     responses((status = 200, body = Application), (status = 404, body = ErrorBody)),
@@ -82,6 +93,7 @@ pub async fn get(
     Ok(Json(app))
 }
 
+/// Renames an application or changes its notes.
 #[utoipa::path(patch, path = "/application/{id}", tag = "applications",
     params(("id" = String, Path, description = "application id")),
     request_body = UpdateApplication,
@@ -104,6 +116,7 @@ pub async fn update(
     Ok(Json(app))
 }
 
+/// Deletes an application and everything it holds.
 #[utoipa::path(delete, path = "/application/{id}", tag = "applications",
     description = "Deletes the application with all its versions, builds and stored blobs.",
     params(("id" = String, Path, description = "application id")),

@@ -17,6 +17,7 @@ use serde::Deserialize;
 /// Most builds one page returns.
 pub const MAX_PAGE: i64 = 200;
 
+/// The filters and the page of `GET /version_build`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BuildQuery {
@@ -38,6 +39,7 @@ pub struct BuildQuery {
     pub after: Option<String>,
 }
 
+/// The caller's builds, newest first, a page at a time.
 #[utoipa::path(get, path = "/version_build", tag = "builds",
     description = "The caller's builds, newest first. When more remain, a `Link: <…>; rel=\"next\"` header points to the next page.",
     params(BuildQuery),
@@ -113,6 +115,7 @@ fn next_link(query: &BuildQuery, limit: i64, last: Option<BuildId>) -> String {
     format!("</version_build?{}>; rel=\"next\"", params.join("&"))
 }
 
+/// One of the caller's builds.
 #[utoipa::path(get, path = "/version_build/{id}", tag = "builds",
     params(("id" = String, Path, description = "build id")),
     responses((status = 200, body = VersionBuild), (status = 404, body = ErrorBody)),
@@ -131,6 +134,7 @@ pub async fn get(
     Ok(Json(build))
 }
 
+/// The query of `GET /version_build/{id}/logs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogsQuery {
@@ -138,6 +142,7 @@ pub struct LogsQuery {
     pub follow: Option<bool>,
 }
 
+/// A build's log, stored or live, or followed as Server-Sent Events.
 #[utoipa::path(get, path = "/version_build/{id}/logs", tag = "builds",
     description = "The build's log as plain text: the stored log once a worker has reported it, the live log so far while it runs on this server (404 when there is neither). With `follow=true`, Server-Sent Events: `log` events (`{\"text\": …}`, id = the byte offset after it) as the build runs, then one `end` event (`{\"state\", \"error\", \"build\"}`); `Last-Event-ID` resumes after that offset.",
     params(("id" = String, Path, description = "build id"), LogsQuery,
@@ -183,6 +188,7 @@ pub async fn logs(
     Ok(blob_response(bytes, "text/plain; charset=utf-8", None))
 }
 
+/// Cancels a queued or running build.
 #[utoipa::path(post, path = "/version_build/{id}/cancel", tag = "builds",
     description = "Cancels a queued or running build; a running build's worker stops at its next heartbeat.",
     params(("id" = String, Path, description = "build id")),

@@ -20,6 +20,7 @@ use std::time::Duration;
 /// Longest a channel read waits for a change.
 pub const MAX_CHANNEL_WAIT: Duration = Duration::from_secs(60);
 
+/// The body of `PUT /application/{id}/channels/{name}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Promote {
@@ -28,6 +29,7 @@ pub struct Promote {
     pub version_id: String,
 }
 
+/// The long poll of `GET /application/{id}/channels/{name}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ChannelQuery {
@@ -109,6 +111,7 @@ fn changed(state: &AppState, channel: &Channel, what: &str) {
         version = %channel.version.id, revision = channel.revision, "channel {what}");
 }
 
+/// Points a channel at a version.
 #[utoipa::path(put, path = "/application/{id}/channels/{name}", tag = "channels",
     description = "Points the channel at a succeeded version of the application (creating the channel). Promoting the version it already points at changes nothing.",
     params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name, e.g. production", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
@@ -141,6 +144,7 @@ pub async fn promote(
     Ok(Json(channel))
 }
 
+/// Returns a channel to its previous version.
 #[utoipa::path(post, path = "/application/{id}/channels/{name}/rollback", tag = "channels",
     description = "Returns the channel to the version it pointed at before its latest change (a second rollback undoes the first).",
     params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
@@ -164,6 +168,7 @@ pub async fn rollback(
     Ok(Json(channel))
 }
 
+/// An application's channels.
 #[utoipa::path(get, path = "/application/{id}/channels", tag = "channels",
     description = "The application's channels, each with its version and its latest changes (which version, when, by which token).",
     params(("id" = String, Path, description = "application id")),
@@ -183,6 +188,7 @@ pub async fn list(
     Ok(Json(channels))
 }
 
+/// One channel, or its next change (a long poll).
 #[utoipa::path(get, path = "/application/{id}/channels/{name}", tag = "channels",
     description = "One channel. With `after=N&wait_seconds=S` it answers as soon as the channel is past revision N, or 204 after S seconds: edge agents long-poll this.",
     params(("id" = String, Path, description = "application id"), ("name" = String, Path, description = "channel name", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"), ChannelQuery),

@@ -24,6 +24,7 @@ use serde::Deserialize;
 /// What caches may do with an answer that never changes.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
+/// The query of `GET /artifact/{file}`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ArtifactQuery {
@@ -39,6 +40,7 @@ fn no_artifact(file: &str) -> ApiError {
     )
 }
 
+/// A module by the sha256 of its `.wasm`; takes no token.
 #[utoipa::path(get, path = "/artifact/{file}", tag = "edge",
     description = "A module by content address: `{sha256}.wasm`, or `{sha256}.cwasm?target=TRIPLE` (signed). Needs no token; immutable (`Cache-Control: immutable`, `ETag` = the sha256, `If-None-Match` answers 304).",
     params(("file" = String, Path, description = "`<sha256>.wasm` or `<sha256>.cwasm`"), ArtifactQuery),

@@ -61,6 +61,7 @@ fn claim_answer(claimed: ClaimedBuild, lease: Duration) -> Claim {
     }
 }
 
+/// The long poll of `POST /internal/builds/claim`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ClaimQuery {
@@ -69,6 +70,7 @@ pub struct ClaimQuery {
     pub wait_seconds: Option<u64>,
 }
 
+/// Claims the oldest queued build (a long poll).
 #[utoipa::path(post, path = "/internal/builds/claim", tag = "worker",
     description = "Claims the oldest queued build with a fresh lease for the calling worker, which the build records as its `worker`; 204 when none is queued within `wait_seconds`.",
     params(ClaimQuery),
@@ -107,6 +109,7 @@ pub async fn claim(
     }
 }
 
+/// Extends the lease on a claimed build.
 #[utoipa::path(post, path = "/internal/builds/{id}/heartbeat", tag = "worker",
     description = "Extends the lease. 409 when the build is no longer running under it (cancelled, re-queued, finished) or the lease is another worker's: the worker must stop. 401 once its token is revoked.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
@@ -131,6 +134,7 @@ pub async fn heartbeat(
     }))
 }
 
+/// The source archive of a claimed build.
 #[utoipa::path(get, path = "/internal/builds/{id}/source", tag = "worker",
     description = "The source archive of a build this worker holds under the lease.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
@@ -152,6 +156,7 @@ pub async fn source(
     source_response(&state, &claimed.source_location).await
 }
 
+/// The query of `POST /internal/builds/{id}/log`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogQuery {
@@ -159,6 +164,7 @@ pub struct LogQuery {
     pub offset: u64,
 }
 
+/// Appends a chunk to a running build's live log.
 #[utoipa::path(post, path = "/internal/builds/{id}/log", tag = "worker",
     description = "The next chunk of a running build's log (UTF-8 text starting at byte `offset` of the log under this lease), for its live readers. A chunk sent again is not appended twice; the answer says where the next one starts. The final report still carries the whole log.",
     params(LogQuery, ("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
@@ -267,6 +273,7 @@ const NATIVE_CODE_REFUSED: Refused<'static> = Refused {
     sentence: "a worker may not hand over precompiled native code: the server precompiles each .wasm itself",
 };
 
+/// Reports a build that succeeded.
 #[utoipa::path(post, path = "/build_success/{id}", tag = "worker",
     description = "Reports a successful build (multipart: `binary`, `logs`, optional `profile` JSON). The server validates the `.wasm` itself, precompiles and signs its `.cwasm` for each configured target, stores the blobs and creates the version in one step. A report that carries precompiled code (`cwasm.*` fields) is refused.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
@@ -329,6 +336,7 @@ impl From<ReportError> for ApiError {
     }
 }
 
+/// Reports a build the customer's code broke.
 #[utoipa::path(post, path = "/build_fail/{id}", tag = "worker",
     description = "Reports that the customer's code did not build (multipart: `logs`, optional `error`, `profile`).",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),
@@ -362,6 +370,7 @@ pub async fn build_fail(
     Ok(Json(updated))
 }
 
+/// Reports a build kiln itself failed to run.
 #[utoipa::path(post, path = "/build_crash/{id}", tag = "worker",
     description = "Reports kiln's own failure (multipart: optional `logs`, `error`). The build is queued again until it has used its attempts.",
     params(("id" = String, Path, description = "build id"), ("x-kiln-lease" = String, Header, description = "lease id")),

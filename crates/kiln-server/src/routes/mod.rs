@@ -28,6 +28,8 @@ use tower_http::trace::TraceLayer;
 /// No request may take longer than this, so draining on shutdown ends.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The whole API with its middleware: request ids, tracing, metrics, a
+/// 120 s timeout, and JSON answers for unknown paths and methods.
 pub fn router(state: AppState) -> Router {
     let config = &state.config;
     Router::new()

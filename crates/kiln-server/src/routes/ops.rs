@@ -10,13 +10,18 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::OpenApi;
 
+/// The answer of `/healthz`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
+    /// Always `ok`.
     pub status: &'static str,
+    /// The metadata store's backend: `sqlite` or `postgres`.
     pub database: &'static str,
+    /// The blob store's scheme: `file`, `s3` or `memory`.
     pub blobs: String,
 }
 
+/// Whether the process answers (liveness).
 #[utoipa::path(get, path = "/healthz", tag = "ops",
     description = "Liveness: the process answers. It does not look at the database or the blob store (see `/readyz`).",
     responses((status = 200, body = Health)))]
@@ -44,6 +49,7 @@ pub struct Readiness {
     pub blobs: String,
 }
 
+/// Whether the database and the blob store answer (readiness).
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     description = "Readiness: whether the database and the blob store answer. 503 with `Retry-After` names the one that is down.",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
@@ -91,6 +97,7 @@ pub struct SigningKey {
     pub public_key: String,
 }
 
+/// The public key every served `.cwasm` is signed with.
 #[utoipa::path(get, path = "/signing-key", tag = "ops",
     description = "The Ed25519 public key that signs every `.cwasm` this server serves (`GET /version/{id}/binary?format=cwasm`). Edge servers and `kiln try --verify-key FILE` check artifacts against it before loading them.",
     responses((status = 200, body = SigningKey)))]
@@ -102,6 +109,7 @@ pub async fn signing_key(State(state): State<AppState>) -> Json<SigningKey> {
     })
 }
 
+/// The server's metrics, for Prometheus.
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     description = "Prometheus text format: builds by state, queue depth, request counts and latencies.",
     responses((status = 200, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
@@ -123,6 +131,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<impl IntoRespon
     ))
 }
 
+/// This API's OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses((status = 200, content_type = "application/json", body = Object)))]
 pub async fn openapi_json() -> impl IntoResponse {

@@ -60,6 +60,7 @@ pub struct RegistryErrors {
     errors: Vec<RegistryErrorEntry>,
 }
 
+/// One entry of a registry error body: a code and a sentence.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct RegistryErrorEntry {
     /// The spec's code, such as `MANIFEST_UNKNOWN`.
@@ -79,6 +80,8 @@ impl RegistryError {
         }
     }
 
+    /// 401 `UNAUTHORIZED`, with the `WWW-Authenticate` challenge that makes
+    /// clients send credentials.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
     }
@@ -284,6 +287,7 @@ fn content(bytes: Bytes, media_type: &'static str, digest: &str, cache: &'static
     response
 }
 
+/// The registry's base, which tells a client its token is accepted.
 #[utoipa::path(get, path = "/v2/", tag = "registry",
     description = "The OCI registry's base: 200 `{}` with `Docker-Distribution-API-Version: registry/2.0` for an edge or owner token (HTTP Basic with the token as the password, or Bearer); 401 with `WWW-Authenticate: Basic realm=\"kiln\"` without one.",
     responses((status = 200, description = "a registry"), (status = 401, description = "no or an unknown token")),
@@ -292,6 +296,7 @@ pub async fn base(_reader: RegistryReader) -> Response {
     (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()
 }
 
+/// The paging query of a tags list (`/v2/{name}/tags/list`).
 #[derive(Debug, Deserialize)]
 pub struct TagsQuery {
     /// At most this many tags.

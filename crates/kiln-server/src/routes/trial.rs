@@ -25,14 +25,17 @@ use std::collections::BTreeMap;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TryBody {
+    /// The request's method; default `GET`.
     #[serde(default = "get")]
     pub method: String,
+    /// The request's `:path`; default `/`.
     #[serde(default = "root")]
     pub path: String,
     /// Request headers as [name, value] pairs.
     #[serde(default)]
     #[schema(schema_with = kiln_wasm::request::header_pairs)]
     pub headers: Vec<(String, String)>,
+    /// The request body, as text; default empty.
     #[serde(default)]
     pub body: String,
     /// The stub upstream.
@@ -60,7 +63,9 @@ pub struct TryBody {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum TryAnswer {
+    /// The answer to a single request.
     One(TrialResult),
+    /// The answer to a scenario: one exchange per request.
     Scenario(ScenarioResult),
 }
 
@@ -138,6 +143,7 @@ fn answer<T>(
 /// untrusted.
 const MAX_LOGGED_BYTES: usize = 4 << 10;
 
+/// Runs a version on a request, or on a scenario of requests.
 #[utoipa::path(post, path = "/version/{id}/try", tag = "versions",
     description = "Runs the version on one request in kiln's proxy-wasm host, in the build sandbox, with fuel, time and memory limits. Answers the request as forwarded (or the local response the plugin sent), the response after the filter, and the plugin's logs. With `requests`, runs a scenario through one instance (limits for the whole scenario) and answers one exchange per request, the metrics, shared data and, if the plugin trapped, where (200 with `failure`, and the logs up to it).",
     params(("id" = String, Path, description = "version id")),

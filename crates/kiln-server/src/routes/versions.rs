@@ -86,6 +86,7 @@ impl From<UploadError> for ApiError {
     }
 }
 
+/// Uploads a plugin's source and queues its build.
 #[utoipa::path(post, path = "/version", tag = "versions",
     description = "Uploads a plugin's source and queues its build. The source is stored before the answer.",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
@@ -134,6 +135,7 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(build)))
 }
 
+/// The query of `GET /version`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct VersionQuery {
@@ -142,6 +144,7 @@ pub struct VersionQuery {
     pub application_id: Option<String>,
 }
 
+/// The caller's versions.
 #[utoipa::path(get, path = "/version", tag = "versions", params(VersionQuery),
     responses((status = 200, body = [Version]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -179,6 +182,7 @@ async fn load(state: &AppState, owner: Owner, raw: &str) -> ApiResult<Version> {
         .map_err(|e| ApiError::from_store(e, "version", raw))
 }
 
+/// One of the caller's versions.
 #[utoipa::path(get, path = "/version/{id}", tag = "versions",
     params(("id" = String, Path, description = "version id (the id of the build that made it)")),
     responses((status = 200, body = Version), (status = 404, body = ErrorBody)),
@@ -191,16 +195,24 @@ pub async fn get(
     Ok(Json(load(&state, owner, &id).await?))
 }
 
+/// The body of `PATCH /version/{id}`: the fields to change; one left out
+/// keeps its value. `conf` and `phases` cannot change while a channel
+/// points at the version.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateVersion {
+    /// A new semantic version, unique within the application.
     pub version: Option<String>,
+    /// The phases the plugin handles, at least one.
     #[schema(value_type = Option<Vec<kiln_domain::Phase>>, min_items = 1)]
     pub phases: Option<Vec<String>>,
+    /// A new plugin configuration, at most 1 MiB.
     pub conf: Option<String>,
+    /// New notes, at most 10 000 bytes.
     pub notes: Option<String>,
 }
 
+/// Changes a version's number, phases, configuration or notes.
 #[utoipa::path(patch, path = "/version/{id}", tag = "versions",
     params(("id" = String, Path, description = "version id")),
     request_body = UpdateVersion,
@@ -264,6 +276,7 @@ async fn refuse_if_deployed(
     ))
 }
 
+/// Deletes a version and its blobs.
 #[utoipa::path(delete, path = "/version/{id}", tag = "versions",
     description = "Deletes the version, its build and its source, binary and logs. 409 while a channel points at it.",
     params(("id" = String, Path, description = "version id")),
@@ -291,6 +304,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The query of `GET /version/{id}/binary`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BinaryQuery {
@@ -300,6 +314,7 @@ pub struct BinaryQuery {
     pub target: Option<String>,
 }
 
+/// A version's module, as `.wasm` or as a signed `.cwasm`.
 #[utoipa::path(get, path = "/version/{id}/binary", tag = "versions",
     description = "The plugin binary. `ETag` is the sha256 of the `.wasm`; `If-None-Match` answers 304.",
     params(("id" = String, Path, description = "version id"), BinaryQuery),
@@ -359,6 +374,7 @@ pub fn cwasm_name(target: &str) -> ApiResult<String> {
     })
 }
 
+/// The source archive a version was built from.
 #[utoipa::path(get, path = "/version/{id}/source", tag = "versions",
     params(("id" = String, Path, description = "version id")),
     responses((status = 200, body = Vec<u8>), (status = 404, body = ErrorBody)),
@@ -378,6 +394,7 @@ pub(crate) async fn source_response(state: &AppState, location: &str) -> ApiResu
     Ok(blob_response(bytes, content_type, None))
 }
 
+/// The log of the build that made a version.
 #[utoipa::path(get, path = "/version/{id}/logs", tag = "versions",
     params(("id" = String, Path, description = "version id")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)),

@@ -13,7 +13,9 @@ use kiln_store::{BlobStore, MetaStore};
 /// The two stores a use-case writes: metadata rows and blobs.
 #[derive(Clone, Copy)]
 pub struct Stores<'a> {
+    /// Metadata rows: applications, builds and versions.
     pub meta: &'a MetaStore,
+    /// Blobs by key: sources, modules, logs and signed artifacts.
     pub blobs: &'a BlobStore,
 }
 

@@ -17,7 +17,10 @@ use uuid::Uuid;
 /// The build a report is about, and the lease the worker holds it under.
 #[derive(Clone, Copy)]
 pub struct Leased<'a> {
+    /// The claimed build the report is about.
     pub claimed: &'a ClaimedBuild,
+    /// The lease id the worker sent; the store records the report only
+    /// while the build still runs under it.
     pub lease: Uuid,
 }
 
@@ -35,27 +38,41 @@ impl Leased<'_> {
 /// A successful build: its module, its log and its timings.
 #[derive(Debug)]
 pub struct Success {
+    /// The reported `.wasm`, checked by [`succeeded`] before anything is
+    /// stored.
     pub binary: Bytes,
+    /// The build log, plain text; empty when none was sent.
     pub logs: Bytes,
+    /// The stage timings and startup profile the worker reported, if any.
     pub profile: Option<BuildProfile>,
 }
 
+/// Why a report was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// The reported binary is not a valid proxy-wasm plugin with the
+    /// build's phases.
     #[error("the reported binary is not a valid proxy-wasm plugin: {0}")]
     InvalidModule(#[source] CheckError),
+    /// Cranelift could not compile the module for a target.
     #[error("the module could not be precompiled: {0}")]
     Precompile(#[source] HostError),
+    /// A configured precompile target is not a plain target triple: the
+    /// server's misconfiguration, not the worker's.
     #[error("the precompile target {0:?} is not a target triple")]
     InvalidTarget(String),
     /// The build is no longer running under the lease, or a store failed.
     #[error("{context}")]
     Store {
+        /// What was being done, for the log.
         context: &'static str,
+        /// The build the report is about.
         build: BuildId,
+        /// The store's error: `LeaseLost` when the lease is gone.
         #[source]
         source: StoreError,
     },
+    /// The blocking task checking the module did not finish (it panicked).
     #[error("checking a reported module failed")]
     Check(#[source] tokio::task::JoinError),
 }

@@ -12,48 +12,77 @@ use kiln_store::{NewBuild, StoreError, keys};
 /// An upload, its form already read and its fields valid.
 #[derive(Debug)]
 pub struct Upload {
+    /// The authenticated owner; the application must be theirs.
     pub owner: OwnerId,
+    /// The application the version is for.
     pub application: AppId,
+    /// The version to build, unique within the application.
     pub version: semver::Version,
+    /// The language of the source.
     pub language: Language,
+    /// The proxy-wasm phases the plugin handles; the built module is checked
+    /// against them.
     pub phases: Phases,
+    /// The plugin configuration, at most 1 MiB.
     pub conf: String,
+    /// Free-text notes, at most 10 000 bytes.
     pub notes: String,
+    /// Switches of the post-build steps: optimize, precompile, preinit.
     pub options: BuildOptions,
+    /// The uploaded archive, not yet inspected.
     pub source: Bytes,
 }
 
 /// What an upload may not exceed.
 #[derive(Debug, Clone)]
 pub struct UploadLimits {
+    /// What the archive may weigh and unpack to.
     pub archive: ArchiveLimits,
     /// Builds one owner may have queued or running.
     pub max_unfinished_builds: i64,
 }
 
+/// Why an upload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
+    /// The owner has no application with this id.
     #[error("no application with id {0}")]
     NoApplication(AppId),
+    /// The owner already has `limit` builds or more queued or running.
     #[error(
         "{unfinished} of your builds are queued or running, the most allowed is {limit}: \
          upload again when one has finished, or cancel one"
     )]
-    TooManyBuilds { unfinished: i64, limit: i64 },
+    TooManyBuilds {
+        /// The owner's builds queued or running now.
+        unfinished: i64,
+        /// The most allowed ([`UploadLimits::max_unfinished_builds`]).
+        limit: i64,
+    },
+    /// The source is neither a `.tar.gz` nor a `.zip`.
     #[error("source_code must be a .tar.gz or .zip archive")]
     NotAnArchive,
+    /// The archive is corrupt or cannot be read.
     #[error("source_code is not a readable .tar.gz or .zip archive: {0}")]
     Unreadable(#[source] ArchiveError),
+    /// The archive breaks an archive limit or holds an entry that may not
+    /// be unpacked.
     #[error("source_code was refused: {0}")]
     Refused(#[source] ArchiveError),
+    /// The application already has this version; the store's sentence.
     #[error("{0}")]
     DuplicateVersion(String),
+    /// A store failed.
     #[error("{context}")]
     Store {
+        /// What was being done, for the log.
         context: &'static str,
+        /// The store's error.
         #[source]
         source: StoreError,
     },
+    /// The blocking task inspecting the archive did not finish (it
+    /// panicked).
     #[error("inspecting an archive failed")]
     Inspection(#[source] tokio::task::JoinError),
 }

@@ -6,6 +6,8 @@ use crate::{Result, StoreError};
 use kiln_domain::{AppId, Application, OwnerId};
 
 impl MetaStore {
+    /// Creates an application of `owner`, with `name` and `notes` as given
+    /// (the caller validates them).
     pub async fn create_application(
         &self,
         owner: OwnerId,
@@ -32,6 +34,7 @@ impl MetaStore {
         Ok(app)
     }
 
+    /// The owner's applications, newest first.
     pub async fn list_applications(&self, owner: OwnerId) -> Result<Vec<Application>> {
         let rows: Vec<AppRow> = with_pool!(self, pool => {
             sqlx::query_as("SELECT id, owner_id, name, notes, created_us FROM applications WHERE owner_id = $1 ORDER BY created_us DESC, id")
@@ -54,6 +57,8 @@ impl MetaStore {
         row.map(Into::into).ok_or(StoreError::NotFound)
     }
 
+    /// Changes an application's name or notes (a `None` keeps it);
+    /// `NotFound` for another owner's.
     pub async fn update_application(
         &self,
         owner: OwnerId,

@@ -92,6 +92,7 @@ impl MetaStore {
         })?)
     }
 
+    /// A build of `owner`; another owner's answers `NotFound`.
     pub async fn get_build(&self, owner: OwnerId, id: BuildId) -> Result<VersionBuild> {
         self.build_row(Some(owner), id).await?.try_into()
     }

@@ -73,54 +73,89 @@ const VERSION_COLS: &str = "id, application_id, owner_id, version, language, pha
 /// What the API knows of a build when it is queued.
 #[derive(Debug, Clone)]
 pub struct NewBuild {
+    /// The build's id, picked by the caller: the source's key contains it.
     pub id: BuildId,
+    /// The application the build belongs to.
     pub application_id: AppId,
+    /// The application's owner, whose unfinished builds are counted.
     pub owner_id: OwnerId,
+    /// The semantic version to publish; unique within the application.
     pub version: semver::Version,
+    /// The source language.
     pub language: Language,
+    /// The HTTP phases the plugin declares.
     pub phases: Phases,
+    /// The plugin configuration passed to `proxy_on_configure`.
     pub conf: String,
+    /// Free text for the owner.
     pub notes: String,
+    /// Which post-build steps to run.
     pub options: kiln_domain::BuildOptions,
+    /// Blob key of the uploaded source archive, stored before the row
+    /// ([`crate::keys::source`]).
     pub source_location: String,
 }
 
 /// A build handed to a worker, with the lease its reports must carry.
 #[derive(Debug, Clone)]
 pub struct ClaimedBuild {
+    /// The build, `running` under this lease.
     pub build: VersionBuild,
+    /// The lease the worker's heartbeats and reports must name; handed to
+    /// this one worker and never reused.
     pub lease_id: Uuid,
+    /// When the lease ends unless a heartbeat extends it. Only a claim
+    /// sets it; [`MetaStore::leased_build`] gives the time of the call.
     pub lease_expires: DateTime<Utc>,
+    /// Blob key of the build's source archive, for the worker's download.
     pub source_location: String,
 }
 
 /// What a successful build adds to make a version.
 #[derive(Debug, Clone)]
 pub struct NewVersion {
+    /// Blob key of the `.wasm`, stored before the row
+    /// ([`crate::keys::report_binary`]).
     pub binary_location: String,
+    /// Hex sha256 of the `.wasm`.
     pub binary_sha256: String,
+    /// Size of the `.wasm`, in bytes.
     pub binary_size: i64,
+    /// Blob key of the build log, stored before the row.
     pub logs_location: String,
+    /// What the build measured, when the worker reported it.
     pub profile: Option<kiln_domain::BuildProfile>,
 }
 
+/// Changes to a version's metadata; a `None` keeps the field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct VersionPatch {
+    /// A new semantic version, which must stay unique within the
+    /// application.
     pub version: Option<semver::Version>,
+    /// New HTTP phases.
     pub phases: Option<Phases>,
+    /// A new plugin configuration.
     pub conf: Option<String>,
+    /// New notes.
     pub notes: Option<String>,
 }
 
+/// Which builds a listing returns; a `None` matches any.
 #[derive(Debug, Clone, Default)]
 pub struct BuildFilter {
+    /// Only the builds of this application.
     pub application_id: Option<AppId>,
+    /// Only the builds in this state.
     pub state: Option<BuildState>,
 }
 
+/// A window of a listing: at most `limit` rows, after skipping `offset`.
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
+    /// Most rows returned.
     pub limit: i64,
+    /// Rows skipped first (counted from the `after` cursor, when set).
     pub offset: i64,
     /// Only what comes after this build in the listing's order (a keyset
     /// cursor: the page costs the same however deep it is).
@@ -140,7 +175,9 @@ impl Default for Page {
 /// A worker's credential as the store knows it (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerToken {
+    /// The worker's name; never reused, even after a revocation.
     pub name: WorkerName,
+    /// When the token was created.
     pub created: DateTime<Utc>,
     /// When the token was revoked; it is refused from then on.
     pub revoked: Option<DateTime<Utc>>,
@@ -151,7 +188,9 @@ pub struct WorkerToken {
 /// its attempts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Orphaned {
+    /// Builds queued again, with attempts left.
     pub requeued: u64,
+    /// Builds ended `crashed`, having used their attempts.
     pub crashed: u64,
 }
 
@@ -188,6 +227,8 @@ impl Orphans<'_> {
 /// Builds per state, for metrics.
 #[derive(Debug, Clone, Default)]
 pub struct QueueCounts {
+    /// Each state that has builds, with how many; states without any are
+    /// left out.
     pub by_state: Vec<(BuildState, i64)>,
 }
 
@@ -285,6 +326,7 @@ impl MetaStore {
         })
     }
 
+    /// `sqlite` or `postgres`, for logs and the health check.
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
@@ -292,6 +334,8 @@ impl MetaStore {
         }
     }
 
+    /// Closes the connection pool once the connections in use are returned;
+    /// later operations fail with `PoolClosed`.
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }
@@ -301,6 +345,7 @@ impl MetaStore {
         with_pool!(self, pool => (pool.size(), pool.num_idle()))
     }
 
+    /// Runs `SELECT 1`: whether the database answers, for readiness checks.
     pub async fn ping(&self) -> Result<()> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(())

@@ -8,6 +8,7 @@ use crate::{Result, StoreError};
 use kiln_domain::{OwnerId, WorkerName};
 
 impl MetaStore {
+    /// Creates an owner and returns its new id.
     pub async fn create_owner(&self, name: &str) -> Result<OwnerId> {
         let id: i64 = with_pool!(self, pool => {
             sqlx::query_scalar("INSERT INTO owners (name, created_us) VALUES ($1, $2) RETURNING id")
@@ -38,12 +39,14 @@ impl MetaStore {
         Ok(())
     }
 
+    /// How many owners exist; none means a first start.
     pub async fn owner_count(&self) -> Result<i64> {
         Ok(with_pool!(self, pool => {
             sqlx::query_scalar("SELECT COUNT(*) FROM owners").fetch_one(pool).await
         })?)
     }
 
+    /// Whether an owner with this id exists.
     pub async fn owner_exists(&self, owner: OwnerId) -> Result<bool> {
         let n: i64 = with_pool!(self, pool => {
             sqlx::query_scalar("SELECT COUNT(*) FROM owners WHERE id = $1")
@@ -67,6 +70,7 @@ impl MetaStore {
         Ok(())
     }
 
+    /// The owner of the API token that hashes to `token_hash`, if any.
     pub async fn owner_by_token(&self, token_hash: &str) -> Result<Option<OwnerId>> {
         let id: Option<i64> = with_pool!(self, pool => {
             sqlx::query_scalar("SELECT owner_id FROM tokens WHERE hash = $1")

@@ -11,8 +11,11 @@ use kiln_domain::{AppId, OwnerId, Version};
 /// The `sha256:<hex>` digests of the image a module is served as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageDigests {
+    /// Digest of the image manifest.
     pub manifest: String,
+    /// Digest of the image config.
     pub config: String,
+    /// Digest of the image's one layer, a gzipped tar holding the module.
     pub layer: String,
 }
 

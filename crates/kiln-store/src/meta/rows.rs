@@ -9,11 +9,11 @@ use kiln_domain::{
 };
 use uuid::Uuid;
 
-pub fn to_us(t: DateTime<Utc>) -> i64 {
+pub(crate) fn to_us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-pub fn from_us(us: i64) -> DateTime<Utc> {
+pub(crate) fn from_us(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 

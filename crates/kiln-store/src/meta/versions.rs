@@ -7,6 +7,7 @@ use kiln_domain::{AppId, BuildId, OwnerId, Version};
 use uuid::Uuid;
 
 impl MetaStore {
+    /// A version of `owner`; another owner's answers `NotFound`.
     pub async fn get_version(&self, owner: OwnerId, id: BuildId) -> Result<Version> {
         let sql = format!("SELECT {VERSION_COLS} FROM versions WHERE id = $1 AND owner_id = $2");
         let row: Option<VersionRow> = with_pool!(self, pool => {
@@ -15,7 +16,6 @@ impl MetaStore {
         row.ok_or(StoreError::NotFound)?.try_into()
     }
 
-    /// The owner's versions, newest first, optionally of one application.
     /// Every blob the rows name, for [`crate::fsck`].
     pub async fn blob_references(&self) -> Result<crate::fsck::References> {
         let sql = "SELECT b.application_id, b.id, b.source_location, b.logs_location, \
@@ -48,6 +48,7 @@ impl MetaStore {
         Ok(references)
     }
 
+    /// The owner's versions, newest first, optionally of one application.
     pub async fn list_versions(&self, owner: OwnerId, app: Option<AppId>) -> Result<Vec<Version>> {
         let sql = format!(
             "SELECT {VERSION_COLS} FROM versions WHERE owner_id = $1 AND ($2 IS NULL OR application_id = $2) \

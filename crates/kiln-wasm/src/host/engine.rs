@@ -80,6 +80,13 @@ impl Drop for HostEngine {
     }
 }
 
+/// Instances the pooling allocator holds slots for at once (memories,
+/// tables and instances alike): the most plugins one engine runs at a time.
+const POOL_SLOTS: u32 = 256;
+/// The largest linear memory a pooled slot can hold, in bytes; an
+/// instance's own limit (`InstanceLimits::memory_bytes`) is lower.
+const POOL_MAX_MEMORY_BYTES: usize = 256 << 20;
+
 impl std::fmt::Debug for HostEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("HostEngine")
@@ -94,10 +101,10 @@ fn config(settings: &EngineSettings, pooling: bool) -> Result<Config, HostError>
         .cranelift_opt_level(OptLevel::Speed);
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_memories(256)
-            .total_tables(256)
-            .total_core_instances(256)
-            .max_memory_size(256 << 20)
+        pool.total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS)
+            .max_memory_size(POOL_MAX_MEMORY_BYTES)
             // Slots whose plugin has gone are reused before fresh ones, so
             // the slots holding resident pages stay few and warm.
             .max_unused_warm_slots(WARM_SLOTS);
@@ -164,6 +171,7 @@ impl HostEngine {
         })
     }
 
+    /// The wasmtime engine underneath.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

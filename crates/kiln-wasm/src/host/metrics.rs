@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
+    /// Only goes up.
     Counter = 0,
+    /// Goes up and down, or is set.
     Gauge = 1,
+    /// Records values; it has no single value to read.
     Histogram = 2,
 }
 
@@ -17,10 +20,15 @@ pub enum MetricKind {
 /// stands: a counter's or gauge's value, a histogram's recorded values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metric {
+    /// The name the plugin defined it with.
     pub name: String,
+    /// Its kind; a name may be defined once per kind.
     pub kind: MetricKind,
+    /// A counter's or gauge's value; for a histogram, how many values it
+    /// recorded.
     #[serde(default)]
     pub value: i64,
+    /// A histogram's values in the order recorded, the first 1000 only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recorded: Vec<u64>,
 }

@@ -40,6 +40,7 @@ impl Plugin {
         Ok(Self { pre })
     }
 
+    /// The compiled wasmtime module.
     pub fn module(&self) -> &Module {
         self.pre.module()
     }

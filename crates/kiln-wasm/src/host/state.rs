@@ -10,15 +10,21 @@ use wasmtime::StoreLimits;
 /// A log line the plugin wrote, through `proxy_log` or WASI stdout/stderr.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
+    /// `trace` to `critical` (or `unknown`) for `proxy_log`; `stdout` or
+    /// `stderr` for WASI output.
     pub level: String,
+    /// The text written, invalid UTF-8 replaced.
     pub message: String,
 }
 
 /// A response the plugin sent itself (`proxy_send_local_response`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalResponse {
+    /// The HTTP status the plugin gave, unchecked.
     pub status: u32,
+    /// The headers the plugin gave, before the host adds any.
     pub headers: Vec<(String, String)>,
+    /// The body the plugin gave.
     pub body: String,
 }
 
@@ -33,8 +39,11 @@ pub(crate) struct PendingCall {
 /// An HTTP call out the plugin made, as the cluster received it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallOut {
+    /// The upstream cluster the call names.
     pub cluster: String,
+    /// The call's headers, pseudo-headers included.
     pub headers: Vec<(String, String)>,
+    /// The call's body.
     #[serde(default)]
     pub body: String,
 }

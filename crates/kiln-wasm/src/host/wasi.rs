@@ -78,8 +78,11 @@ fn clock_time_get(mut c: C, _id: i32, _precision: i64, ret: u32) -> R {
     Ok(ERRNO_SUCCESS)
 }
 
+/// The most random bytes one `random_get` hands over.
+const MAX_RANDOM_BYTES: u32 = 1 << 20;
+
 fn random_get(mut c: C, ptr: u32, len: u32) -> R {
-    if len > 1 << 20 {
+    if len > MAX_RANDOM_BYTES {
         return Ok(ERRNO_INVAL);
     }
     let mut bytes = vec![0u8; len as usize];
