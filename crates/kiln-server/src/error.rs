@@ -1,12 +1,18 @@
 //! The one error type of the HTTP layer. Every error answers
 //! `{"error": "<code>", "message": "<sentence>"}`; internal errors say only
-//! "internal error" and a request id, and are logged with their cause.
+//! "internal error" and the request's id. Their cause travels with the
+//! answer, out of the client's sight, to [`log_internal_errors`], which
+//! logs it once with the request id and its whole chain of sources.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use kiln_store::StoreError;
 use serde::Serialize;
+use std::error::Error as StdError;
+use std::sync::Arc;
 
 /// An error answer: its status, its JSON body and, for a 503,
 /// `Retry-After`.
@@ -21,6 +27,37 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which to try again (`Retry-After`), for a 503.
     pub retry_after: Option<u64>,
+    /// What went wrong inside kiln, for the server's log only.
+    pub cause: Option<InternalCause>,
+}
+
+/// The cause of an internal error (or of an outage's 503): what kiln was
+/// doing and the error with its sources. It rides on the answer as an
+/// extension, never in its body, until [`log_internal_errors`] logs it.
+#[derive(Debug, Clone)]
+pub struct InternalCause {
+    /// What kiln was doing, such as "storing an uploaded source failed".
+    pub context: String,
+    /// The error and each of its sources, outermost first.
+    pub chain: Arc<Vec<String>>,
+    /// A store could not be reached: an outage, logged as a warning.
+    pub outage: bool,
+}
+
+impl InternalCause {
+    fn new(context: &str, error: &(dyn StdError + 'static), outage: bool) -> Self {
+        let mut chain = Vec::new();
+        let mut next = Some(error);
+        while let Some(e) = next {
+            chain.push(e.to_string());
+            next = e.source();
+        }
+        Self {
+            context: context.to_owned(),
+            chain: Arc::new(chain),
+            outage,
+        }
+    }
 }
 
 /// What a client waits before trying again while a store is down.
@@ -44,6 +81,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -94,24 +132,31 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
-    /// An internal failure: logged in full, shown to the client as a
-    /// sentence without details. A store that cannot be reached is an
-    /// outage, not a bug: that answers 503 with `Retry-After`.
-    pub fn internal<E: std::fmt::Display + 'static>(context: &str, error: E) -> Self {
-        let store = (&error as &dyn std::any::Any).downcast_ref::<StoreError>();
+    /// An internal failure: the client sees a sentence without details
+    /// and the request id; [`log_internal_errors`] logs `error` with its
+    /// sources. A store that cannot be reached is an outage, not a bug:
+    /// that answers 503 with `Retry-After`.
+    pub fn internal(context: &str, error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        let error: Box<dyn StdError + Send + Sync> = error.into();
+        let store = error.downcast_ref::<StoreError>();
         if let Some(store) = store.filter(|e| e.is_unavailable()) {
-            tracing::warn!(error = %store, "{context}: a store is unavailable");
-            return Self::unavailable(match store {
+            let what = match store {
                 StoreError::Blob(_) => "the blob store",
                 _ => "the database",
-            });
+            };
+            return Self {
+                cause: Some(InternalCause::new(context, &*error, true)),
+                ..Self::unavailable(what)
+            };
         }
-        tracing::error!(%error, "{context}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; the server log has the details under this answer's x-request-id",
-        )
+        Self {
+            cause: Some(InternalCause::new(context, &*error, false)),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; the server log has the details under this answer's x-request-id",
+            )
+        }
     }
 
     /// Maps a store error for a resource the caller named by id.
@@ -146,9 +191,52 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
         response
     }
 }
 
 /// What a handler returns: its answer, or an [`ApiError`].
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Logs the cause of every internal error (and outage) once, in the
+/// request's span, with its request id; a 500's body names that id, so a
+/// report of "internal error" can be found in the log. (The registry's
+/// answers keep the distribution spec's shape, and the id in their
+/// `x-request-id`.)
+pub async fn log_internal_errors(request: Request, next: Next) -> Response {
+    let registry = request.uri().path().starts_with("/v2/");
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut response = next.run(request).await;
+    let Some(cause) = response.extensions_mut().remove::<InternalCause>() else {
+        return response;
+    };
+    let chain = cause.chain.join(": ");
+    if cause.outage {
+        tracing::warn!(request_id = %id, error = %chain, "{}: a store is unavailable", cause.context);
+        return response;
+    }
+    tracing::error!(request_id = %id, error = %chain, "{}", cause.context);
+    if response.status() == StatusCode::INTERNAL_SERVER_ERROR && !registry {
+        let body = ErrorBody {
+            error: "internal_error".into(),
+            message: format!(
+                "internal error; the server log has the details under request id {id}"
+            ),
+        };
+        let (mut parts, _) = response.into_parts();
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        return Response::from_parts(
+            parts,
+            axum::body::Body::from(serde_json::to_vec(&body).expect("an error body serializes")),
+        );
+    }
+    response
+}

@@ -802,15 +802,12 @@ async fn a_worker_acts_only_on_builds_it_claimed(db: TestDb) {
         store.leased_build(build.id, lease, &shared()).await,
         Err(StoreError::LeaseLost(_))
     ));
-    store.heartbeat(build.id, lease, &a, LEASE).await.unwrap();
+    let expires = store.heartbeat(build.id, lease, &a, LEASE).await.unwrap();
+    let leased = store.leased_build(build.id, lease, &a).await.unwrap();
+    assert_eq!(leased.build.id, build.id);
     assert_eq!(
-        store
-            .leased_build(build.id, lease, &a)
-            .await
-            .unwrap()
-            .build
-            .id,
-        build.id
+        leased.lease_expires, expires,
+        "the lease ends when its last heartbeat said"
     );
     store
         .complete_success(build.id, lease, &new_version(build.id))

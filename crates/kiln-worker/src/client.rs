@@ -140,14 +140,25 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Longest wait for a connection to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a request may take unless it sets its own (a report uploads
+/// up to the binary and log limits).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How much longer than its long poll a claim may take to answer.
+const CLAIM_SLACK: Duration = Duration::from_secs(30);
+/// Longest a live log chunk may take: the log is best effort, the build
+/// goes on without it.
+const LOG_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
     /// A client of the server at `base` (a trailing `/` is dropped) that
     /// sends `token` as a bearer token. Connecting times out after 10 s, a
     /// request after 120 s unless it sets its own timeout.
     pub fn new(base: &str, token: &str) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
             .build()?;
         Ok(Self {
             http,
@@ -188,7 +199,7 @@ impl Client {
                 "/internal/builds/claim?wait_seconds={}",
                 wait.as_secs()
             )))
-            .timeout(wait + Duration::from_secs(30));
+            .timeout(wait + CLAIM_SLACK);
         let response = self.send(request, "claiming a build", None).await?;
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
@@ -224,7 +235,7 @@ impl Client {
             .post(self.url(&format!("/internal/builds/{build}/log?offset={offset}")))
             .header(LEASE_HEADER, claim.lease_id.to_string())
             .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .timeout(Duration::from_secs(10))
+            .timeout(LOG_CHUNK_TIMEOUT)
             .body(chunk);
         let response = self
             .send(request, "sending the live log", Some(build))

@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .layer(middleware::from_fn(crate::error::log_internal_errors))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::track,

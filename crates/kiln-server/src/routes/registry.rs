@@ -51,6 +51,8 @@ pub struct RegistryError {
     message: String,
     /// Seconds for `Retry-After`, while a store is down.
     retry_after: Option<u64>,
+    /// What went wrong inside kiln, for the server's log only.
+    cause: Option<crate::error::InternalCause>,
 }
 
 /// The body of every error under `/v2/`, as the distribution spec has it.
@@ -77,6 +79,7 @@ impl RegistryError {
             code,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
     }
 
@@ -127,6 +130,7 @@ impl From<ApiError> for RegistryError {
             code,
             message: e.message,
             retry_after: e.retry_after,
+            cause: e.cause,
         }
     }
 }
@@ -149,6 +153,9 @@ impl IntoResponse for RegistryError {
         }
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, seconds.into());
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
         }
         response
     }

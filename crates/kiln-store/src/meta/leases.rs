@@ -53,15 +53,16 @@ impl MetaStore {
             e => e,
         })?;
         if row.lease_id != Some(lease_id)
-            || row.state != "running"
+            || row.state != BuildState::Running.as_str()
             || row.worker.as_deref() != Some(worker.as_str())
         {
             return Err(StoreError::LeaseLost(id));
         }
         let source_location = row.source_location.clone();
+        let lease_expires = rows::from_us(row.lease_expires_us.unwrap_or_else(|| self.now_us()));
         let build: VersionBuild = row.try_into()?;
         Ok(ClaimedBuild {
-            lease_expires: Utc::now(),
+            lease_expires,
             build,
             lease_id,
             source_location,

@@ -65,7 +65,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 const BUILD_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, state, attempt, started_us, finished_us, error, source_location, logs_location, \
-     profile, lease_id, options, worker";
+     profile, lease_id, options, worker, lease_expires_us";
 
 const VERSION_COLS: &str = "id, application_id, owner_id, version, language, phases, conf, notes, \
      created_us, source_location, binary_location, logs_location, binary_sha256, binary_size, profile, options";

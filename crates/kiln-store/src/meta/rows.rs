@@ -69,6 +69,8 @@ pub struct BuildRow {
     pub lease_id: Option<Uuid>,
     pub options: String,
     pub worker: Option<String>,
+    /// When the lease ends, in microseconds; none unless running.
+    pub lease_expires_us: Option<i64>,
 }
 
 impl TryFrom<BuildRow> for VersionBuild {
