@@ -133,8 +133,9 @@ pub(super) async fn vendor(
         )
         .await?;
     }
-    let lock =
-        std::fs::read(&lock_path).map_err(|e| ToolchainError::io("reading Cargo.lock", e))?;
+    let lock = tokio::fs::read(&lock_path)
+        .await
+        .map_err(|e| ToolchainError::io("reading Cargo.lock", e))?;
     if !String::from_utf8_lossy(&lock).contains("source = ") {
         log.push_str("[kiln] no dependencies to fetch\n");
         return Ok(None);

@@ -80,6 +80,17 @@ fn guest(rel: &Path) -> PathBuf {
     Path::new(GUEST_SCRATCH).join(rel)
 }
 
+/// Runs `work` (walks and reads of the customer's tree, as large as the
+/// archive limits allow) on the blocking pool, so the API and the other
+/// builders sharing the runtime go on meanwhile.
+async fn off_the_async_threads<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ToolchainError> + Send + 'static,
+) -> Result<T, ToolchainError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ToolchainError::io("checking the source", std::io::Error::other(e)))?
+}
+
 #[async_trait::async_trait]
 impl Toolchain for RustToolchain {
     fn language(&self) -> Language {
@@ -87,12 +98,22 @@ impl Toolchain for RustToolchain {
     }
 
     async fn prepare(&self, scratch: &Path, src: &Path) -> Result<Prepared, ToolchainError> {
-        let project = locate_project(src)?;
-        check_policy(src)?;
+        let tree = src.to_owned();
+        let project = off_the_async_threads(move || {
+            let project = locate_project(&tree)?;
+            check_policy(&tree)?;
+            Ok(project)
+        })
+        .await?;
         let mut log = format!("[kiln] project: {}\n", relative(src, &project).display());
         let vendor = fetch::vendor(&self.config, &project, &mut log).await?;
-        check_policy(src)?;
-        fetch::write_build_home(scratch)?;
+        // Resolving may have written a Cargo.lock: the tree is checked again.
+        let (tree, home) = (src.to_owned(), scratch.to_owned());
+        off_the_async_threads(move || {
+            check_policy(&tree)?;
+            fetch::write_build_home(&home)
+        })
+        .await?;
         let mut mounts = Vec::new();
         if let Some(vendor) = vendor {
             mounts.push((vendor, PathBuf::from(GUEST_DEPS)));
