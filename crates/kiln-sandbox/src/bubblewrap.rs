@@ -254,7 +254,13 @@ impl Sandbox for Bubblewrap {
         scratch: &Scratch,
         limits: &Limits,
     ) -> Result<RunReport, SandboxError> {
-        chown_tree(scratch.path(), self.uid, self.gid)?;
+        // The build user must own the tree it writes to; the walk covers
+        // whatever an earlier run left (a whole target/), so it runs on
+        // the blocking pool.
+        let (tree, uid, gid) = (scratch.path().to_owned(), self.uid, self.gid);
+        tokio::task::spawn_blocking(move || chown_tree(&tree, uid, gid))
+            .await
+            .map_err(|e| SandboxError::io("chown of the scratch", std::io::Error::other(e)))??;
         let name = crate::sweep::owned_name("run-");
         let cgroup = Cgroup::create(&name, limits)?;
         let seccomp = seccomp::filter_fd()?;

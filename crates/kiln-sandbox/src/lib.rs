@@ -134,7 +134,7 @@ mod sweep;
 mod unsandboxed;
 
 pub use bubblewrap::{Bubblewrap, BubblewrapConfig};
-pub use output::read_output_file;
+pub use output::{read_output_file, read_output_file_under};
 pub use scratch::Scratch;
 pub use sweep::{Swept, sweep};
 pub use unsandboxed::Unsandboxed;

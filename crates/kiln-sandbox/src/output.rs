@@ -35,10 +35,20 @@ pub fn read_output_file(
     relative: &Path,
     max_bytes: u64,
 ) -> Result<Vec<u8>, SandboxError> {
+    read_output_file_under(scratch.path(), relative, max_bytes)
+}
+
+/// [`read_output_file`] for a scratch known by its path, for a caller
+/// that reads on the blocking pool (a `Scratch` stays with its owner).
+pub fn read_output_file_under(
+    root: &Path,
+    relative: &Path,
+    max_bytes: u64,
+) -> Result<Vec<u8>, SandboxError> {
     let not_a_file = || SandboxError::OutputNotAFile {
         path: relative.to_owned(),
     };
-    let root = scratch.path().as_os_str().as_bytes();
+    let root = root.as_os_str().as_bytes();
     let mut dir =
         open_at(None, root, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|_| not_a_file())?;
     let parts: Vec<_> = relative.components().collect();

@@ -330,8 +330,9 @@ impl Pipeline {
         let prepared = resolve_dependencies(toolchain.as_ref(), scratch, &src, log, stages).await?;
         self.compile(toolchain.as_ref(), &prepared, scratch, log, stages)
             .await?;
-        let binary =
-            self.checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)?;
+        let binary = self
+            .checked_output(toolchain.as_ref(), &prepared, scratch, claim, log, stages)
+            .await?;
         Ok(self.post_process(binary, claim, log, stages).await)
     }
 
@@ -388,7 +389,7 @@ impl Pipeline {
 
     /// The compiled module, read within its size limit and checked to be a
     /// proxy-wasm plugin that handles the build's phases.
-    fn checked_output(
+    async fn checked_output(
         &self,
         toolchain: &dyn Toolchain,
         prepared: &Prepared,
@@ -401,12 +402,20 @@ impl Pipeline {
         let output = toolchain
             .find_output(scratch.path(), prepared)
             .map_err(|e| Failure::Customer(e.to_string()))?;
-        let binary = kiln_sandbox::read_output_file(scratch, &output, self.config.max_output_bytes)
-            .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
-        let module = kiln_wasm::check::check_module(&binary, claim.build.phases.as_slice())
-            .map_err(|e| {
-                Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}"))
-            })?;
+        // Reading and validating up to max_output_bytes is blocking work.
+        let (root, max_bytes) = (scratch.path().to_owned(), self.config.max_output_bytes);
+        let phases = claim.build.phases.clone();
+        let (binary, module) = tokio::task::spawn_blocking(move || {
+            let binary = kiln_sandbox::read_output_file_under(&root, &output, max_bytes)
+                .map_err(|e| Failure::Customer(format!("reading the compiled module: {e}")))?;
+            let module =
+                kiln_wasm::check::check_module(&binary, phases.as_slice()).map_err(|e| {
+                    Failure::Customer(format!("the module is not a valid proxy-wasm plugin: {e}"))
+                })?;
+            Ok::<_, Failure>((binary, module))
+        })
+        .await
+        .map_err(|e| Failure::Ours(format!("checking the compiled module: {e}")))??;
         stages.record("check", started);
         log.kiln(format!(
             "checked: proxy-wasm ABI {}, sha256 {}",
@@ -541,11 +550,12 @@ impl Pipeline {
                 report.log.lines().last().unwrap_or_default()
             ));
         }
-        kiln_sandbox::read_output_file(
-            scratch,
-            std::path::Path::new("out.wasm"),
-            self.config.max_output_bytes,
-        )
+        let (root, max_bytes) = (scratch.path().to_owned(), self.config.max_output_bytes);
+        tokio::task::spawn_blocking(move || {
+            kiln_sandbox::read_output_file_under(&root, std::path::Path::new("out.wasm"), max_bytes)
+        })
+        .await
+        .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())
     }
 
