@@ -1,13 +1,16 @@
 //! A builder against a real server (kiln-server's router on a free port,
 //! SQLite and a blob directory in a temp dir), with a toolchain scripted
-//! for the test and no sandbox: what a builder does when kiln's own code
-//! panics inside a build, and how it keeps a short lease.
+//! for the test and a sandbox whose runs end as scripted
+//! (`kiln_testkit::sandbox`): what a builder does when kiln's own code
+//! panics inside a build, when the sandbox kills a build, when a
+//! post-build step fails, and how it keeps a short lease.
 
 use kiln_build::{Prepared, Toolchain, ToolchainError};
 use kiln_domain::{BuildId, BuildState, Language, OwnerId, Phases};
-use kiln_sandbox::{GUEST_SCRATCH, SandboxCommand, Unsandboxed};
+use kiln_sandbox::{GUEST_SCRATCH, RunOutcome, Sandbox, SandboxCommand};
 use kiln_server::{AppState, Server, ServerConfig};
 use kiln_store::{BlobStore, MetaStore, NewBuild};
+use kiln_testkit::sandbox::{Run, ScriptedSandbox};
 use kiln_worker::{Client, Pipeline, PipelineConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -244,13 +247,25 @@ impl Builder {
     }
 
     fn start_with(server: &TestServer, toolchain: PanicsOnce) -> Self {
+        Self::start_scripted(server, toolchain, PipelineConfig::default(), [])
+    }
+
+    /// A builder whose sandbox runs end as `script` says, run by run.
+    fn start_scripted(
+        server: &TestServer,
+        toolchain: PanicsOnce,
+        config: PipelineConfig,
+        script: impl IntoIterator<Item = Run>,
+    ) -> Self {
         let scratch = tempfile::tempdir().unwrap();
         let toolchain = Arc::new(toolchain);
+        let sandbox: Arc<dyn Sandbox> =
+            Arc::new(ScriptedSandbox::new(scratch.path().to_owned(), script));
         // No kiln binary for the module's runs here: the startup profile is
         // left out (the log says why) and the build still succeeds.
         let pipeline = Pipeline::new(
-            PipelineConfig::default(),
-            Arc::new(Unsandboxed::new(scratch.path().to_owned())),
+            config,
+            sandbox,
             vec![toolchain.clone()],
             scratch.path().join("no-kiln-binary"),
         );
@@ -348,4 +363,79 @@ async fn a_short_lease_is_kept_by_beating_faster() {
     assert_eq!(built.state, BuildState::Succeeded, "{:?}", built.error);
     assert_eq!(built.attempt, 1, "the lease never expired");
     builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_the_sandbox_kills_for_memory_fails_and_says_why() {
+    let server = TestServer::start(3).await;
+    let build = server.queue("1.0.0", archive(&plugin())).await;
+    let oom = [Run::ends(RunOutcome::OutOfMemory)];
+    let builder = Builder::start_scripted(&server, lenient(), PipelineConfig::default(), oom);
+    let failed = server
+        .wait_until_finished(build, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        (failed.state, failed.attempt),
+        (BuildState::Failed, 1),
+        "the customer's build is at fault: failed, not retried"
+    );
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains("ran out of memory"), "{error}");
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_times_out_fails_with_its_limit() {
+    let server = TestServer::start(3).await;
+    let build = server.queue("1.0.0", archive(&plugin())).await;
+    let slow = [Run::ends(RunOutcome::TimedOut)];
+    let builder = Builder::start_scripted(&server, lenient(), PipelineConfig::default(), slow);
+    let failed = server
+        .wait_until_finished(build, Duration::from_secs(60))
+        .await;
+    assert_eq!(failed.state, BuildState::Failed);
+    let error = failed.error.unwrap_or_default();
+    assert!(error.contains("exceeded its time limit"), "{error}");
+    builder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_wasm_opt_keeps_the_module_as_compiled() {
+    let server = TestServer::start(3).await;
+    let build = server.queue("1.0.0", archive(&plugin())).await;
+    let config = PipelineConfig {
+        wasm_opt: Some("/usr/bin/wasm-opt".into()),
+        ..PipelineConfig::default()
+    };
+    // The compile runs; wasm-opt, the next run, crashes.
+    let script = [
+        Run::Real,
+        Run::Ends {
+            outcome: RunOutcome::Signaled(11),
+            log: "wasm-opt: segmentation fault".into(),
+        },
+    ];
+    let builder = Builder::start_scripted(&server, lenient(), config, script);
+    let built = server
+        .wait_until_finished(build, Duration::from_secs(60))
+        .await;
+    assert_eq!(built.state, BuildState::Succeeded, "{:?}", built.error);
+    let version = server.meta.get_version(server.owner, build).await.unwrap();
+    assert_eq!(
+        version.binary_size,
+        plugin().len() as i64,
+        "the module is kept as compiled"
+    );
+    let logs = server.blobs.get(&version.logs_location).await.unwrap();
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(logs.contains("wasm-opt result not used"), "{logs}");
+    builder.stop().await;
+}
+
+/// A toolchain that never panics.
+fn lenient() -> PanicsOnce {
+    PanicsOnce {
+        slow: Some(Duration::ZERO),
+        ..PanicsOnce::default()
+    }
 }
