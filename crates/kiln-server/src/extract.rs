@@ -5,6 +5,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -19,13 +20,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(req, state)
-            .await
-            .map_err(json_rejection)?;
+        if !json_content_type(req.headers()) {
+            return Err(json_rejection(JsonRejection::MissingJsonContentType(
+                Default::default(),
+            )));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large("the request body is too large")
+            } else {
+                ApiError::bad_request("bad_request", e.body_text())
+            }
+        })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request("malformed_json", format!("the body is not JSON: {e}"))
+        })?;
         if !value.is_object() {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
-        serde_path_to_error::deserialize(integers_as_integers(value))
+        // From the bytes first, so that a key given twice is refused.
+        let refused = match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(body)) => return Ok(Self(body)),
+            Err(rejection) => json_rejection(rejection),
+        };
+        let rewritten = integers_as_integers(value.clone());
+        if rewritten == value {
+            return Err(refused);
+        }
+        serde_path_to_error::deserialize(rewritten)
             .map(Self)
             .map_err(|e| {
                 ApiError::invalid(format!(
@@ -33,6 +55,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ))
             })
     }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or a
+/// `+json` type), as `axum::Json` asks.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `value` with every number whose value is an integer written as one.

@@ -340,3 +340,41 @@ async fn an_internal_error_names_its_request_and_hides_its_cause() {
         "the cause stays in the log: {message}"
     );
 }
+
+#[tokio::test]
+async fn a_json_body_is_one_object_with_each_key_once() {
+    let kiln = kiln(|_| {}).await;
+    let json = [("content-type", "application/json")];
+    let post = |body: &str| {
+        send(
+            &kiln,
+            Method::POST,
+            "/application",
+            &kiln.token,
+            &json,
+            body.as_bytes().to_vec(),
+        )
+    };
+    let twice = post(r#"{"name": "a", "name": "b"}"#).await;
+    assert_error(&twice, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
+    let array = post(r#"["a", ""]"#).await;
+    assert_error(&array, StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
+    let broken = post(r#"{"name": "#).await;
+    assert_error(&broken, StatusCode::BAD_REQUEST, "malformed_json");
+    let untyped = send(
+        &kiln,
+        Method::POST,
+        "/application",
+        &kiln.token,
+        &[],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_error(
+        &untyped,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+    let (status, app) = post(r#"{"name": "edge-auth"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+}

@@ -80,6 +80,10 @@ fn guest(rel: &Path) -> PathBuf {
     Path::new(GUEST_SCRATCH).join(rel)
 }
 
+/// How many of the modules a build produced too many of are named in its
+/// error.
+const NAMED_OUTPUTS: usize = 5;
+
 /// Runs `work` (walks and reads of the customer's tree, as large as the
 /// archive limits allow) on the blocking pool, so the API and the other
 /// builders sharing the runtime go on meanwhile.
@@ -205,11 +209,20 @@ impl Toolchain for RustToolchain {
             [] => Err(ToolchainError::Output(
                 "the build produced no .wasm module; the package needs [lib] crate-type = [\"cdylib\"]".into(),
             )),
-            many => Err(ToolchainError::Output(format!(
-                "the build produced {} .wasm modules ({}); kiln needs exactly one cdylib",
-                many.len(),
-                many.join(", ")
-            ))),
+            many => {
+                // The build chose these names: a few of them say enough.
+                let named: Vec<&str> = many
+                    .iter()
+                    .take(NAMED_OUTPUTS)
+                    .map(|name| kiln_domain::text::cap(name, 100))
+                    .collect();
+                let more = if many.len() > NAMED_OUTPUTS { ", …" } else { "" };
+                Err(ToolchainError::Output(format!(
+                    "the build produced {} .wasm modules ({}{more}); kiln needs exactly one cdylib",
+                    many.len(),
+                    named.join(", ")
+                )))
+            }
         }
     }
 }

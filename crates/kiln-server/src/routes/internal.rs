@@ -330,7 +330,14 @@ impl From<ReportError> for ApiError {
                 message,
             ),
             ReportError::InvalidTarget(_) => Self::internal("naming an artifact failed", message),
-            ReportError::Store { source, build, .. } => lease_error(source, build),
+            ReportError::Store {
+                source: source @ (StoreError::LeaseLost(_) | StoreError::NotFound),
+                build,
+                ..
+            } => lease_error(source, build),
+            ReportError::Store {
+                context, source, ..
+            } => Self::internal(context, source),
             ReportError::Check(source) => Self::internal(&message, source),
         }
     }

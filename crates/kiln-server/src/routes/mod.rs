@@ -65,7 +65,12 @@ pub fn router(state: AppState) -> Router {
         // answer carries it in x-request-id and every log line of the
         // request is in its span, so "internal error" can be found.
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // A failure is logged once, with its cause, by log_internal_errors.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(()),
+        )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }

@@ -12,7 +12,8 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
 /// Re-queues the builds whose lease expired (or ends those out of
-/// attempts) and wakes waiting claims; answers how many it re-queued.
+/// attempts) and wakes waiting claims; answers how many builds it ended
+/// or re-queued.
 pub async fn reap_expired_leases(state: &AppState) -> Result<u64, kiln_store::StoreError> {
     state.live.prune(crate::live::IDLE_BUFFER);
     let reaped = state.meta.reap_expired(state.config.max_attempts).await?;

@@ -124,7 +124,7 @@ pub async fn succeeded(
         .meta
         .complete_success(build.id, leased.lease, &new)
         .await;
-    if completed.is_err() {
+    if completed.as_ref().is_err_and(refused) {
         // The lease was lost while the blobs were written: undo them.
         remove_blobs(stores, &written).await;
     }
@@ -140,12 +140,16 @@ pub async fn failed(
     profile: Option<&BuildProfile>,
 ) -> Result<VersionBuild, ReportError> {
     let key = keys::report_logs(&leased.report_prefix());
-    store_blobs(stores, leased.build_id(), &[(key.clone(), logs)]).await?;
-    stores
+    let written = [(key.clone(), logs)];
+    store_blobs(stores, leased.build_id(), &written).await?;
+    let completed = stores
         .meta
         .complete_failure(leased.build_id(), leased.lease, &key, error, profile)
-        .await
-        .map_err(store_error("recording a failure failed", leased.build_id()))
+        .await;
+    if completed.as_ref().is_err_and(refused) {
+        remove_blobs(stores, &written).await;
+    }
+    completed.map_err(store_error("recording a failure failed", leased.build_id()))
 }
 
 /// Records kiln's own failure: the build is queued again until it has
@@ -157,25 +161,34 @@ pub async fn crashed(
     error: &str,
     max_attempts: i32,
 ) -> Result<VersionBuild, ReportError> {
-    let logs_key = match logs {
-        Some(logs) => {
-            let key = keys::report_logs(&leased.report_prefix());
-            store_blobs(stores, leased.build_id(), &[(key.clone(), logs)]).await?;
-            Some(key)
-        }
-        None => None,
-    };
-    stores
+    let written: Vec<(String, Bytes)> = logs
+        .map(|logs| (keys::report_logs(&leased.report_prefix()), logs))
+        .into_iter()
+        .collect();
+    store_blobs(stores, leased.build_id(), &written).await?;
+    let logs_key = written.first().map(|(key, _)| key.as_str());
+    let completed = stores
         .meta
         .report_crash(
             leased.build_id(),
             leased.lease,
-            logs_key.as_deref(),
+            logs_key,
             error,
             max_attempts,
         )
-        .await
-        .map_err(store_error("recording a crash failed", leased.build_id()))
+        .await;
+    if completed.as_ref().is_err_and(refused) {
+        remove_blobs(stores, &written).await;
+    }
+    completed.map_err(store_error("recording a crash failed", leased.build_id()))
+}
+
+/// Whether the store refused the report (the lease is gone), so nothing
+/// of it was committed and its blobs can go. Any other error may follow a
+/// commit the store could not confirm: the blobs stay, and the sweeper
+/// removes them later if no row names them.
+fn refused(e: &StoreError) -> bool {
+    matches!(e, StoreError::LeaseLost(_) | StoreError::NotFound)
 }
 
 /// The server's own check of a reported module: a valid proxy-wasm plugin

@@ -136,8 +136,17 @@ pub async fn queue(
     {
         Ok(build) => Ok(build),
         Err(e) => {
-            // No row, so no blob either.
-            if let Err(cleanup) = stores.blobs.delete(&new.source_location).await {
+            // A refused build has no row, so no blob either. Any other
+            // error may follow a commit the store could not confirm: the
+            // source stays, and the sweeper removes it later if no row
+            // names it.
+            let refused = matches!(
+                e,
+                StoreError::Conflict(_)
+                    | StoreError::TooManyUnfinished { .. }
+                    | StoreError::NotFound
+            );
+            if refused && let Err(cleanup) = stores.blobs.delete(&new.source_location).await {
                 tracing::error!(%cleanup, key = new.source_location, "could not remove an orphaned source");
             }
             Err(match e {

@@ -21,9 +21,18 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// A stored profile. Rows from before profiles were typed may hold any
+/// JSON a worker sent: such a profile reads as none (with a warning)
+/// rather than making its build, and every list holding it, unreadable.
 fn parse_profile(raw: Option<String>) -> Result<Option<kiln_domain::BuildProfile>> {
-    raw.map(|p| serde_json::from_str(&p).map_err(|e| corrupt("profile", e)))
-        .transpose()
+    let Some(raw) = raw else { return Ok(None) };
+    match serde_json::from_str(&raw) {
+        Ok(profile) => Ok(Some(profile)),
+        Err(e) => {
+            tracing::warn!(error = %e, "a stored build profile is not in the profile's shape; it is left out");
+            Ok(None)
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
