@@ -1,7 +1,9 @@
 //! The validations of this crate as JSON Schema patterns, for the API's
-//! document: a value matches its pattern exactly when its validation
-//! takes it, so a client generated from `/openapi.json` sends what the
-//! server accepts. Written in the regular-expression subset that
+//! document: a value that matches its pattern is one its validation
+//! takes, so a client generated from `/openapi.json` sends what the
+//! server accepts. The name's pattern is its validation exactly; the
+//! others are stricter only at the edges (numbers of at most 19 digits,
+//! JSON written without escapes or surrounding spaces). Written in the regular-expression subset that
 //! ECMA-262, Python and Rust's `regex` share.
 
 use crate::{BuildOptions, MAX_NAME_CHARS, Phase};
