@@ -41,7 +41,6 @@ impl Run {
 pub struct ScriptedSandbox {
     real: Unsandboxed,
     script: Mutex<VecDeque<Run>>,
-    commands: Mutex<Vec<PathBuf>>,
 }
 
 impl ScriptedSandbox {
@@ -50,13 +49,7 @@ impl ScriptedSandbox {
         Self {
             real: Unsandboxed::new(root),
             script: Mutex::new(script.into_iter().collect()),
-            commands: Mutex::new(Vec::new()),
         }
-    }
-
-    /// The programs run so far (scripted or not), in order.
-    pub fn programs(&self) -> Vec<PathBuf> {
-        self.commands.lock().unwrap().clone()
     }
 }
 
@@ -72,7 +65,6 @@ impl Sandbox for ScriptedSandbox {
         scratch: &Scratch,
         limits: &Limits,
     ) -> Result<RunReport, SandboxError> {
-        self.commands.lock().unwrap().push(cmd.program.clone());
         let next = self.script.lock().unwrap().pop_front().unwrap_or(Run::Real);
         match next {
             Run::Real => self.real.run(cmd, scratch, limits).await,
